@@ -1,0 +1,460 @@
+"""The TOML configuration: frozen settings, a parser that reports every error, reload and diff.
+
+The schema lives in the dataclasses below: a field's type says what TOML value it takes, its
+metadata holds a range check and whether a change needs a restart. ``parse_settings`` walks the
+raw mapping once and collects *all* problems as ``path: why`` before raising ``ConfigError``, so
+a user fixes a file in one go and a typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import structlog
+
+log = structlog.get_logger("mliot.config")
+
+DEFAULT_FILE = Path(__file__).resolve().parent.parent / "config" / "mliot.toml"
+APP_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+DATA_TYPES = ("image", "audio", "sensor", "vector")
+MODES = ("best_effort", "low_latency")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+RESTART_KEYS = frozenset({"daemon.listen", "daemon.data_dir", "training.workers"})
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``errors`` lists every problem as ``path: why``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def _check(fn: Callable[[Any], str | None], restart: bool = False) -> dict[str, Any]:
+    return {"check": fn, "restart": restart}
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _at_least(n: float) -> Callable[[float], str | None]:
+    return lambda v: None if v >= n else f"must be >= {n}"
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _listen(v: str) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return "must be HOST:PORT with a port from 0 to 65535"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    """The `[daemon]` section."""
+
+    name: str = ""  # empty: host name + port
+    listen: str = field(default="127.0.0.1:8080", metadata=_check(_listen, restart=True))
+    data_dir: str = field(default="~/.local/share/mliot", metadata={"restart": True})
+    token: str = ""
+    token_file: str = ""
+    protect_reads: bool = False
+    max_body_mb: float = field(default=16.0, metadata=_check(_positive))
+    keep_predictions_days: float = field(default=7.0, metadata=_check(_positive))
+    log_level: str = field(default="info", metadata=_check(_one_of(*LOG_LEVELS)))
+    log_format: str = field(default="auto", metadata=_check(_one_of("auto", "json", "console")))
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def machine_name(self) -> str:
+        return self.name or f"{socket.gethostname()}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingSettings:
+    """The `[training]` section."""
+
+    workers: int = field(default=0, metadata=_check(_at_least(0), restart=True))  # 0: cores - 1
+    backend: str = field(default="process", metadata=_check(_one_of("process", "dask")))
+    dask_scheduler: str = ""
+    growth_factor: float = field(default=1.5, metadata=_check(_at_least(1.0)))
+    keep_versions: int = field(default=5, metadata=_check(_at_least(1)))
+    fit_timeout_s: float = field(default=600.0, metadata=_check(_positive))
+
+    @property
+    def pool_size(self) -> int:
+        return self.workers or max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """The `[mqtt]` section; absent means MQTT is off."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+    qos: int = field(default=1, metadata=_check(lambda v: None if v in (0, 1, 2) else "must be 0, 1 or 2"))
+    prefix: str = "mliot"
+    discovery_prefix: str = "homeassistant"
+    max_payload_kb: int = field(default=1024, metadata=_check(_at_least(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSettings:
+    """One `[[peers]]` entry: another mliot daemon this one may place serving on."""
+
+    name: str
+    url: str
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How an app trades accuracy for latency; unset numbers take the mode's defaults."""
+
+    mode: str = field(default="best_effort", metadata=_check(_one_of(*MODES)))
+    latency_ms: float | None = field(default=None, metadata=_check(_positive))
+    max_models: int | None = field(default=None, metadata=_check(
+        lambda v: None if 1 <= v <= 7 else "must be from 1 to 7"))
+    min_accuracy: float = field(default=0.0, metadata=_check(
+        lambda v: None if 0 <= v <= 1 else "must be from 0 to 1"))
+    retrain_after: int = field(default=20, metadata=_check(_at_least(1)))
+
+    def __post_init__(self) -> None:
+        low = self.mode == "low_latency"
+        if self.latency_ms is None:
+            object.__setattr__(self, "latency_ms", 10.0 if low else 50.0)
+        if self.max_models is None:
+            object.__setattr__(self, "max_models", 3 if low else 7)
+
+
+@dataclass(frozen=True, slots=True)
+class AppSpec:
+    """An application: what data it takes and the policy it is served under."""
+
+    name: str = field(metadata=_check(
+        lambda v: None if APP_NAME.fullmatch(v) else "must match [a-z0-9_-]{1,64}"))
+    data_type: str = field(metadata=_check(_one_of(*DATA_TYPES)))
+    shape: tuple[int, ...] | None = field(default=None, metadata=_check(
+        lambda v: None if v and all(d > 0 for d in v) else "must be a non-empty list of sizes > 0"))
+    sample_rate: int | None = field(default=None, metadata=_check(_positive))
+    classes: tuple[Label, ...] | None = field(default=None, metadata=_check(
+        lambda v: None if len(set(v)) == len(v) and len(v) >= 2 else
+        "must list at least two distinct labels"))
+    background_class: Label | None = None
+    policy: Policy = field(default_factory=Policy)
+
+    def __post_init__(self) -> None:
+        if self.data_type == "audio" and self.sample_rate is None:
+            object.__setattr__(self, "sample_rate", 16000)
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as the API shows it (and as the store keeps it)."""
+        out = dataclasses.asdict(self)
+        out["shape"] = list(self.shape) if self.shape else None
+        out["classes"] = list(self.classes) if self.classes else None
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole configuration."""
+
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    mqtt: MqttSettings | None = None
+    peers: tuple[PeerSettings, ...] = ()
+    apps: tuple[AppSpec, ...] = ()
+
+    @property
+    def token(self) -> str:
+        """The bearer token in force: the inline one or the token file's first line."""
+        if self.daemon.token_file:
+            return _read_token(self.daemon.token_file)
+        return self.daemon.token
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+
+class Label(str):
+    """A class label: a string, or a number that is converted to one."""
+
+
+class _Bad:
+    """Marks a value that failed to parse (its error is already recorded)."""
+
+
+_BAD = _Bad()
+
+
+def _read_token(path: str) -> str:
+    return Path(path).expanduser().read_text("utf-8").strip()
+
+
+def _coerce(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(inner[0], value, path, errors)
+    if dataclasses.is_dataclass(tp):
+        return _parse_table(tp, value, path, errors)
+    if origin is tuple:
+        item_tp = get_args(tp)[0]
+        if not isinstance(value, list):
+            errors.append(f"{path}: must be a list")
+            return _BAD
+        items = [_coerce(item_tp, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return _BAD if any(i is _BAD for i in items) else tuple(items)
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif tp is str or tp is Label:
+        if tp is Label and isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)  # labels are strings in every API; numbers are converted
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a schema bug, not user input
+        raise TypeError(f"unsupported config type {tp!r}")
+    if not ok:
+        name = {bool: "a boolean", int: "an integer", float: "a finite number", str: "a string",
+                Label: "a string"}[tp]
+        errors.append(f"{path}: must be {name}, got {type(value).__name__}")
+        return _BAD
+    return value
+
+
+def _parse_table(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
+    if not isinstance(raw, Mapping):
+        errors.append(f"{path}: must be a table")
+        return _BAD
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            errors.append(f"{_join(path, key)}: unknown key")
+    values: dict[str, Any] = {}
+    missing = False
+    for f in known.values():
+        key_path = _join(path, f.name)
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                errors.append(f"{key_path}: required")
+                missing = True
+            continue
+        value = _coerce(hints[f.name], raw[f.name], key_path, errors)
+        check = f.metadata.get("check")
+        if value is not _BAD and value is not None and check and (why := check(value)):
+            errors.append(f"{key_path}: {why}")
+            value = _BAD
+        if value is _BAD:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            missing = missing or required
+            continue
+        values[f.name] = value
+    if missing:
+        return _BAD
+    return cls(**values)
+
+
+def _join(path: str, key: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", str(key)):
+        return f"{path}[{str(key)!r}]"  # an odd key still gets a readable, non-empty path
+    return f"{path}.{key}" if path else key
+
+
+def _check_app(app: AppSpec, path: str, errors: list[str]) -> None:
+    if app.data_type == "audio" and app.shape is not None:
+        errors.append(f"{path}.shape: not for audio (clips may have any length)")
+    if app.data_type != "audio" and app.sample_rate is not None:
+        errors.append(f"{path}.sample_rate: only for audio apps")
+    if app.background_class is not None and app.classes is not None \
+            and app.background_class not in app.classes:
+        errors.append(f"{path}.background_class: must be one of classes")
+
+
+def parse_app(raw: Any, path: str = "") -> AppSpec:
+    """Validate one app spec (a TOML `[[apps]]` table or a PUT body); raise ConfigError."""
+    errors: list[str] = []
+    app = _parse_table(AppSpec, raw, path, errors)
+    if app is not _BAD:
+        _check_app(app, path or "app", errors)
+    if errors:
+        raise ConfigError(errors)
+    return app
+
+
+def parse_settings(raw: Mapping[str, Any]) -> Settings:
+    """Validate a whole configuration; raise ConfigError listing every problem with its path."""
+    errors: list[str] = []
+    settings = _parse_table(Settings, raw, "", errors)
+    if settings is _BAD:
+        raise ConfigError(errors)
+    for i, app in enumerate(settings.apps):
+        _check_app(app, f"apps[{i}]", errors)
+    for kind, items in (("apps", settings.apps), ("peers", settings.peers)):
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.name in seen:
+                errors.append(f"{kind}[{i}].name: duplicate name {item.name!r}")
+            seen.add(item.name)
+    for i, peer in enumerate(settings.peers):
+        if not peer.url.startswith(("http://", "https://")):
+            errors.append(f"peers[{i}].url: must start with http:// or https://")
+    d, t = settings.daemon, settings.training
+    if d.token and d.token_file:
+        errors.append("daemon.token_file: set either token or token_file, not both")
+    token = ""
+    if d.token_file:
+        try:
+            token = _read_token(d.token_file)
+        except OSError as exc:
+            errors.append(f"daemon.token_file: cannot read: {exc.strerror or exc}")
+    token = token or d.token
+    if not token and not _is_loopback(d.host):
+        errors.append("daemon.token: required when daemon.listen is not a loopback address")
+    if t.backend == "dask" and not t.dask_scheduler.startswith(("tcp://", "tls://")):
+        errors.append("training.dask_scheduler: a tcp:// or tls:// address is needed for dask")
+    if settings.mqtt is not None and not settings.mqtt.url.startswith(("mqtt://", "mqtts://")):
+        errors.append("mqtt.url: must start with mqtt:// or mqtts://")
+    if errors:
+        raise ConfigError(errors)
+    return settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_file(path: Path) -> Settings:
+    """Read and validate a TOML file (blocking: call it in a thread)."""
+    try:
+        raw = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return parse_settings(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Diff and reload
+
+
+def changed_keys(old: Settings, new: Settings) -> frozenset[str]:
+    """Dotted keys whose value differs: `daemon.log_level`, or a whole `apps`/`peers`/`mqtt`."""
+    out: set[str] = set()
+    for section in ("daemon", "training"):
+        a, b = getattr(old, section), getattr(new, section)
+        out |= {f"{section}.{f.name}" for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    out |= {s for s in ("mqtt", "peers", "apps") if getattr(old, s) != getattr(new, s)}
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A reload that took effect."""
+
+    version: int
+    changed: frozenset[str]
+    restart_required: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A reload that was refused; the old configuration stays in force."""
+
+    version: int
+    errors: list[str]
+
+
+ReloadOutcome = Applied | Rejected
+Listener = Callable[[Settings, frozenset[str], int], typing.Awaitable[None]]
+
+
+class ConfigStore:
+    """The configuration in force, its version, and reload from the file it came from."""
+
+    def __init__(self, path: Path | None, settings: Settings) -> None:
+        self.path = path
+        self.current = settings
+        self.boot = settings
+        self.version = 1
+        self._lock = asyncio.Lock()
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(settings, changed, version)`` after every applied reload."""
+        self._listeners.append(listener)
+
+    @property
+    def restart_required(self) -> frozenset[str]:
+        """Restart-only keys that differ from what the daemon started with."""
+        return changed_keys(self.boot, self.current) & RESTART_KEYS
+
+    async def reload(self, source: str) -> ReloadOutcome:
+        """Re-read the file; apply it if valid, else keep the old config and say why."""
+        async with self._lock:  # one reload at a time, so versions arrive in order
+            if self.path is None:
+                return Rejected(self.version, ["daemon runs on built-in defaults: "
+                                               "start it with --config FILE to reload"])
+            try:
+                new = await asyncio.to_thread(load_file, self.path)
+            except ConfigError as exc:
+                log.warning("config_reload_rejected", source=source, errors=exc.errors,
+                            kept_version=self.version)
+                return Rejected(self.version, exc.errors)
+            changed = changed_keys(self.current, new)
+            if not changed:
+                return Applied(self.version, changed, self.restart_required)
+            self.current = new
+            self.version += 1
+            log.info("config_reloaded", source=source, version=self.version,
+                     changed=sorted(changed))
+            for listener in self._listeners:
+                await listener(new, changed, self.version)
+            return Applied(self.version, changed, self.restart_required)

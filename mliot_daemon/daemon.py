@@ -1,0 +1,195 @@
+"""The composition root: builds the store and the actors, runs them, handles signals and reload.
+
+Start order is monitor, then the server (ingress opens last, once everything behind it runs);
+stop order is the reverse, so ingress closes first and in-flight requests still find the rest.
+The store closes after every actor has stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from actors.monitor import Monitor
+from actors.server import Server
+from mliot_daemon.config import ConfigError, ConfigStore, Settings, load_file, parse_settings
+from mliot_daemon.logs import configure_logging
+from mliot_daemon.messages import ApplyConfig
+from mliot_daemon.metrics import Metrics
+from mliot_daemon.runtime import (
+    Actor,
+    RestartBudget,
+    RestartBudgetSpent,
+    stop_in_order,
+    supervise,
+    wait_started,
+)
+from mliot_daemon.store import Store, StoreError
+
+log = structlog.get_logger("mliot.daemon")
+
+EX_CONFIG = 78  # sysexits: configuration error (systemd will not restart in a loop on it)
+STOP_TIMEOUT_S = 10.0
+POLL_CONFIG_S = 1.0
+PRUNE_EVERY_S = 3600.0
+
+
+class Daemon:
+    """One running mliot: its config, store, metrics and actors."""
+
+    def __init__(self, config: ConfigStore) -> None:
+        self.config = config
+        settings = config.current
+        self.metrics = Metrics()
+        self.store = Store(settings.daemon.data_path / "mliot.db")
+        self.ready = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.monitor = Monitor(self.metrics)
+        self.server = Server(config, self.store, self.metrics, self.monitor.ref,
+                             self.started_at, self.ready)
+        self.actors: list[Actor[Any]] = [self.monitor, self.server]  # start order
+        self.monitor.watch([a.ref for a in self.actors])
+        config.subscribe(self._apply)
+        self.metrics.config_version.set(config.version)
+
+    async def _apply(self, settings: Settings, changed: frozenset[str], version: int) -> None:
+        """Hand a reloaded config to the actors it concerns, in start order."""
+        if changed & {"daemon.log_level", "daemon.log_format"}:
+            configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+        self.metrics.config_version.set(version)
+        msg = ApplyConfig(settings=settings, changed=changed, version=version)
+        for actor in self.actors:
+            if actor.wants(changed):
+                await actor.ref.send(msg)
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0) or until an actor spends its restart budget."""
+        await self.store.open()
+        try:
+            with _signals(self):
+                async with asyncio.TaskGroup() as tg:
+                    tasks: dict[str, asyncio.Task[None]] = {}
+                    for actor in self.actors:
+                        tasks[actor.name] = tg.create_task(
+                            supervise(actor, RestartBudget()), name=f"{actor.name}.run")
+                        await wait_started(actor, tasks[actor.name])
+                    chores = [
+                        tg.create_task(self._reload_on_request(), name="config.reload"),
+                        tg.create_task(self._watch_config_file(), name="config.poll"),
+                        tg.create_task(self._prune_predictions(), name="store.prune"),
+                    ]
+                    self.ready.set()
+                    log.info("daemon_ready", port=self.server.port,
+                             machine=self.config.current.daemon.machine_name)
+                    await self.stop.wait()
+                    log.info("daemon_stopping")
+                    self.ready.clear()
+                    for chore in chores:
+                        chore.cancel()
+                    await stop_in_order(reversed(self.actors), tasks, STOP_TIMEOUT_S)
+        finally:
+            await self.store.close()
+        log.info("daemon_stopped")
+        return 0
+
+    async def _reload_on_request(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            await self.config.reload("sighup")
+
+    async def _watch_config_file(self) -> None:
+        """Reload when the file changed and then stayed the same for one poll (debounce)."""
+        path = self.config.path
+        if path is None:
+            return
+        seen = _stamp(path)
+        while True:
+            await asyncio.sleep(POLL_CONFIG_S)
+            now = _stamp(path)
+            if now == seen:
+                continue
+            await asyncio.sleep(POLL_CONFIG_S)
+            if _stamp(path) == now:  # editors write in steps: wait for the file to settle
+                seen = now
+                await self.config.reload("file")
+
+    async def _prune_predictions(self) -> None:
+        while True:
+            days = self.config.current.daemon.keep_predictions_days
+            with contextlib.suppress(StoreError):
+                n = await self.store.prune_predictions(days * 86400)
+                if n:
+                    log.info("predictions_pruned", n=n, older_than_days=days)
+            await asyncio.sleep(PRUNE_EVERY_S)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@contextlib.contextmanager
+def _signals(daemon: Daemon) -> Iterator[None]:
+    """SIGTERM/SIGINT stop gracefully (a second one forces exit); SIGHUP reloads."""
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        if daemon.stop.is_set():
+            log.warning("forced_exit", signal=sig.name)
+            os._exit(1)
+        log.info("signal_received", signal=sig.name)
+        daemon.stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload_requested.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def load_settings(path: Path | None) -> Settings:
+    """The file's settings, or the built-in defaults without a file."""
+    if path is None:
+        return parse_settings({})
+    return await asyncio.to_thread(load_file, path)
+
+
+async def run_daemon(path: Path | None) -> int:
+    """`mliot run`: returns the process exit code."""
+    configure_logging()
+    try:
+        settings = await load_settings(path)
+    except ConfigError as exc:
+        log.error("config_invalid", path=str(path), errors=exc.errors)
+        return EX_CONFIG
+    configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+    daemon = Daemon(ConfigStore(path, settings))
+    code = 0
+    try:
+        code = await daemon.run()
+    except* (OSError, StoreError) as group:  # e.g. the listen address is taken
+        for exc in group.exceptions:
+            log.error("daemon_start_failed", error=str(exc))
+        code = 1
+    except* RestartBudgetSpent as group:
+        for exc in group.exceptions:
+            log.error("daemon_failed", error=str(exc))
+        code = 1
+    return code

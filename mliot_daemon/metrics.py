@@ -1,0 +1,41 @@
+"""Prometheus metrics of one daemon, in a registry of its own (tests run several daemons)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Every metric mliot exports; actors update them, `/metrics` renders them."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.http_requests = Counter("mliot_http_requests", "HTTP requests answered",
+                                     ["method", "route", "status"], registry=r)
+        self.http_seconds = Histogram("mliot_http_request_seconds", "HTTP request latency",
+                                      ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.samples_ingested = Counter("mliot_samples_ingested", "Labelled samples committed",
+                                        ["app", "source"], registry=r)
+        self.mailbox_depth = Gauge("mliot_mailbox_depth", "Messages waiting per actor",
+                                   ["actor"], registry=r)
+        self.mailbox_dropped = Gauge("mliot_mailbox_dropped", "Telemetry messages dropped "
+                                     "because an actor's mailbox was full", ["actor"], registry=r)
+        self.loop_lag = Histogram("mliot_loop_lag_seconds", "Event-loop lag (ticker overshoot)",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.process_cpu = Gauge("mliot_process_cpu_percent", "CPU use of the daemon process",
+                                 registry=r)
+        self.process_rss = Gauge("mliot_process_rss_bytes", "Resident memory of the daemon",
+                                 registry=r)
+        self.machine_cpu = Gauge("mliot_machine_cpu_percent", "CPU use of the machine", registry=r)
+        self.machine_memory = Gauge("mliot_machine_memory_percent", "Memory use of the machine",
+                                    registry=r)
+        self.config_version = Gauge("mliot_config_version", "Configuration version in force",
+                                    registry=r)
+        self.config_rejected = Counter("mliot_config_reload_rejected", "Rejected reloads",
+                                       registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

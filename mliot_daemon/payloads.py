@@ -1,0 +1,137 @@
+"""Turning request payloads (HTTP, WebSocket, MQTT alike) into checked samples for an app.
+
+Everything here is synchronous and CPU-bound: the server runs large payloads through it in a
+thread so that parsing a big batch does not stall the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mliot_daemon.config import AppSpec
+
+MAX_DETAILS = 20
+PATCH_SHAPE = (96, 64)  # one log-mel patch: audio may arrive already featurized
+
+
+class BadInput(ValueError):
+    """A payload that cannot be used; ``status`` is 400 (malformed) or 422 (invalid content)."""
+
+    def __init__(self, status: int, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or []
+
+
+@dataclass(frozen=True, slots=True)
+class SampleBatch:
+    """Checked samples ready to store: one array per sample, labels as strings."""
+
+    features: list[np.ndarray]
+    labels: list[str]
+    batch_id: str | None
+    shape: tuple[int, ...] | None  # the common shape, when every sample has the same one
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body; 400 when it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(400, f"malformed JSON: {exc}") from exc
+
+
+def label_text(value: Any, path: str) -> str:
+    """Labels are strings in every API; numbers are converted."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise BadInput(422, f"{path}: a label must be a string or a number")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value)
+    if not text or len(text) > 256:
+        raise BadInput(422, f"{path}: a label must have 1 to 256 characters")
+    return text
+
+
+def check_label(spec: AppSpec, label: str, path: str) -> None:
+    """An app with declared classes takes only those labels."""
+    if spec.classes is not None and label not in spec.classes:
+        raise BadInput(422, f"{path}: unknown label {label!r}; classes are {list(spec.classes)}")
+
+
+def check_features(value: Any, spec: AppSpec, shape: tuple[int, ...] | None,
+                   path: str = "features") -> np.ndarray:
+    """One sample as a finite float32 array of the shape its app takes; 422 otherwise."""
+    try:
+        x = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise BadInput(422, f"{path}: must be a (nested) list of numbers: {exc}") from exc
+    _check_shape(x, spec, shape, path)
+    if not np.isfinite(x).all():
+        raise BadInput(422, f"{path}: NaN or infinite values")
+    return x
+
+
+def _check_shape(x: np.ndarray, spec: AppSpec, shape: tuple[int, ...] | None, path: str) -> None:
+    rank_ok = {"vector": x.ndim == 1, "image": x.ndim in (2, 3), "sensor": x.ndim == 2,
+               "audio": x.ndim == 1 or x.shape == PATCH_SHAPE}[spec.data_type]
+    if not rank_ok or x.size == 0:
+        want = {"vector": "(d,)", "image": "(h, w) or (h, w, c)", "sensor": "(channels, time)",
+                "audio": "(n,) raw samples or (96, 64) log-mel"}[spec.data_type]
+        raise BadInput(422, f"{path}: shape {list(x.shape)} is not a {spec.data_type} sample "
+                            f"{want}")
+    if spec.data_type == "audio":
+        assert spec.sample_rate is not None
+        if x.ndim == 1 and x.shape[0] < spec.sample_rate // 2:
+            raise BadInput(422, f"{path}: an audio clip needs at least 0.5 s "
+                                f"({spec.sample_rate // 2} samples), got {x.shape[0]}")
+        return
+    if shape is not None and x.shape != shape:
+        raise BadInput(422, f"{path}: shape {list(x.shape)} differs from the app's "
+                            f"{list(shape)}")
+
+
+def parse_samples(payload: Any, spec: AppSpec, shape: tuple[int, ...] | None) -> SampleBatch:
+    """Check a `{"samples": [{"features", "label"}], "batch_id"?}` payload, listing every error."""
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("samples"), list):
+        raise BadInput(422, 'expected {"samples": [{"features": [...], "label": ...}, ...]}')
+    unknown = set(payload) - {"samples", "batch_id"}
+    if unknown:
+        raise BadInput(422, f"unknown fields: {sorted(unknown)}")
+    batch_id = payload.get("batch_id")
+    if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 128):
+        raise BadInput(422, "batch_id: must be a string of 1 to 128 characters")
+    items = payload["samples"]
+    if not items:
+        raise BadInput(422, "samples: empty")
+    features: list[np.ndarray] = []
+    labels: list[str] = []
+    errors: list[str] = []
+    fixed = shape
+    for i, item in enumerate(items):
+        path = f"samples[{i}]"
+        try:
+            if not isinstance(item, Mapping) or "features" not in item or "label" not in item:
+                raise BadInput(422, f"{path}: needs features and label")
+            label = label_text(item["label"], f"{path}.label")
+            check_label(spec, label, f"{path}.label")
+            x = check_features(item["features"], spec, fixed, f"{path}.features")
+        except BadInput as exc:
+            errors.append(exc.message)
+            if len(errors) >= MAX_DETAILS:
+                break
+            continue
+        if fixed is None and spec.data_type != "audio":
+            fixed = x.shape  # the first sample fixes the shape for the rest of the batch
+        features.append(x)
+        labels.append(label)
+    if errors:
+        raise BadInput(422, f"{len(errors)} invalid sample(s); nothing was stored", errors)
+    common = features[0].shape if all(f.shape == features[0].shape for f in features) else None
+    return SampleBatch(features, labels, batch_id, common)

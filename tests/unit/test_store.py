@@ -1,0 +1,82 @@
+"""The SQLite store: group commits, idempotent batches, counts, pruning, reopening."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mliot_daemon.store import SCHEMA_VERSION, PredictionRecord, Store, StoreFull
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = Store(tmp_path / "m.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_concurrent_writes_are_group_committed(store: Store) -> None:
+    x = np.arange(4, dtype=np.float32)
+    results = await asyncio.gather(*(store.add_samples("a", [x, x], ["p", "q"], "http")
+                                     for _ in range(50)))
+    assert sorted(r.n_samples for r in results)[-1] == 100 == store.count_samples("a")
+    assert store.commits < 50  # many requests shared a transaction
+    feats, labels, _, _ = await store.load_samples("a")
+    assert len(feats) == 100 and labels[:2] == ["p", "q"]
+    np.testing.assert_array_equal(feats[0], x)
+
+
+async def test_repeated_batch_id_is_accepted_once(store: Store) -> None:
+    x = np.ones(3, dtype=np.float32)
+    first = await store.add_samples("a", [x] * 3, ["l"] * 3, "http", batch_id="b-1")
+    again = await store.add_samples("a", [x] * 3, ["l"] * 3, "http", batch_id="b-1")
+    assert (first.accepted, first.duplicate) == (3, False)
+    assert (again.accepted, again.duplicate, again.n_samples) == (3, True, 3)
+    assert store.count_samples("a") == 3
+
+
+async def test_reopen_keeps_data_and_schema_version(tmp_path: Path) -> None:
+    s = Store(tmp_path / "m.db")
+    await s.open()
+    await s.add_samples("a", [np.zeros((2, 2), np.float32)], ["l"], "http")
+    await s.put_app("a", {"name": "a", "data_type": "image"})
+    await s.close()
+    s = Store(tmp_path / "m.db")
+    await s.open()
+    assert s.count_samples("a") == 1
+    assert await s.sample_shape("a") == (2, 2)
+    assert (await s.list_apps())["a"]["data_type"] == "image"
+    await s.delete_app("a")
+    assert s.count_samples("a") == 0 and await s.list_apps() == {}
+    await s.close()
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_predictions_are_written_and_pruned(store: Store) -> None:
+    store.record_predictions([PredictionRecord(id=f"p{i}", app="a", label="x", confidence=1.0,
+                                               stage=2, model_version=1,
+                                               features=np.zeros(2)) for i in range(5)])
+    await store.add_event("flush", None, {})  # a write after them: they are committed by now
+    assert await store.prune_predictions(older_than_s=-1) == 5
+
+
+async def test_full_database_fails_the_write_and_keeps_the_rest(tmp_path: Path) -> None:
+    s = Store(tmp_path / "m.db")
+    await s.open()
+    await s.add_samples("a", [np.zeros(8, np.float32)], ["l"], "http")
+    # A size cap gives SQLite's SQLITE_FULL, the error a full disk gives.
+    await s._write(lambda c: c.execute("PRAGMA max_page_count = 40"))
+    big = [np.zeros(20000, np.float32)] * 20
+    with pytest.raises(StoreFull):
+        await s.add_samples("a", big, ["l"] * 20, "http")
+    assert s.count_samples("a") == 1
+    feats, _, _, _ = await s.load_samples("a")
+    assert len(feats) == 1
+    await s.close()
