@@ -1,0 +1,123 @@
+"""Every bad input to the foundation's endpoints gets its status code; the daemon carries on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import DaemonProcess, http
+
+SAMPLE = {"samples": [{"features": [1.0, 2.0, 3.0], "label": "a"}]}
+
+
+@pytest.fixture
+def app(daemon: DaemonProcess) -> DaemonProcess:
+    assert daemon.request("PUT", "/v1/apps/v", {"data_type": "vector", "classes": ["a", "b"]}
+                          )[0] == 201
+    assert daemon.request("POST", "/v1/apps/v/samples", SAMPLE)[0] == 200
+    return daemon
+
+
+@pytest.mark.parametrize("method, path, body, raw, status, says", [
+    ("POST", "/v1/apps/v/samples", None, b"{not json", 400, "malformed JSON"),
+    ("PUT", "/v1/apps/w", None, b"[1,", 400, "malformed JSON"),
+    ("GET", "/v1/apps/nope", None, None, 404, "unknown app"),
+    ("POST", "/v1/apps/nope/samples", SAMPLE, None, 404, "unknown app"),
+    ("GET", "/v2/nothing/here", None, None, 404, "Not Found"),
+    ("POST", "/v1/apps/v/samples", {"samples": [{"features": [1, 2], "label": "a"}]}, None,
+     422, "invalid sample"),
+    ("POST", "/v1/apps/v/samples", {"samples": [{"features": [1, 2, 3], "label": "z"}]}, None,
+     422, "invalid sample"),
+    ("POST", "/v1/apps/v/samples", {"samples": [{"features": [1, 2, 3]}]}, None, 422,
+     "invalid sample"),
+    ("PUT", "/v1/apps/BAD!", {"data_type": "vector"}, None, 422, "invalid app spec"),
+    ("PUT", "/v1/apps/w", {"data_type": "smell", "policy": {"max_models": 9}}, None, 422,
+     "invalid app spec"),
+    ("PUT", "/v1/apps/v", {"data_type": "image"}, None, 409, "another type or shape"),
+    ("DELETE", "/v1/apps/nope", None, None, 404, "unknown app"),
+])
+def test_bad_requests_get_their_code(app: DaemonProcess, method: str, path: str, body: Any,
+                                     raw: bytes | None, status: int, says: str) -> None:
+    got, err = app.request(method, path, body, raw=raw)
+    assert got == status, err
+    assert says in (err["error"] if isinstance(err, dict) else err)
+    assert app.request("GET", "/v1/apps/v")[1]["n_samples"] == 1  # nothing else was stored
+
+
+def test_invalid_spec_lists_each_error_with_its_path(app: DaemonProcess) -> None:
+    status, err = app.request("PUT", "/v1/apps/w", {"data_type": "smell",
+                                                    "policy": {"max_models": 9}})
+    assert status == 422
+    assert any(d.startswith("data_type: must be one of") for d in err["details"])
+    assert "policy.max_models: must be from 1 to 7" in err["details"]
+
+
+def test_body_too_large_is_413(daemon_factory: Any) -> None:
+    d = daemon_factory()
+    d.write_config('[[apps]]\nname = "v"\ndata_type = "vector"\n',
+                   daemon_extra="max_body_mb = 0.01")
+    d.start()
+    big = {"samples": [{"features": [0.5] * 64, "label": "a"}] * 200}
+    status, err = d.request("POST", "/v1/apps/v/samples", big)
+    assert status == 413 and "max_body_mb" in err["error"]
+    assert d.request("POST", "/v1/apps/v/samples", SAMPLE)[0] == 200
+
+
+def test_token_guards_writes_and_optionally_reads(daemon_factory: Any) -> None:
+    d = daemon_factory()
+    d.write_config(daemon_extra='token = "s3cret"')
+    d.start()
+    assert d.request("PUT", "/v1/apps/v", {"data_type": "vector"})[0] == 401
+    assert d.request("PUT", "/v1/apps/v", {"data_type": "vector"}, token="wrong")[0] == 401
+    assert d.request("PUT", "/v1/apps/v", {"data_type": "vector"}, token="s3cret")[0] == 201
+    assert d.request("POST", "/v1/reload")[0] == 401
+    assert d.request("GET", "/v1/apps")[0] == 200  # reads are open unless protect_reads
+    d.write_config(daemon_extra='token = "s3cret"\nprotect_reads = true')
+    assert d.request("POST", "/v1/reload", token="s3cret")[0] == 200
+    assert d.request("GET", "/v1/apps")[0] == 401
+    assert d.request("GET", "/metrics")[0] == 401
+    assert d.request("GET", "/v1/apps", token="s3cret")[0] == 200
+    assert d.request("GET", "/healthz")[0] == 200  # probes stay open
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A real 1 MiB filesystem (tmpfs) to fill up."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs for the full-disk test: {result.stderr}")
+        pytest.skip(f"needs root to mount a tmpfs: {result.stderr}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_answers_503_and_keeps_serving(daemon_factory: Any, tiny_disk: Path) -> None:
+    d = daemon_factory()
+    d.data_dir = tiny_disk / "data"
+    d.write_config()
+    d.start()
+    assert d.request("PUT", "/v1/apps/v", {"data_type": "vector"})[0] == 201
+    batch = {"samples": [{"features": [0.25] * 256, "label": "a"}] * 100}
+    acknowledged = 0
+    for i in range(100):
+        status, body = d.request("POST", "/v1/apps/v/samples", {**batch, "batch_id": f"b{i}"})
+        if status != 200:
+            break
+        acknowledged = body["n_samples"]
+    assert status == 503, body
+    assert "disk full" in body["error"]
+    assert acknowledged > 0
+    assert d.request("GET", "/healthz")[0] == 200
+    assert d.request("GET", "/v1/apps/v")[1]["n_samples"] == acknowledged
+    assert d.stop() == 0
+    # nothing was corrupted: the acknowledged samples are all there after a restart
+    (tiny_disk / "filler").unlink(missing_ok=True)
+    d.start()
+    assert d.request("GET", "/v1/apps/v")[1]["n_samples"] == acknowledged

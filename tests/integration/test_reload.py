@@ -1,0 +1,77 @@
+"""Live reload of a real daemon: bad files are refused, good ones apply without a restart."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from typing import Any
+
+from support import DaemonProcess
+
+APP = '[[apps]]\nname = "{name}"\ndata_type = "vector"\n'
+
+
+def wait_for(predicate: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def raw_get(sock: socket.socket, path: str) -> bytes:
+    """One HTTP/1.1 keep-alive request on an open socket."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0]
+                 .split(b":")[1])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head.split(b"\r\n")[0] + b" " + body
+
+
+def test_bad_reloads_are_rejected_with_paths_and_the_old_config_stays(
+        daemon: DaemonProcess) -> None:
+    # unknown key and an out-of-range value through POST /v1/reload
+    daemon.write_config(APP.format(name="one") +
+                        '[[apps]]\nname = "two"\ndata_type = "vector"\n'
+                        '[apps.policy]\nlatency_ms = -5.0\n', daemon_extra="colour = 1")
+    status, err = daemon.request("POST", "/v1/reload")
+    assert status == 422
+    assert "daemon.colour: unknown key" in err["details"]
+    assert "apps[1].policy.latency_ms: must be > 0" in err["details"]
+    # not TOML at all, through SIGHUP
+    daemon.config_path.write_text("[daemon\nlisten=")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: any(e.get("source") == "sighup"
+                         for e in daemon.events("config_reload_rejected")))
+    status, body = daemon.request("GET", "/v1/status")
+    assert status == 200 and body["config_version"] == 1
+    assert daemon.request("GET", "/v1/apps")[1] == []
+
+
+def test_good_change_applies_live_without_dropping_a_connection(daemon: DaemonProcess) -> None:
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        assert raw_get(sock, "/v1/apps").endswith(b"[]")
+        # an edit of the file is picked up by the poll, with no signal or request
+        daemon.write_config(APP.format(name="added"),
+                            daemon_extra='log_level = "debug"\nmax_body_mb = 1.0')
+        wait_for(lambda: daemon.request("GET", "/v1/apps")[1] == ["added"])
+        assert raw_get(sock, "/v1/apps").endswith(b'["added"]')  # same connection, still open
+    status, body = daemon.request("GET", "/v1/status")
+    assert body["config_version"] == 2 and body["restart_required"] is False
+    # a restart-only key is accepted and flagged, not applied
+    daemon.write_config(APP.format(name="added"), daemon_extra='name = "renamed"')
+    assert daemon.request("POST", "/v1/reload")[0] == 200
+    daemon.config_path.write_text(daemon.config_path.read_text().replace(
+        f'data_dir = "{daemon.data_dir}"', f'data_dir = "{daemon.data_dir}-new"'))
+    status, body = daemon.request("POST", "/v1/reload")
+    assert status == 200 and body["restart_required"] == ["daemon.data_dir"]
+    status, st = daemon.request("GET", "/v1/status")
+    assert st["restart_required"] is True and st["machines"][0]["name"] == "renamed"
+    assert daemon.request("GET", "/healthz")[0] == 200
