@@ -1,0 +1,16 @@
+"""mliot's learning core: a plain synchronous library (no asyncio, actors or web code).
+
+Process-pool workers, ``mliot evaluate`` and notebooks call it; see README.md beside this file
+for the API a caller uses. Modules:
+
+- ``frontends``: per data type feature extraction (image, audio log-mel, sensor, vector).
+- ``families``: the seven model families and their search spaces.
+- ``fit``: one family on prepared features (PCA decision, budgeted search, validation, profile).
+- ``ensemble``: policies and ensemble selection.
+- ``fast``: the numpy fast predictor the server calls.
+- ``gate``: the two-stage background gate.
+- ``plan``: lazy-training order.
+- ``pipeline``: ``prepare``/``fit_all``/``assemble``/``train`` and ``TrainedModel``.
+- ``persist``: versioned model directories.
+- ``evaluate``: the ``mliot evaluate`` command.
+"""

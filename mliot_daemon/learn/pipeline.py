@@ -1,0 +1,224 @@
+"""End-to-end training: front end -> features -> families (in a pool) -> ensemble -> gate.
+
+:func:`train` is what ``mliot evaluate`` and notebooks call; the trainer actor can call the
+same pieces step by step (``prepare``, ``fit_family_job`` per family in its own pool, then
+:func:`assemble`) to serve lazily as models finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mliot_daemon.learn.ensemble import Policy, Selection, select_ensemble
+from mliot_daemon.learn.errors import DataError
+from mliot_daemon.learn.families import FAMILIES, check_family
+from mliot_daemon.learn.fast import FastEnsemble
+from mliot_daemon.learn.fit import (
+    FeatureSet,
+    FittedModel,
+    fit_family,
+    fit_family_job,
+    load_fitted,
+    prepare_features,
+)
+from mliot_daemon.learn.frontends import FrontEnd, encode_labels, make_front_end
+from mliot_daemon.learn.gate import Gate, fit_gate
+from mliot_daemon.learn.plan import lazy_plan
+from mliot_daemon.learn.profile import median_latency_ms
+
+Progress = Callable[[int, int, str], None]  # (done, total, family just finished)
+
+
+@dataclass
+class Prepared:
+    """A fitted front end, the class names and the training features with folds."""
+
+    front_end: FrontEnd
+    classes: list[str]
+    features: FeatureSet
+    data_hash: str
+
+
+def data_hash(X: Any, y: Any) -> str:
+    """sha256 over the training arrays (order-sensitive), for the manifest."""
+    h = hashlib.sha256()
+    for a in (X, y):
+        arr = np.ascontiguousarray(np.asarray(a) if not isinstance(a, list) else np.asarray(a, dtype=object))
+        if arr.dtype == object:
+            for item in arr.ravel():
+                h.update(np.ascontiguousarray(np.asarray(item, dtype=np.float64)).tobytes())
+        else:
+            h.update(str(arr.shape).encode() + arr.dtype.str.encode())
+            h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def prepare(X: Any, y: Any, data_type: str = "vector", *, sample_rate: int = 16000,
+            seed: int = 0) -> Prepared:
+    """Validate and encode labels, fit the front end, compute features, folds and PCA."""
+    codes, classes = encode_labels(y)
+    n = len(X) if isinstance(X, Sequence | np.ndarray) else 0
+    if n != len(codes):
+        raise DataError(f"got {n} samples but {len(codes)} labels")
+    front_end = make_front_end(data_type, sample_rate)
+    Z = front_end.fit_transform(X)
+    fs = prepare_features(Z, codes, len(classes), seed)
+    return Prepared(front_end, classes, fs, data_hash(X, y))
+
+
+@dataclass
+class TrainedModel:
+    """A trained app model: front end, fitted candidates, the chosen ensemble and gate."""
+
+    front_end: FrontEnd
+    classes: list[str]
+    candidates: list[FittedModel]
+    selection: Selection
+    policy: Policy
+    reducer: Any = None
+    gate: Gate | None = None
+    data_hash: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    _fast: FastEnsemble | None = field(default=None, repr=False)
+
+    @property
+    def members(self) -> list[FittedModel]:
+        return [self.candidates[i] for i in self.selection.members]
+
+    def fast(self) -> FastEnsemble:
+        """The served predictor (built once)."""
+        if self._fast is None:
+            self._fast = FastEnsemble(self.front_end, [m.fast for m in self.members],
+                                      self.selection.weights, self.classes, self.reducer)
+        return self._fast
+
+    def reference_predict_features(self, Z: np.ndarray) -> np.ndarray:
+        """The slow reference: each member's own ``.predict``, then the weighted vote."""
+        from mliot_daemon.learn.ensemble import vote
+
+        Zr = self.reducer(Z) if self.reducer is not None else None
+        preds = np.stack([m.estimator.predict(Zr if m.reduced else Z) for m in self.members])
+        return vote(preds.astype(np.intp), self.selection.weights, len(self.classes))
+
+    def predict_two_stage(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices, stage 1 or 2 per row) for front-end features."""
+        pred = self.fast().predict_features(Z)
+        stage = np.full(len(Z), 2)
+        if self.gate is not None:
+            bg = self.gate.is_background(Z)
+            pred = np.where(bg, self.gate.background, pred)
+            stage[bg] = 1
+        return pred, stage
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+
+
+def fit_all(prep: Prepared, families: Sequence[str] = FAMILIES, *, budget_s: float | None = None,
+            seed: int = 0, workers: int = 1, progress: Progress | None = None) -> list[FittedModel]:
+    """Fit every family, cheapest first; in a forkserver pool when ``workers > 1``."""
+    for f in families:
+        check_family(f)
+    n, d = prep.features.Z.shape
+    order = [s.family for s in lazy_plan(n, d, tuple(families)) if not s.quick]
+    done: list[FittedModel] = []
+    if workers <= 1:
+        for i, fam in enumerate(order):
+            done.append(fit_family(fam, prep.features, budget_s=budget_s, seed=seed))
+            if progress:
+                progress(i + 1, len(order), fam)
+        return done
+    with tempfile.TemporaryDirectory(prefix="mliot-fit-") as tmp:
+        path = prep.features.save(Path(tmp) / "features.npz")
+        with _pool(workers) as pool:
+            futures: dict[Future[Any], str] = {
+                pool.submit(fit_family_job, fam, path, Path(tmp), budget_s, seed): fam for fam in order}
+            for i, fut in enumerate(as_completed(futures)):
+                res = fut.result()
+                done.append(load_fitted(res.artifact))
+                if progress:
+                    progress(i + 1, len(order), res.family)
+    done.sort(key=lambda m: order.index(m.family))
+    return done
+
+
+def front_end_latency_ms(front_end: FrontEnd, X_rows: Any) -> float:
+    """Median single-sample front end time on this machine."""
+    rows = X_rows[:50] if not isinstance(X_rows, list) else X_rows[:50]
+    if isinstance(rows, list):
+        times = []
+        for i in range(60):
+            t = time.perf_counter()
+            front_end.transform([rows[i % len(rows)]])
+            times.append(time.perf_counter() - t)
+        return float(np.median(times) * 1e3)
+    return median_latency_ms(front_end.transform, np.asarray(rows), repeats=100)
+
+
+def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
+             X_probe: Any = None, background_class: str | None = None) -> TrainedModel:
+    """Select the ensemble for ``policy``, check its measured latency, fit the gate.
+
+    The estimate (front end + members) is checked by timing the built fast predictor; when the
+    measurement exceeds the budget the selection is redone with the budget scaled down by the
+    observed ratio (once).
+    """
+    fs = prep.features
+    y_val = fs.y[fs.val_rows]
+    fe_ms = front_end_latency_ms(prep.front_end, X_probe) if X_probe is not None else 0.0
+    sel = select_ensemble(candidates, y_val, fs.n_classes, policy, fe_ms)
+    model = TrainedModel(prep.front_end, prep.classes, candidates, sel, policy, fs.reducer,
+                         data_hash=prep.data_hash)
+    probe = fs.Z[fs.val_rows[:200]]
+    measured = median_latency_ms(model.fast().predict_features, probe, repeats=200) + fe_ms
+    if sel.within_budget and measured > policy.latency_ms:
+        scaled = Policy(policy.mode, policy.latency_ms * sel.latency_ms / measured,
+                        policy.max_models, policy.min_accuracy)
+        sel = select_ensemble(candidates, y_val, fs.n_classes, scaled, fe_ms)
+        model = TrainedModel(prep.front_end, prep.classes, candidates, sel, policy, fs.reducer,
+                             data_hash=prep.data_hash)
+        measured = median_latency_ms(model.fast().predict_features, probe, repeats=200) + fe_ms
+    model.metrics = {"val_accuracy": sel.val_accuracy, "estimated_latency_ms": sel.latency_ms,
+                     "measured_latency_ms": measured, "front_end_ms": fe_ms,
+                     "within_budget": bool(sel.within_budget and measured <= policy.latency_ms)}
+    if background_class is not None:
+        if background_class not in prep.classes:
+            raise DataError(f"background class {background_class!r} is not among the labels")
+        model.gate = fit_gate(fs.Z, fs.y, prep.classes.index(background_class), fs.fold)
+    return model
+
+
+def train(X: Any, y: Any, data_type: str = "vector", policy: Policy | None = None, *,
+          sample_rate: int = 16000, background_class: str | None = None,
+          families: Sequence[str] = FAMILIES, budget_s: float | None = None, seed: int = 0,
+          workers: int | None = None, progress: Progress | None = None) -> TrainedModel:
+    """Train an app model from raw samples: the one-call API (``mliot evaluate`` uses it).
+
+    Args:
+        X: raw samples of ``data_type`` (see ``frontends``).
+        y: labels (converted to str).
+        policy: defaults to ``Policy()`` (best effort, 50 ms, 7 models).
+        background_class: enables the two-stage gate.
+        families: which families to fit.
+        budget_s: search budget per family (None: grows with the data).
+        workers: process-pool size; None = number of cores; 1 fits in this process.
+        progress: called after each family with (done, total, family).
+    """
+    policy = policy or Policy()
+    prep = prepare(X, y, data_type, sample_rate=sample_rate, seed=seed)
+    w = (os.cpu_count() or 1) if workers is None else workers
+    cands = fit_all(prep, families, budget_s=budget_s, seed=seed, workers=w, progress=progress)
+    probe = X[:50] if not isinstance(X, np.ndarray) else X[:50]
+    return assemble(prep, cands, policy, X_probe=probe, background_class=background_class)

@@ -1,0 +1,65 @@
+"""Lazy-training plan: the order in which to fit families so a first model is served early.
+
+The order is cheapest-first by estimated fit time on this machine (``families.FIT_COST`` scaled
+by :func:`machine_speed`, a short ridge fit timed once). The first step must be ready within
+``first_deadline_s`` (2 s): ridge on all rows when that fits, otherwise KNN on the largest
+subsample that does (KNN "fitting" is storing rows; its cost is the search-free validation).
+Every later step fits on all rows with the normal search budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from sklearn.linear_model import RidgeClassifier
+
+from mliot_daemon.learn.families import FAMILIES, estimated_fit_seconds
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """Fit ``family`` on ``rows`` rows (a subsample when fewer than the data); ``quick`` means
+    default parameters, no search (the first, serve-at-once model)."""
+
+    family: str
+    rows: int
+    est_seconds: float
+    quick: bool = False
+
+
+@lru_cache(maxsize=1)
+def machine_speed() -> float:
+    """Speed relative to the machine the cost table was written on (1.0), measured once."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 64))
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        RidgeClassifier().fit(X, y)
+        best = min(best, time.perf_counter() - t)
+    expected = estimated_fit_seconds("ridge", 4000, 64, 1.0)
+    return float(np.clip(expected / max(best, 1e-6), 0.05, 20.0))
+
+
+def lazy_plan(n_samples: int, n_features: int, families: tuple[str, ...] = FAMILIES,
+              speed: float | None = None, first_deadline_s: float = 2.0) -> list[PlanStep]:
+    """Cheapest-first fitting order; the first step is sized to finish within the deadline."""
+    sp = machine_speed() if speed is None else speed
+    steps = sorted(((estimated_fit_seconds(f, n_samples, n_features, sp), f) for f in families))
+    plan: list[PlanStep] = []
+    first_family = "ridge" if "ridge" in families else steps[0][1]
+    # quick first model: default parameters plus one validation fit on the rows (x 2.5 margin)
+    first_cost = 2.5 * estimated_fit_seconds(first_family, n_samples, n_features, sp)
+    if first_cost <= first_deadline_s:
+        plan.append(PlanStep(first_family, n_samples, first_cost, quick=True))
+    else:
+        fam = "knn" if "knn" in families else first_family
+        per_row = estimated_fit_seconds(fam, 1000, n_features, sp) / 1000 * 2.5
+        rows = int(min(n_samples, max(100, first_deadline_s / max(per_row, 1e-9))))
+        plan.append(PlanStep(fam, rows, per_row * rows, quick=True))
+    plan.extend(PlanStep(f, n_samples, est) for est, f in steps)
+    return plan

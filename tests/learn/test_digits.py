@@ -1,0 +1,82 @@
+"""Acceptance on sklearn digits (70/30 stratified, seed 0): ensembles and the fast predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mliot_daemon.learn.ensemble import Policy
+from mliot_daemon.learn.families import FAMILIES
+from mliot_daemon.learn.pipeline import assemble
+
+
+@pytest.fixture(scope="module")
+def models(digits_split, digits_fitted):
+    Xtr, _, _, _ = digits_split
+    prep, cands = digits_fitted
+    return {mode: assemble(prep, cands, Policy.for_mode(mode), X_probe=Xtr[:50])
+            for mode in ("best_effort", "low_latency")}
+
+
+def _test_acc(model, X, y, encode):
+    Z = model.front_end.transform(X)
+    return float((model.fast().predict_features(Z) == encode(model.classes, y)).mean())
+
+
+def test_every_family_fitted_and_profiled(digits_fitted):
+    _, cands = digits_fitted
+    assert sorted(c.family for c in cands) == sorted(FAMILIES)
+    for c in cands:
+        assert 0.8 < c.val_accuracy <= 1.0
+        assert c.fit_seconds > 0 and c.latency_ms > 0 and c.size_bytes > 0
+
+
+def test_best_effort_accuracy_and_best_member(models, digits_split, encode):
+    _, Xte, _, yte = digits_split
+    be = models["best_effort"]
+    acc = _test_acc(be, Xte, yte, encode)
+    Z = be.front_end.transform(Xte)
+    best_member = max(float((m.fast.predict(Z) == encode(be.classes, yte)).mean())
+                      for m in be.members)
+    assert acc >= 0.975
+    assert acc >= best_member - 0.005
+
+
+def test_low_latency_small_and_close(models, digits_split, encode):
+    _, Xte, _, yte = digits_split
+    be, ll = models["best_effort"], models["low_latency"]
+    assert len(ll.members) <= 3
+    assert _test_acc(ll, Xte, yte, encode) >= _test_acc(be, Xte, yte, encode) - 0.02
+    assert ll.selection.latency_ms <= be.selection.latency_ms
+
+
+def _knn_tie(m, Z, row) -> bool:
+    """True when the k-th and (k+1)-th nearest training rows are at the same distance."""
+    est = m.estimator
+    d = np.sort(((est._fit_X - Z[row]) ** 2).sum(axis=1))
+    k = est.n_neighbors
+    return bool(np.isclose(d[k - 1], d[k], rtol=1e-9, atol=1e-12))
+
+
+def test_fast_predictor_agrees_with_reference(digits_fitted, digits_split):
+    prep, cands = digits_fitted
+    _, Xte, _, _ = digits_split
+    # the full 7-member ensemble, whatever the policy would pick
+    model = assemble(prep, cands, Policy(latency_ms=1e9))
+    from mliot_daemon.learn.ensemble import Selection, member_weight
+
+    model.selection = Selection(list(range(len(cands))),
+                                [member_weight(c.val_accuracy, 10) for c in cands], 0, 0, True,
+                                [c.family for c in cands])
+    model._fast = None
+    Z = model.front_end.transform(Xte)
+    fast = model.fast().predict_features(Z)
+    ref = model.reference_predict_features(Z)
+    assert (fast == ref).mean() >= 0.999
+    batch_vs_single = np.array([model.fast().predict_features(Z[i:i + 1])[0] for i in range(50)])
+    assert (batch_vs_single == fast[:50]).all()
+    for m in cands:
+        own = m.fast.predict(Z)
+        sk = m.estimator.predict(Z)
+        for row in np.flatnonzero(own != sk):
+            assert m.family == "knn" and _knn_tie(m, Z, row), (m.family, row)

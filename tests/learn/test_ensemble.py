@@ -1,0 +1,101 @@
+"""Ensemble selection under a policy, on synthetic candidates with known predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from mliot_daemon.learn.ensemble import Policy, member_weight, select_ensemble, vote
+
+
+@dataclass
+class Cand:
+    family: str
+    val_pred: np.ndarray
+    latency_ms: float
+
+    @property
+    def val_accuracy(self) -> float:
+        return float((self.val_pred == Y).mean())
+
+
+rng = np.random.default_rng(1)
+Y = rng.integers(0, 3, size=600)
+
+
+def noisy(err: float, seed: int) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    p = Y.copy()
+    wrong = r.random(len(Y)) < err
+    p[wrong] = (Y[wrong] + r.integers(1, 3, size=wrong.sum())) % 3
+    return p
+
+
+CANDS = [Cand("slow_a", noisy(0.2, 1), 5.0), Cand("slow_b", noisy(0.2, 2), 6.0),
+         Cand("slow_c", noisy(0.2, 3), 7.0), Cand("fast", noisy(0.25, 4), 0.5),
+         Cand("mid", noisy(0.22, 5), 1.0)]
+
+
+def test_weights_grow_with_accuracy():
+    assert member_weight(0.9, 10) > member_weight(0.6, 10) > 0
+    assert member_weight(1.0, 2) < float("inf")
+    assert vote(np.array([[0, 1], [1, 1], [1, 0]]), [1.0, 1.0, 1.5], 2).tolist() == [1, 1]
+
+
+def test_best_effort_votes_when_it_helps_and_beats_every_member():
+    sel = select_ensemble(CANDS, Y, 3, Policy())
+    assert len(sel.members) >= 3
+    assert sel.val_accuracy > max(c.val_accuracy for c in CANDS)
+    assert sel.within_budget
+
+
+def test_tight_budget_gives_fewer_faster_members():
+    loose = select_ensemble(CANDS, Y, 3, Policy(latency_ms=100.0))
+    tight = select_ensemble(CANDS, Y, 3, Policy(latency_ms=1.6))
+    assert len(tight.members) < len(loose.members)
+    assert set(tight.families) <= {"fast", "mid"}
+    assert tight.latency_ms <= 1.6
+    assert tight.val_accuracy >= max(c.val_accuracy for c in CANDS if c.latency_ms <= 1.6)
+
+
+def test_nothing_fits_falls_back_to_fastest_and_says_so():
+    sel = select_ensemble(CANDS, Y, 3, Policy(latency_ms=0.1))
+    assert sel.families == ["fast"] and not sel.within_budget
+
+
+def test_front_end_cost_counts_once():
+    sel = select_ensemble(CANDS, Y, 3, Policy(latency_ms=2.0), front_end_ms=1.2)
+    assert sel.latency_ms <= 2.0 and sel.families == ["fast"]
+
+
+def test_single_best_when_voting_does_not_help():
+    good = Cand("good", noisy(0.02, 9), 1.0)
+    bad = [Cand(f"bad{i}", noisy(0.6, 10 + i), 1.0) for i in range(3)]
+    sel = select_ensemble([good, *bad], Y, 3, Policy())
+    assert sel.families == ["good"]
+
+
+def test_low_latency_is_fastest_within_tolerance():
+    cands = [*CANDS, Cand("fast_good", noisy(0.01, 7), 0.8)]
+    be = select_ensemble(cands, Y, 3, Policy())
+    ll = select_ensemble(cands, Y, 3, Policy.for_mode("low_latency", latency_ms=50.0))
+    assert len(ll.members) <= 3
+    assert ll.val_accuracy >= be.val_accuracy - 0.02
+    assert ll.latency_ms < be.latency_ms
+    assert ll.families == ["fast_good"]
+
+
+def test_low_latency_without_a_close_small_set_takes_the_most_accurate_small_one():
+    ll = select_ensemble(CANDS, Y, 3, Policy.for_mode("low_latency", latency_ms=50.0))
+    assert len(ll.members) == 3  # no <= 3 subset is within 0.02 of the 5-member vote here
+
+
+def test_policy_defaults_and_validation():
+    assert Policy.for_mode("low_latency") == Policy("low_latency", 10.0, 3)
+    assert Policy.for_mode("best_effort").max_models == 7
+    with pytest.raises(ValueError, match="unknown policy"):
+        Policy.for_mode("fastest")
+    with pytest.raises(ValueError, match="no fitted candidates"):
+        select_ensemble([], Y, 3, Policy())
