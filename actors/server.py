@@ -11,7 +11,8 @@ import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, assert_never
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, assert_never
 
 import orjson
 import structlog
@@ -21,7 +22,7 @@ from mliot_daemon.catalog import AppEntry, Catalog
 from mliot_daemon.config import ConfigError, ConfigStore, Rejected, Settings, parse_app
 from mliot_daemon.messages import ApplyConfig, GetLoad, GetServerStatus, MachineLoad, ServerMsg
 from mliot_daemon.metrics import Metrics
-from mliot_daemon.payloads import BadInput, SampleBatch, parse_json, parse_samples
+from mliot_daemon.payloads import BadInput, parse_json, parse_samples
 from mliot_daemon.runtime import Actor, ActorRef
 from mliot_daemon.store import Store, StoreError, StoreFull
 
@@ -29,6 +30,7 @@ log = structlog.get_logger("mliot.server")
 
 PARSE_IN_THREAD_BYTES = 32 * 1024  # below this, parsing on the loop is cheaper than a thread hop
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -64,10 +66,12 @@ class Server(Actor[ServerMsg]):
         self.catalog = Catalog()
         self._catalog_lock = asyncio.Lock()
         self.port: int | None = None
+        self._parser: ThreadPoolExecutor | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="parser")
         api_apps = await self._store.list_apps()
         names = {a.name for a in self._settings.apps} | set(api_apps)
         shapes = {n: await self._store.sample_shape(n) for n in names}
@@ -86,6 +90,8 @@ class Server(Actor[ServerMsg]):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._parser is not None:
+            self._parser.shutdown(wait=False)
 
     async def handle(self, msg: ServerMsg) -> None:
         match msg:
@@ -189,9 +195,14 @@ class Server(Actor[ServerMsg]):
 
     async def _read_json(self, request: web.Request) -> Any:
         body = await self._read_body(request)
-        if len(body) > PARSE_IN_THREAD_BYTES:
-            return await asyncio.to_thread(parse_json, body)
-        return parse_json(body)
+        return await self._offload(len(body), lambda: parse_json(body))
+
+    async def _offload(self, size: int, fn: Callable[[], T]) -> T:
+        """Run CPU-bound parsing of a big body on the one parser thread, a small one inline.
+        One thread, not many: each thread holding the GIL is time the loop waits."""
+        if size <= PARSE_IN_THREAD_BYTES:
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self._parser, fn)
 
     def _entry(self, request: web.Request) -> AppEntry:
         name = request.match_info["app"]
@@ -323,22 +334,17 @@ class Server(Actor[ServerMsg]):
         return web.Response(status=204)
 
     async def _post_samples(self, request: web.Request) -> web.Response:
-        self._entry(request)
-        body = await self._read_body(request)
-        payload = await asyncio.to_thread(parse_json, body) if len(body) > PARSE_IN_THREAD_BYTES \
-            else parse_json(body)
         entry = self._entry(request)
+        body = await self._read_body(request)
         if entry.shape is None and entry.spec.data_type != "audio":
             # The first batch fixes the app's shape: let no other batch race it to the store.
             async with self._catalog_lock:
-                return await self._ingest(self._entry(request), payload, len(body))
-        return await self._ingest(entry, payload, len(body))
+                return await self._ingest(self._entry(request), body)
+        return await self._ingest(entry, body)
 
-    async def _ingest(self, entry: AppEntry, payload: Any, size: int) -> web.Response:
-        def check() -> SampleBatch:
-            return parse_samples(payload, entry.spec, entry.shape)
-
-        batch = await asyncio.to_thread(check) if size > PARSE_IN_THREAD_BYTES else check()
+    async def _ingest(self, entry: AppEntry, body: bytes) -> web.Response:
+        batch = await self._offload(
+            len(body), lambda: parse_samples(parse_json(body), entry.spec, entry.shape))
         result = await self._store.add_samples(entry.name, batch.features, batch.labels, "http",
                                                batch.batch_id)
         if not result.duplicate:

@@ -294,9 +294,9 @@ class Store:
     async def add_samples(self, app: str, features: Iterable[np.ndarray], labels: Sequence[str],
                           source: str, batch_id: str | None = None) -> IngestResult:
         """Store a batch of labelled samples atomically; a repeated batch_id is accepted once."""
-        rows = [encode(x) for x in features]
 
         def write(conn: sqlite3.Connection) -> IngestResult:
+            rows = [encode(x) for x in features]  # on the writer thread, not the loop
             if batch_id is not None:
                 seen = conn.execute("SELECT accepted FROM batches WHERE app=? AND batch_id=?",
                                     (app, batch_id)).fetchone()
