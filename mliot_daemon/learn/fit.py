@@ -91,8 +91,12 @@ class FeatureSet:
                        reducer=reducer)
 
 
-def make_folds(y: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Fold id per row: k-fold CV for small data, a 15 % hold-out (others -1) for large."""
+def make_folds(y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold id per row: k-fold CV for small data, a 15 % hold-out (others -1) for large.
+
+    With ``groups`` (e.g. the recording each window was cut from) rows of one group stay in one
+    fold, so overlapping windows cannot leak between training and validation.
+    """
     n = len(y)
     counts = np.bincount(y)
     smallest = int(counts[counts > 0].min())
@@ -104,14 +108,23 @@ def make_folds(y: np.ndarray, seed: int = 0) -> np.ndarray:
     k = min(5 if n <= 4000 else 3, smallest)
     if k < 2:
         raise DataError("every class needs at least 2 samples for validation")
-    for i, (_, val) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(fold, y)):
+    if groups is not None:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        k = min(k, len(np.unique(groups)))
+        splitter: Any = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+        splits = splitter.split(fold, y, groups)
+    else:
+        splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(fold, y)
+    for i, (_, val) in enumerate(splits):
         fold[val] = i
     return fold
 
 
-def prepare_features(Z: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0) -> FeatureSet:
-    """Fold ids plus, for high-dimensional inputs, the shared PCA."""
-    fold = make_folds(y, seed)
+def prepare_features(Z: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
+                     groups: np.ndarray | None = None) -> FeatureSet:
+    """Fold ids (group-aware when ``groups`` given) plus, for high-dimensional inputs, PCA."""
+    fold = make_folds(y, seed, groups)
     reducer = None
     n, d = Z.shape
     if d >= PCA_MIN_DIMS and n > PCA_MIN_DIMS:

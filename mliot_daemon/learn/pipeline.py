@@ -65,15 +65,21 @@ def data_hash(X: Any, y: Any) -> str:
 
 
 def prepare(X: Any, y: Any, data_type: str = "vector", *, sample_rate: int = 16000,
-            seed: int = 0) -> Prepared:
-    """Validate and encode labels, fit the front end, compute features, folds and PCA."""
+            seed: int = 0, groups: Any = None) -> Prepared:
+    """Validate and encode labels, fit the front end, compute features, folds and PCA.
+
+    ``groups`` (one id per sample, e.g. its recording) keeps related samples in one fold.
+    """
     codes, classes = encode_labels(y)
     n = len(X) if isinstance(X, Sequence | np.ndarray) else 0
     if n != len(codes):
         raise DataError(f"got {n} samples but {len(codes)} labels")
     front_end = make_front_end(data_type, sample_rate)
     Z = front_end.fit_transform(X)
-    fs = prepare_features(Z, codes, len(classes), seed)
+    g = None if groups is None else np.asarray(groups)
+    if g is not None and len(g) != len(codes):
+        raise DataError(f"got {len(g)} group ids for {len(codes)} samples")
+    fs = prepare_features(Z, codes, len(classes), seed, g)
     return Prepared(front_end, classes, fs, data_hash(X, y))
 
 

@@ -79,3 +79,11 @@ def test_fixed_params_skip_search():
     assert m.params == {"C": 3.0} and m.candidates == 0
     with pytest.raises(ValueError, match="unknown model family"):
         fit_family("lasso", fs)
+
+
+def test_group_folds_keep_a_group_together():
+    y = np.repeat(np.arange(2), 60)
+    groups = np.repeat(np.arange(24), 5)
+    fold = make_folds(y, groups=groups)
+    for g in range(24):
+        assert len(set(fold[groups == g])) == 1
