@@ -14,22 +14,49 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, assert_never
 
+import numpy as np
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
+from mliot_daemon import oip
 from mliot_daemon.catalog import AppEntry, Catalog
-from mliot_daemon.config import ConfigError, ConfigStore, Rejected, Settings, parse_app
-from mliot_daemon.messages import ApplyConfig, GetLoad, GetServerStatus, MachineLoad, ServerMsg
+from mliot_daemon.config import AppSpec, ConfigError, ConfigStore, Rejected, Settings, parse_app
+from mliot_daemon.learn.fast import single_thread_blas
+from mliot_daemon.learn.persist import load_model
+from mliot_daemon.messages import (
+    ApplyConfig,
+    AppsChanged,
+    FeedbackAdded,
+    GetLoad,
+    GetServerStatus,
+    MachineLoad,
+    SamplesAdded,
+    ServerMsg,
+    TrainingEvent,
+    VersionPublished,
+)
 from mliot_daemon.metrics import Metrics
-from mliot_daemon.payloads import BadInput, parse_json, parse_samples
+from mliot_daemon.payloads import (
+    BadInput,
+    check_features,
+    check_label,
+    label_text,
+    parse_json,
+    parse_samples,
+)
+from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import Actor, ActorRef
-from mliot_daemon.store import Store, StoreError, StoreFull
+from mliot_daemon.serving import Answer, ServedApp, ServedModel
+from mliot_daemon.store import NotFound, PredictionRecord, Store, StoreError, StoreFull, new_prediction_id
 
 log = structlog.get_logger("mliot.server")
 
 PARSE_IN_THREAD_BYTES = 32 * 1024  # below this, parsing on the loop is cheaper than a thread hop
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+WS_QUEUE = 1024  # messages waiting for one WebSocket client; a client that lets it fill is cut
+WS_IN_FLIGHT = 256  # predictions one WebSocket client may have pending
+MAX_INSTANCES = 10_000
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,16 +76,20 @@ class Server(Actor[ServerMsg]):
     config_keys = frozenset({"daemon.token", "daemon.token_file", "daemon.protect_reads",
                              "daemon.max_body_mb", "daemon.name", "apps"})
 
-    def __init__(self, config: ConfigStore, store: Store, metrics: Metrics,
+    def __init__(self, config: ConfigStore, store: Store, metrics: Metrics, registry: Registry,
                  monitor: ActorRef[Any], started_at: float, ready: asyncio.Event,
                  shutdown_timeout: float = 5.0) -> None:
-        super().__init__()
+        super().__init__(mailbox_size=256)
         self._config = config
         self._settings: Settings = config.current
         self._token = self._settings.token
         self._store = store
         self._metrics = metrics
         self._monitor = monitor
+        self.trainer: ActorRef[Any] | None = None  # wired by the daemon
+        self._registry = registry
+        self._served: dict[str, ServedApp] = {}
+        self._sockets: dict[str, set[_Client]] = {}
         self._started_at = started_at
         self._ready = ready
         self._shutdown_timeout = shutdown_timeout
@@ -76,6 +107,12 @@ class Server(Actor[ServerMsg]):
         names = {a.name for a in self._settings.apps} | set(api_apps)
         shapes = {n: await self._store.sample_shape(n) for n in names}
         self.catalog.load(self._settings.apps, api_apps, shapes)
+        single_thread_blas()  # serving is one row at a time: BLAS threads only add overhead
+        for name in self.catalog.names():  # the last good versions answer as soon as we listen
+            version = await asyncio.to_thread(self._registry.current, name)
+            if version is not None:
+                await self._load(name, version)
+        await self._apps_changed()
         self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None,
                                      shutdown_timeout=self._shutdown_timeout)
         await self._runner.setup()
@@ -86,6 +123,9 @@ class Server(Actor[ServerMsg]):
         log.info("http_listening", host=d.host, port=self.port)
 
     async def on_stop(self) -> None:
+        for clients in self._sockets.values():
+            for client in list(clients):
+                client.close(going_away=True)
         # Closes the listening socket, lets in-flight requests finish, then closes connections.
         if self._runner is not None:
             await self._runner.cleanup()
@@ -102,6 +142,11 @@ class Server(Actor[ServerMsg]):
                     async with self._catalog_lock:
                         for name in self.catalog.set_file_apps(settings.apps):
                             log.info("app_config_applied", app=name)
+                    await self._apps_changed()
+            case VersionPublished(app=app, version=version):
+                await self._load(app, version)
+            case TrainingEvent(app=app, kind=kind, data=data):
+                self._broadcast(app, {"type": "event", "kind": kind, **dict(data)})
             case GetServerStatus(reply=reply):
                 if not reply.done():
                     reply.set_result(self._apps_status())
@@ -126,6 +171,16 @@ class Server(Actor[ServerMsg]):
         r.add_put("/v1/apps/{app}", self._put_app)
         r.add_delete("/v1/apps/{app}", self._delete_app)
         r.add_post("/v1/apps/{app}/samples", self._post_samples)
+        r.add_post("/v1/apps/{app}/predict", self._predict)
+        r.add_post("/v1/apps/{app}/feedback", self._feedback)
+        r.add_get("/v1/apps/{app}/models", self._models)
+        r.add_post("/v1/apps/{app}/models/{version}/activate", self._activate)
+        r.add_get("/v1/apps/{app}/stream", self._stream)
+        r.add_get("/v2/health/live", self._healthz)
+        r.add_get("/v2/health/ready", self._readyz)
+        r.add_get("/v2/models/{app}", self._oip_metadata)
+        r.add_get("/v2/models/{app}/ready", self._oip_ready)
+        r.add_post("/v2/models/{app}/infer", self._oip_infer)
         return app
 
     @web.middleware
@@ -139,8 +194,11 @@ class Server(Actor[ServerMsg]):
         finally:
             info = request.match_info.route.resource
             route = info.canonical if info is not None else "unmatched"
+            elapsed = time.perf_counter() - start
             self._metrics.http_requests.labels(request.method, route, str(status)).inc()
-            self._metrics.http_seconds.labels(route).observe(time.perf_counter() - start)
+            self._metrics.http_seconds.labels(route).observe(elapsed)
+            log.debug("http_request", method=request.method, route=route, status=status,
+                      ms=round(elapsed * 1000, 3), app=request.match_info.get("app"))
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -175,6 +233,8 @@ class Server(Actor[ServerMsg]):
     def _needs_token(self, request: web.Request) -> bool:
         if self._settings.daemon.protect_reads:
             return True
+        if request.path.endswith("/stream"):
+            return True  # a stream carries samples and feedback: writes
         is_query = request.path.endswith(("/predict", "/infer"))
         return request.method not in ("GET", "HEAD", "OPTIONS") and not is_query
 
@@ -258,10 +318,9 @@ class Server(Actor[ServerMsg]):
             assert entry is not None
             out[name] = {
                 "data_type": entry.spec.data_type, "owner": entry.owner,
-                "n_samples": self._store.count_samples(name), "model_version": None,
-                "ready": False,
-                "placement": {"serving": None, "training": self._settings.daemon.machine_name,
-                              "reason": "no model yet"},
+                "n_samples": self._store.count_samples(name),
+                "model_version": self._version_of(name), "ready": self._is_ready(entry),
+                "placement": self._placement(name),
             }
         return out
 
@@ -285,7 +344,7 @@ class Server(Actor[ServerMsg]):
                 "shape": list(entry.shape) if entry.shape else entry.spec.to_json()["shape"],
                 "n_samples": self._store.count_samples(entry.name),
                 "n_feedback": await self._store.count_feedback(entry.name),
-                "model_version": None, "ready": False}
+                "model_version": self._version_of(entry.name), "ready": self._is_ready(entry)}
 
     async def _list_apps(self, request: web.Request) -> web.Response:
         return json_response(self.catalog.names())
@@ -317,6 +376,7 @@ class Server(Actor[ServerMsg]):
                                                 "type or shape; delete it first")
             await self._store.put_app(name, spec.to_json())
             self.catalog.put_api_app(spec)
+        await self._apps_changed()
         log.info("app_put", app=name, created=old is None)
         entry = self.catalog.get(name)
         assert entry is not None
@@ -330,6 +390,10 @@ class Server(Actor[ServerMsg]):
                                             "remove it there")
             await self._store.delete_app(entry.name)
             self.catalog.remove(entry.name)
+            self._served.pop(entry.name, None)
+            await self._apps_changed()
+            await asyncio.to_thread(self._registry.delete_app, entry.name)
+        self._broadcast(entry.name, None)
         log.info("app_deleted", app=entry.name)
         return web.Response(status=204)
 
@@ -350,8 +414,321 @@ class Server(Actor[ServerMsg]):
         if not result.duplicate:
             self._metrics.samples_ingested.labels(entry.name, "http").inc(result.accepted)
             self.catalog.note_shape(entry.name, batch.shape)
+            self._tell_trainer().offer(SamplesAdded(app=entry.name, n_samples=result.n_samples))
+        log.debug("samples_committed", app=entry.name, accepted=result.accepted,
+                  duplicate=result.duplicate, n_samples=result.n_samples)
         return json_response({"accepted": result.accepted, "n_samples": result.n_samples,
                               "duplicate": result.duplicate})
+
+    # -- models and serving ---------------------------------------------------------------------
+
+    def _tell_trainer(self) -> ActorRef[Any]:
+        assert self.trainer is not None, "the daemon wires the trainer before starting"
+        return self.trainer
+
+    async def _apps_changed(self) -> None:
+        specs = tuple(e.spec for n in self.catalog.names() if (e := self.catalog.get(n)))
+        await self._tell_trainer().send(AppsChanged(apps=specs))
+
+    async def _load(self, app: str, version: int) -> None:
+        """Load a version from this machine's registry and swap it in (requests in flight
+        finish on the old one)."""
+        path = self._registry.version_path(app, version)
+        try:
+            served = await asyncio.to_thread(lambda: ServedModel(version, load_model(path)))
+        except Exception as exc:  # e.g. pickles of an older library: the trainer retrains
+            log.error("model_load_failed", app=app, version=version, error=repr(exc))
+            return
+        if self.catalog.get(app) is None:
+            return  # deleted while loading
+        current = self._served.get(app)
+        if current is None:
+            self._served[app] = ServedApp(served)
+        else:
+            current.swap(served)
+        log.info("model_loaded", app=app, version=version)
+
+    def _version_of(self, app: str) -> int | None:
+        served = self._served.get(app)
+        return served.current.version if served else None
+
+    def _is_ready(self, entry: AppEntry) -> bool:
+        served = self._served.get(entry.name)
+        if served is None:
+            return False
+        accuracy = float(served.current.model.metrics.get("val_accuracy", 1.0))
+        return accuracy >= entry.spec.policy.min_accuracy
+
+    def _placement(self, app: str) -> dict[str, Any]:
+        me = self._settings.daemon.machine_name
+        if app not in self._served:
+            return {"serving": None, "training": me, "reason": "no model yet"}
+        return {"serving": me, "training": me, "reason": "local"}
+
+    def _serving(self, entry: AppEntry) -> ServedApp:
+        served = self._served.get(entry.name)
+        if served is None:
+            n = self._store.count_samples(entry.name)
+            raise web.HTTPServiceUnavailable(
+                text=f"no model yet for {entry.name!r}: {n} labelled samples so far; a first "
+                     "model trains once two classes have 5 samples each")
+        return served
+
+    def _instances(self, entry: AppEntry, items: Any) -> list[Any]:
+        if not isinstance(items, list) or not items:
+            raise BadInput(422, "instances: a non-empty list of samples is expected")
+        if len(items) > MAX_INSTANCES:
+            raise BadInput(422, f"instances: at most {MAX_INSTANCES} per request")
+        return [check_features(x, entry.spec, entry.shape, f"instances[{i}]")
+                for i, x in enumerate(items)]
+
+    async def _answer(self, entry: AppEntry, samples: list[Any], probabilities: bool = False
+                      ) -> list[dict[str, Any]]:
+        """Predict, record the predictions (group-committed off the hot path), shape the JSON."""
+        answers: list[Answer] = await self._serving(entry).predict(samples, probabilities)
+        ids = [new_prediction_id() for _ in answers]
+        self._store.record_predictions(
+            PredictionRecord(id=i, app=entry.name, label=a.label, confidence=a.confidence,
+                             stage=a.stage, model_version=a.version, features=x)
+            for i, a, x in zip(ids, answers, samples, strict=True))
+        out = []
+        for i, a in zip(ids, answers, strict=True):
+            item = {"id": i, "label": a.label, "confidence": round(a.confidence, 6),
+                    "stage": a.stage, "model_version": a.version}
+            if a.probabilities is not None:
+                item["probabilities"] = a.probabilities
+            out.append(item)
+        self._metrics.predictions.labels(entry.name).inc(len(out))
+        return out
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        payload = await self._read_json(request)
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise BadInput(422, 'expected {"instances": [...], "probabilities"?: bool}')
+        self._serving(entry)
+        samples = self._instances(entry, payload["instances"])
+        predictions = await self._answer(entry, samples, bool(payload.get("probabilities")))
+        return json_response({"predictions": predictions})
+
+    async def _record_feedback(self, entry: AppEntry, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("prediction_id"), str) \
+                or "label" not in payload:
+            raise BadInput(422, 'expected {"prediction_id": "...", "label": "..."}')
+        label = label_text(payload["label"], "label")
+        check_label(entry.spec, label, "label")
+        served = self._served.get(entry.name)
+        if entry.spec.classes is None and served is not None \
+                and label not in served.current.classes:
+            raise BadInput(422, f"label: unknown label {label!r}; known labels are "
+                                f"{served.current.classes}")
+        try:
+            result = await self._store.add_feedback(entry.name, payload["prediction_id"], label)
+        except NotFound:
+            raise web.HTTPNotFound(text=f"unknown prediction id {payload['prediction_id']!r}"
+                                   ) from None
+        await self._tell_trainer().send(FeedbackAdded(app=entry.name, wrong=label != result.predicted,
+                                               sample_id=result.sample_id, label=label,
+                                               predicted=result.predicted))
+        return {"prediction_id": payload["prediction_id"], "label": label,
+                "predicted": result.predicted}
+
+    async def _feedback(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        return json_response(await self._record_feedback(entry, await self._read_json(request)))
+
+    async def _models(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+
+        def read() -> dict[str, Any]:
+            versions = []
+            for v in reversed(self._registry.versions(entry.name)):
+                try:
+                    m = self._registry.manifest(entry.name, v)
+                except ValueError:
+                    continue
+                meta = self._registry.meta(entry.name, v)
+                fitted_on = m.get("extra", {}).get("fitted_on", {})
+                versions.append({
+                    "version": v, "created": m.get("created"),
+                    "reason": meta.get("reason", m.get("extra", {}).get("reason")),
+                    "members": [{"family": x["family"], "weight": x["weight"]}
+                                for x in m.get("members", [])],
+                    "candidates": [{"family": c["family"], "accuracy": c.get("val_accuracy"),
+                                    "latency_ms": c.get("latency_ms"),
+                                    "fit_seconds": c.get("fit_seconds"),
+                                    "fitted_on": fitted_on.get(c["family"])}
+                                   for c in m.get("candidates", [])],
+                    "metrics": {**m.get("metrics", {}), **m.get("selection", {})},
+                    "gate": m.get("gate"), "decision": meta.get("decision")})
+            return {"current": self._version_of(entry.name), "versions": versions}
+
+        return json_response(await asyncio.to_thread(read))
+
+    async def _activate(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        try:
+            version = int(request.match_info["version"])
+            await asyncio.to_thread(self._registry.activate, entry.name, version)
+        except (ValueError, KeyError):
+            raise web.HTTPNotFound(text=f"no kept version {request.match_info['version']!r}"
+                                   ) from None
+        await self._load(entry.name, version)
+        if self._version_of(entry.name) != version:
+            raise web.HTTPServiceUnavailable(text=f"version {version} could not be loaded")
+        log.info("version_activated", app=entry.name, version=version)
+        return json_response({"current": version})
+
+    # -- Open Inference Protocol v2 -------------------------------------------------------------
+
+    async def _oip_metadata(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        shape = [-1, *(entry.shape or [-1])]
+        return json_response({
+            "name": entry.name, "platform": "mliot",
+            "versions": [str(v) for v in await asyncio.to_thread(self._registry.versions,
+                                                                   entry.name)],
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": shape}],
+            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                        {"name": "confidence", "datatype": "FP32", "shape": [-1]}]})
+
+    async def _oip_ready(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        if entry.name not in self._served:
+            return error_response(400, "not ready: no model yet")
+        return web.Response(status=200)
+
+    async def _oip_infer(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        body = await self._read_body(request)
+        header = request.headers.get("Inference-Header-Content-Length")
+        try:
+            header_length = int(header) if header is not None else None
+        except ValueError:
+            raise BadInput(400, "Inference-Header-Content-Length must be an integer") from None
+        req, array = await self._offload(len(body), lambda: oip.decode_request(body, header_length))
+        self._serving(entry)
+        samples = self._instances(entry, list(array))
+        answers = await self._answer(entry, samples)
+        payload, json_len = oip.encode_response(
+            entry.name, answers[0]["model_version"], req.get("id"),
+            [a["label"] for a in answers],
+            np.array([a["confidence"] for a in answers], dtype=np.float32), oip.wants_binary(req))
+        headers = {} if json_len is None else {"Inference-Header-Content-Length": str(json_len)}
+        return web.Response(body=payload, headers=headers,
+                            content_type="application/octet-stream" if json_len is not None
+                            else "application/json")
+
+    # -- WebSocket streams ----------------------------------------------------------------------
+
+    def _broadcast(self, app: str, message: dict[str, Any] | None) -> None:
+        """Send to every stream of an app (None closes them: the app is gone)."""
+        for client in list(self._sockets.get(app, ())):
+            if message is None:
+                client.close(going_away=True)
+            else:
+                client.put(message)
+
+    async def _stream(self, request: web.Request) -> web.WebSocketResponse:
+        entry = self._entry(request)
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=int(
+            self._settings.daemon.max_body_mb * 2**20))
+        await ws.prepare(request)
+        in_flight = asyncio.Semaphore(WS_IN_FLIGHT)
+        client: _Client | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                client = _Client(ws, tg)
+                self._sockets.setdefault(entry.name, set()).add(client)
+                writer = tg.create_task(client.write_loop(), name=f"ws.{entry.name}.tx")
+                async for msg in ws:
+                    if msg.type != web.WSMsgType.TEXT:
+                        client.put({"type": "error", "ref": None,
+                                    "message": "only JSON text messages are understood"})
+                        continue
+                    await in_flight.acquire()
+                    tg.create_task(self._ws_message(entry.name, client, msg.data, in_flight))
+                writer.cancel()
+        finally:
+            if client is not None:
+                self._sockets.get(entry.name, set()).discard(client)
+        return ws
+
+    async def _ws_message(self, app: str, client: _Client, data: str,
+                          in_flight: asyncio.Semaphore) -> None:
+        ref: Any = None
+        try:
+            try:
+                msg = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise BadInput(400, f"malformed JSON: {exc}") from exc
+            if not isinstance(msg, dict):
+                raise BadInput(422, "a message must be a JSON object")
+            ref = msg.get("ref")
+            entry = self.catalog.get(app)
+            if entry is None:
+                raise BadInput(404, f"app {app!r} is gone")
+            kind = msg.get("type")
+            if kind == "predict":
+                samples = [check_features(msg.get("features"), entry.spec, entry.shape)]
+                (prediction,) = await self._answer(entry, samples,
+                                                   bool(msg.get("probabilities")))
+                client.put({"type": "prediction", "ref": ref, **prediction})
+            elif kind == "sample":
+                batch = parse_samples({"samples": [{"features": msg.get("features"),
+                                                    "label": msg.get("label")}]},
+                                      entry.spec, entry.shape)
+                result = await self._store.add_samples(app, batch.features, batch.labels, "ws")
+                self._metrics.samples_ingested.labels(app, "ws").inc()
+                self.catalog.note_shape(app, batch.shape)
+                self._tell_trainer().offer(SamplesAdded(app=app, n_samples=result.n_samples))
+                client.put({"type": "ack", "ref": ref, "n_samples": result.n_samples})
+            elif kind == "feedback":
+                await self._record_feedback(entry, msg)
+                client.put({"type": "ack", "ref": ref})
+            else:
+                raise BadInput(422, "type: must be predict, sample or feedback")
+        except BadInput as exc:
+            detail = f"{exc.message}: {'; '.join(exc.details)}" if exc.details else exc.message
+            client.put({"type": "error", "ref": ref, "message": detail})
+        except web.HTTPException as exc:
+            client.put({"type": "error", "ref": ref, "message": exc.text or exc.reason})
+        except (StoreError, TimeoutError) as exc:
+            client.put({"type": "error", "ref": ref, "message": f"not stored: {exc}"})
+        finally:
+            in_flight.release()
+
+
+class _Client:
+    """One WebSocket connection's outgoing queue. A client too slow to drain it is closed,
+    so it never holds back the others."""
+
+    def __init__(self, ws: web.WebSocketResponse, tg: asyncio.TaskGroup) -> None:
+        self.ws = ws
+        self.tg = tg  # the connection's task group: the close task belongs to it
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(WS_QUEUE)
+        self.closing = False
+
+    def put(self, message: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            log.warning("ws_client_too_slow")
+            self.close(going_away=False)
+
+    def close(self, going_away: bool) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        code = WSCloseCode.GOING_AWAY if going_away else WSCloseCode.POLICY_VIOLATION
+        self.tg.create_task(self.ws.close(code=code, message=b"closing"))
+
+    async def write_loop(self) -> None:
+        while True:
+            message = await self.queue.get()
+            if message is None:
+                return
+            await self.ws.send_str(orjson.dumps(message).decode())
 
 
 def _version() -> str:

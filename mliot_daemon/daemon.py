@@ -20,10 +20,12 @@ import structlog
 
 from actors.monitor import Monitor
 from actors.server import Server
+from actors.trainer import Trainer
 from mliot_daemon.config import ConfigError, ConfigStore, Settings, load_file, parse_settings
 from mliot_daemon.logs import configure_logging
 from mliot_daemon.messages import ApplyConfig
 from mliot_daemon.metrics import Metrics
+from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import (
     Actor,
     RestartBudget,
@@ -54,10 +56,15 @@ class Daemon:
         self.stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.started_at = time.monotonic()
+        self.registry = Registry(settings.daemon.data_path / "models")
         self.monitor = Monitor(self.metrics)
-        self.server = Server(config, self.store, self.metrics, self.monitor.ref,
+        self.server = Server(config, self.store, self.metrics, self.registry, self.monitor.ref,
                              self.started_at, self.ready)
-        self.actors: list[Actor[Any]] = [self.monitor, self.server]  # start order
+        self.trainer = Trainer(settings, self.store, self.registry, self.server.ref,
+                               settings.daemon.machine_name)
+        # Server and trainer tell each other things (neither asks the other, so no deadlock).
+        self.server.trainer = self.trainer.ref
+        self.actors: list[Actor[Any]] = [self.monitor, self.trainer, self.server]  # start order
         self.monitor.watch([a.ref for a in self.actors])
         config.subscribe(self._apply)
         self.metrics.config_version.set(config.version)

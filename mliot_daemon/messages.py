@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from mliot_daemon.config import Settings
+from mliot_daemon.config import AppSpec, Settings
 
 
 # -- sent to every actor ------------------------------------------------------------------------
@@ -53,7 +53,73 @@ class GetLoad:
 MonitorMsg: TypeAlias = ApplyConfig | GetLoad
 
 
+# -- trainer ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppsChanged:
+    """The full set of apps now known (after start, PUT, DELETE or a reload)."""
+
+    apps: tuple[AppSpec, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplesAdded:
+    """Labelled samples were committed for an app (telemetry: the trainer also polls)."""
+
+    app: str
+    n_samples: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackAdded:
+    """A correction (or confirmation) was committed; ``wrong`` if it disagreed."""
+
+    app: str
+    wrong: bool
+    sample_id: int
+    label: str
+    predicted: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished:
+    """A training run of the trainer's own ended (sent by its child task)."""
+
+    app: str
+    n_samples: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetTrainerStatus:
+    """Query: per-app training state."""
+
+    reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
+
+
+TrainerMsg: TypeAlias = (ApplyConfig | AppsChanged | SamplesAdded | FeedbackAdded | RunFinished
+                         | GetTrainerStatus)
+
+
 # -- server -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionPublished:
+    """A new model version of an app is current: load it and serve it."""
+
+    app: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingEvent:
+    """Training progress for WebSocket clients (telemetry)."""
+
+    app: str
+    kind: str  # model_fitted, version_published, retraining_started, retraining_finished
+    data: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,4 +129,4 @@ class GetServerStatus:
     reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
 
 
-ServerMsg: TypeAlias = ApplyConfig | GetServerStatus
+ServerMsg: TypeAlias = ApplyConfig | VersionPublished | TrainingEvent | GetServerStatus

@@ -19,6 +19,8 @@ class Metrics:
                                       ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.samples_ingested = Counter("mliot_samples_ingested", "Labelled samples committed",
                                         ["app", "source"], registry=r)
+        self.predictions = Counter("mliot_predictions", "Predictions answered", ["app"],
+                                   registry=r)
         self.mailbox_depth = Gauge("mliot_mailbox_depth", "Messages waiting per actor",
                                    ["actor"], registry=r)
         self.mailbox_dropped = Gauge("mliot_mailbox_dropped", "Telemetry messages dropped "

@@ -116,6 +116,14 @@ class IngestResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """A committed correction: the training sample it became, and what had been predicted."""
+
+    sample_id: int
+    predicted: str
+
+
+@dataclass(frozen=True, slots=True)
 class PredictionRecord:
     """One served prediction, kept for feedback and audit."""
 
@@ -250,6 +258,13 @@ class Store:
         results: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Predictions first: feedback in the same group may refer to them.
+            if predictions:
+                now = time.time()
+                conn.executemany(
+                    "INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?)",
+                    [(p.id, p.app, p.label, p.confidence, p.stage, p.model_version,
+                      *encode(p.features), now) for p in predictions])
             for fn, _ in batch:
                 conn.execute("SAVEPOINT item")
                 try:
@@ -265,12 +280,6 @@ class Store:
                     conn.execute("ROLLBACK TO item")
                     conn.execute("RELEASE item")
                     results.append(exc)
-            if predictions:
-                now = time.time()
-                conn.executemany(
-                    "INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(p.id, p.app, p.label, p.confidence, p.stage, p.model_version,
-                      *encode(p.features), now) for p in predictions])
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -314,6 +323,16 @@ class Store:
             return IngestResult(len(rows), self._counts[app], duplicate=False)
 
         return await self._write(write)
+
+    async def label_counts(self, app: str) -> dict[str, int]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT label, count(*) FROM samples WHERE app=? GROUP BY label", (app,)).fetchall())
+        return dict(rows)
+
+    async def last_sample_id(self, app: str) -> int:
+        row = await self._read(lambda c: c.execute(
+            "SELECT max(id) FROM samples WHERE app=?", (app,)).fetchone())
+        return int(row[0] or 0)
 
     def count_samples(self, app: str) -> int:
         """Committed samples of an app (kept in memory; exact after every commit)."""
@@ -368,6 +387,27 @@ class Store:
         cutoff = time.time() - older_than_s
         return await self._write(lambda c: c.execute(
             "DELETE FROM predictions WHERE created < ?", (cutoff,)).rowcount)
+
+    async def add_feedback(self, app: str, prediction_id: str, label: str) -> FeedbackResult:
+        """Store a correction of a served prediction, and the sample it makes; NotFound when
+        the prediction is unknown (or pruned)."""
+
+        def write(conn: sqlite3.Connection) -> FeedbackResult:
+            row = conn.execute("SELECT label, features, shape FROM predictions "
+                               "WHERE id=? AND app=?", (prediction_id, app)).fetchone()
+            if row is None:
+                raise NotFound(prediction_id)
+            predicted, blob, shape = row
+            now = time.time()
+            conn.execute("INSERT INTO feedback (app, prediction_id, predicted, label, features, "
+                         "shape, created) VALUES (?,?,?,?,?,?,?)",
+                         (app, prediction_id, predicted, label, blob, shape, now))
+            cur = conn.execute("INSERT INTO samples (app, features, shape, label, source, created)"
+                               " VALUES (?,?,?,?,?,?)", (app, blob, shape, label, "feedback", now))
+            self._counts[app] = self._counts.get(app, 0) + 1
+            return FeedbackResult(int(cur.lastrowid or 0), predicted)
+
+        return await self._write(write)
 
     async def count_feedback(self, app: str) -> int:
         row = await self._read(lambda c: c.execute(

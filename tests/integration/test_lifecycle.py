@@ -72,7 +72,7 @@ def test_sigterm_during_ingest_exits_0_with_every_acknowledged_sample_on_disk(
     assert set(on_disk) <= set(sent)
     assert all(n == BATCH for n in on_disk.values())
     stops = [e["actor"] for e in daemon.events("actor_stopped")]
-    assert stops == ["server", "monitor"]  # ingress first
+    assert stops == ["server", "trainer", "monitor"]  # ingress first
 
 
 def test_kill_9_during_a_stream_loses_nothing_acknowledged(daemon: DaemonProcess) -> None:
@@ -120,3 +120,21 @@ def test_port_taken_exits_1_with_a_reason(daemon: DaemonProcess, daemon_factory:
     assert other.wait(30) == 1
     assert other.events("daemon_start_failed")
     assert daemon.request("GET", "/healthz")[0] == 200
+
+
+def test_cli_status_and_version(daemon: DaemonProcess) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mliot_daemon", "status", "--config",
+                          str(daemon.config_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["config_version"] == 1
+    daemon.stop()
+    out = subprocess.run([sys.executable, "-m", "mliot_daemon", "status", "--config",
+                          str(daemon.config_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "cannot reach the daemon" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "mliot_daemon", "--version"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("mliot ")

@@ -1,0 +1,388 @@
+"""The trainer actor: lazy training, retraining on growth, adaptation to feedback.
+
+It owns the process pool (forkserver, workers at lower priority) and runs at most one training
+run per app, as a child task in its own TaskGroup. A run prepares features in the pool, fits the
+plan's steps cheapest first, and after each fit assembles and publishes a version, so the first
+model serves within seconds and the rest join as they finish. Runs report back to the mailbox
+(`RunFinished`); versions go to the server (`VersionPublished`), progress as `TrainingEvent`s.
+
+Adaptation: every piece of feedback updates a Page-Hinkley test on the error stream. After
+`retrain_after` corrections, or when the test fires, the app is retrained with corrections
+counted three times, and after a detected drift without the stale samples of the corrected
+classes. The new version is published only if it is at least as accurate as the current one on
+the newest corrections, which are held out of its training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, assert_never
+
+import structlog
+
+from mliot_daemon.config import AppSpec, Settings
+from mliot_daemon.drift import PageHinkley
+from mliot_daemon.learn import jobs
+from mliot_daemon.learn.ensemble import Policy
+from mliot_daemon.messages import (
+    ApplyConfig,
+    AppsChanged,
+    FeedbackAdded,
+    GetTrainerStatus,
+    RunFinished,
+    SamplesAdded,
+    TrainerMsg,
+    TrainingEvent,
+    VersionPublished,
+)
+from mliot_daemon.registry import Registry
+from mliot_daemon.runtime import Actor, ActorRef
+from mliot_daemon.store import Store
+
+log = structlog.get_logger("mliot.trainer")
+T = TypeVar("T")
+
+MIN_PER_CLASS = 5  # labelled samples each of two classes before a first model is tried
+FEEDBACK_REPEATS = 3
+HOLDOUT_SHARE = 0.3
+POLL_S = 2.0
+
+
+@dataclass
+class AppState:
+    """What the trainer knows of one app."""
+
+    spec: AppSpec
+    trained_on: int = 0  # samples the current version was trained on
+    failed_at: int = -1  # sample count of the last failed run (no retry until more data)
+    running: asyncio.Task[None] | None = None
+    val_accuracy: float = 0.0
+    detector: PageHinkley | None = None
+    corrections: list[FeedbackAdded] = field(default_factory=list)  # since the last adaptation
+    observed: list[FeedbackAdded] = field(default_factory=list)  # since the detector's reset
+    drift_sample_id: int = 0
+    last_reason: str = ""
+
+
+class Trainer(Actor[TrainerMsg]):
+    """Fits models in a process pool and publishes versions."""
+
+    name = "trainer"
+    config_keys = frozenset({"training"})
+    stop_timeout = 30.0
+
+    def __init__(self, settings: Settings, store: Store, registry: Registry,
+                 server: ActorRef[Any], machine: str) -> None:
+        super().__init__(mailbox_size=256)
+        self._settings = settings
+        self._store = store
+        self._registry = registry
+        self._server = server
+        self._machine = machine
+        self._pool: ProcessPoolExecutor | None = None
+        self._slots = asyncio.Semaphore(settings.training.pool_size)
+        self._apps: dict[str, AppState] = {}
+        self._scratch = settings.daemon.data_path / "scratch"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        await asyncio.to_thread(self._registry.clear_staging)
+        shutil.rmtree(self._scratch, ignore_errors=True)
+        self._new_pool()
+        # Warm every worker now: the first unpickle of sklearn in a fresh worker takes seconds.
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, jobs.warm_up)
+                               for _ in range(self._settings.training.pool_size)))
+
+    def background(self) -> list:
+        return [self._poll()]
+
+    async def on_stop(self) -> None:
+        runs = [s.running for s in self._apps.values() if s.running is not None]
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    def _new_pool(self) -> None:
+        self._pool = ProcessPoolExecutor(
+            self._settings.training.pool_size,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=jobs.lower_priority)
+
+    async def _poll(self) -> None:
+        """Check every app now and then: a dropped SamplesAdded must not stall training."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            for name in list(self._apps):
+                await self._maybe_train(name)
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def handle(self, msg: TrainerMsg) -> None:
+        match msg:
+            case AppsChanged(apps=apps):
+                await self._set_apps(apps)
+            case SamplesAdded(app=app):
+                await self._maybe_train(app)
+            case FeedbackAdded():
+                await self._on_feedback(msg)
+            case RunFinished(app=app, n_samples=n, error=error):
+                state = self._apps.get(app)
+                if state is not None:
+                    state.running = None
+                    if error is None:
+                        state.trained_on = max(state.trained_on, n)
+                    else:
+                        state.failed_at = n
+                    await self._maybe_train(app)
+            case GetTrainerStatus(reply=reply):
+                if not reply.done():
+                    reply.set_result({name: {"training": s.running is not None,
+                                             "trained_on": s.trained_on,
+                                             "corrections_pending": len(s.corrections),
+                                             "last_reason": s.last_reason}
+                                      for name, s in self._apps.items()})
+            case ApplyConfig(settings=settings):
+                self._settings = settings
+            case _:
+                assert_never(msg)
+
+    async def _set_apps(self, apps: tuple[AppSpec, ...]) -> None:
+        wanted = {a.name: a for a in apps}
+        for name in set(self._apps) - set(wanted):
+            state = self._apps.pop(name)
+            if state.running is not None:
+                state.running.cancel()
+        for name, spec in wanted.items():
+            state = self._apps.get(name)
+            if state is None:
+                state = self._apps[name] = AppState(spec)
+                await self._resume(state)
+            elif state.spec != spec:
+                changed_policy = state.spec.policy != spec.policy
+                state.spec = spec
+                if changed_policy and state.trained_on:
+                    state.trained_on = 0  # re-select under the new policy
+            await self._maybe_train(name)
+
+    async def _resume(self, state: AppState) -> None:
+        """Pick up where the registry left off after a restart."""
+        app = state.spec.name
+        version = await asyncio.to_thread(self._registry.current, app)
+        if version is None:
+            return
+        try:
+            manifest = await asyncio.to_thread(self._registry.manifest, app, version)
+        except ValueError:
+            return
+        extra = manifest.get("extra", {})
+        state.trained_on = int(extra.get("n_samples", 0))
+        state.val_accuracy = float(manifest.get("selection", {}).get("val_accuracy", 0.0))
+        if extra.get("library_mismatch"):
+            state.trained_on = 0
+
+    # -- deciding to train --------------------------------------------------------------------
+
+    async def _maybe_train(self, app: str) -> None:
+        state = self._apps.get(app)
+        if state is None or state.running is not None:
+            return
+        n = self._store.count_samples(app)
+        if n == 0 or n == state.failed_at:
+            return
+        policy = state.spec.policy
+        if state.corrections and (len(state.corrections) >= policy.retrain_after
+                                  or state.drift_sample_id):
+            self._start(state, "feedback", n)
+            return
+        if state.trained_on == 0:
+            if await self._enough_to_start(app):
+                self._start(state, "initial", n)
+        elif n >= state.trained_on * self._settings.training.growth_factor:
+            self._start(state, "data", n)
+
+    async def _enough_to_start(self, app: str) -> bool:
+        counts = await self._store.label_counts(app)
+        return sum(1 for c in counts.values() if c >= MIN_PER_CLASS) >= 2
+
+    def _start(self, state: AppState, reason: str, n: int) -> None:
+        # The task is the app state's; on_stop cancels and awaits every one of them.
+        state.last_reason = reason
+        state.running = asyncio.create_task(self._run(state, reason, n),
+                                            name=f"trainer.run.{state.spec.name}")
+
+    # -- a training run -----------------------------------------------------------------------
+
+    async def _pool_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """One job in the pool, holding a slot, bounded by fit_timeout_s."""
+        async with self._slots:
+            if self._pool is None:
+                raise RuntimeError("the trainer is stopping")
+            fut = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            try:
+                async with asyncio.timeout(self._settings.training.fit_timeout_s):
+                    return await fut
+            except BrokenProcessPool:
+                # A worker died (OOM kill): every job in flight fails, the pool is replaced.
+                log.error("trainer_pool_rebuilt")
+                self._new_pool()
+                raise
+
+    async def _run(self, state: AppState, reason: str, n: int) -> None:
+        app = state.spec.name
+        error: str | None = None
+        run_dir = self._scratch / f"{app}-{time.time_ns()}"
+        started = time.perf_counter()
+        try:
+            if reason == "feedback":
+                await self._adapt(state, run_dir, n)
+            else:
+                await self._train(state, reason, run_dir, n)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failed run is data: report it, keep the actor alive
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("training_failed", app=app, reason=reason, error=error)
+            self._event(app, "retraining_finished", ok=False, error=error)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("training_run_finished", app=app, reason=reason, n_samples=n,
+                 seconds=round(time.perf_counter() - started, 2), error=error)
+        await self.ref.send(RunFinished(app=app, n_samples=n, error=error))
+
+    def _data(self, state: AppState, upto: int, **kw: Any) -> jobs.TrainingData:
+        return jobs.TrainingData(db_path=self._store.path, app=state.spec.name, upto_id=upto,
+                                 feedback_repeats=FEEDBACK_REPEATS, **kw)
+
+    def _policy(self, spec: AppSpec) -> Policy:
+        p = spec.policy
+        return Policy.for_mode(p.mode, p.latency_ms, p.max_models, p.min_accuracy)
+
+    async def _fit_steps(self, state: AppState, data: jobs.TrainingData, run_dir: Path,
+                         publish_each: bool, reason: str, n: int
+                         ) -> tuple[Path | None, dict[str, Any]]:
+        """Prepare, then fit the plan's steps; assemble after each (publishing if asked).
+        Returns the last assembled model's staging path (unpublished when not publish_each)."""
+        spec = state.spec
+        app = spec.name
+        info = await self._pool_call(jobs.prepare_job, data, spec.data_type,
+                                     spec.sample_rate or 16000, run_dir / "prepared")
+        fitted: dict[str, jobs.FitResult] = {}
+        quick: jobs.FitResult | None = None
+        steps = info.plan if publish_each else [s for s in info.plan if not s.quick]
+        policy = self._policy(spec)
+        staging: Path | None = None
+        summary: dict[str, Any] = {}
+        for i, step in enumerate(steps):
+            result = await self._pool_call(jobs.fit_job, info.directory, step, run_dir / "fits")
+            if step.quick:
+                quick = result
+            else:
+                fitted[step.family] = result
+            self._event(app, "model_fitted", family=step.family, quick=step.quick,
+                        accuracy=result.summary.get("val_accuracy"))
+            last = i == len(steps) - 1
+            if not publish_each and not last:
+                continue
+            candidates = list(fitted.values()) or ([quick] if quick else [])
+            staging = await asyncio.to_thread(self._registry.staging_path, app)
+            extra = {"reason": reason, "n_samples": n,
+                     "fitted_on": {r.family: self._machine for r in candidates}}
+            summary = await self._pool_call(
+                jobs.assemble_job, info.directory, [r.artifact for r in candidates], policy,
+                spec.background_class, staging, extra)
+            if publish_each:
+                await self._publish(state, staging, reason if i == 0 else "lazy", summary)
+                staging = None
+        return staging, summary
+
+    async def _train(self, state: AppState, reason: str, run_dir: Path, n: int) -> None:
+        app = state.spec.name
+        upto = await self._store.last_sample_id(app)
+        self._event(app, "retraining_started", reason=reason)
+        await self._fit_steps(state, self._data(state, upto), run_dir, True, reason, n)
+        self._event(app, "retraining_finished", ok=True, reason=reason)
+
+    async def _adapt(self, state: AppState, run_dir: Path, n: int) -> None:
+        """Retrain from feedback; publish only if at least as good on the newest corrections."""
+        app = state.spec.name
+        corrections, state.corrections = state.corrections, []
+        drift_id, state.drift_sample_id = state.drift_sample_id, 0
+        upto = await self._store.last_sample_id(app)
+        held = max(1, int(len(corrections) * HOLDOUT_SHARE))
+        holdout = [c.sample_id for c in corrections[-held:]]
+        stale = sorted({c.label for c in corrections} | {c.predicted for c in corrections}) \
+            if drift_id else []
+        data = self._data(state, upto, holdout_ids=tuple(holdout), stale_before_id=drift_id,
+                          stale_labels=tuple(stale))
+        self._event(app, "retraining_started", reason="feedback", corrections=len(corrections),
+                    drift=bool(drift_id))
+        staging, summary = await self._fit_steps(state, data, run_dir, False, "feedback", n)
+        assert staging is not None
+        current = await asyncio.to_thread(self._registry.current, app)
+        dirs = [staging] + ([self._registry.version_path(app, current)] if current else [])
+        scores = await self._pool_call(jobs.score_job, dirs, data, holdout)
+        new, old = scores[0], (scores[1] if len(scores) > 1 else float("-inf"))
+        decision = {"holdout": len(holdout), "new_accuracy": new, "current_accuracy": old,
+                    "drift": bool(drift_id), "stale_labels": stale,
+                    "published": bool(new >= old)}
+        log.info("adaptation_decided", app=app, **decision)
+        if new >= old:
+            await self._publish(state, staging, "feedback", summary, decision)
+        else:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            state.corrections = corrections[-held:]  # keep the evidence for the next try
+        self._event(app, "retraining_finished", ok=True, reason="feedback", **decision)
+
+    async def _publish(self, state: AppState, staging: Path, reason: str,
+                       summary: dict[str, Any], decision: dict[str, Any] | None = None) -> None:
+        app = state.spec.name
+        meta = {"reason": reason, "created": time.time(), "decision": decision}
+        version = await asyncio.to_thread(self._registry.publish, app, staging,
+                                          self._settings.training.keep_versions, meta)
+        state.val_accuracy = float(summary.get("val_accuracy", 0.0))
+        state.detector = PageHinkley(1.0 - state.val_accuracy)
+        state.observed = []
+        await self._server.send(VersionPublished(app=app, version=version))
+        log.info("version_published", app=app, version=version, reason=reason,
+                 members=summary.get("members"), val_accuracy=state.val_accuracy)
+        self._event(app, "version_published", version=version, reason=reason,
+                    members=summary.get("members"))
+
+    # -- feedback -----------------------------------------------------------------------------
+
+    async def _on_feedback(self, msg: FeedbackAdded) -> None:
+        state = self._apps.get(msg.app)
+        if state is None:
+            return
+        if msg.wrong:
+            state.corrections.append(msg)
+        if state.detector is None:
+            state.detector = PageHinkley(1.0 - state.val_accuracy)
+        state.observed.append(msg)
+        if state.detector.update(msg.wrong):
+            # the change began just after the statistic's minimum: older samples of the
+            # corrected classes describe the old world
+            start = state.observed[state.detector.change_started_at]
+            state.drift_sample_id = state.drift_sample_id or start.sample_id
+            log.info("drift_detected", app=msg.app, feedback_seen=state.detector.n,
+                     corrections=len(state.corrections), from_sample=start.sample_id)
+            state.detector.reset()
+            state.observed = []
+        await self._maybe_train(msg.app)
+
+    def _event(self, app: str, kind: str, **data: Any) -> None:
+        self._server.offer(TrainingEvent(app=app, kind=kind, data=tuple(data.items())))

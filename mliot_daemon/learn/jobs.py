@@ -1,0 +1,187 @@
+"""Process-pool entry points of the trainer actor: read, prepare, fit, assemble, score.
+
+Each function runs in a pool worker (forkserver), takes paths and small values, reads what it
+needs itself (samples straight from the SQLite file, read-only) and writes its result to disk
+atomically, returning only a small picklable summary. No asyncio, no logging set-up.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mliot_daemon.learn.ensemble import Policy
+from mliot_daemon.learn.fit import (
+    FeatureSet,
+    FitResult,
+    _atomic_write,
+    fit_family,
+    load_fitted,
+    make_folds,
+)
+from mliot_daemon.learn.persist import load_model, save_model
+from mliot_daemon.learn.pipeline import Prepared, TrainedModel, assemble, prepare
+from mliot_daemon.learn.plan import PlanStep, lazy_plan
+
+PROBE_ROWS = 50
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Which stored samples a training run uses."""
+
+    db_path: Path
+    app: str
+    upto_id: int  # the newest sample id included
+    since_id: int = 0  # older samples are left out (a detected drift point)
+    holdout_ids: tuple[int, ...] = ()  # kept out of training, for the publish decision
+    feedback_repeats: int = 1  # corrections count this many times
+    # After a detected drift: samples older than this id with these labels describe a world
+    # that is gone (a swapped label, a shifted sensor) and are left out.
+    stale_before_id: int = 0
+    stale_labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreparedInfo:
+    """What ``prepare_job`` wrote, and the fitting plan for it."""
+
+    directory: Path
+    n: int
+    d: int
+    classes: list[str]
+    plan: list[PlanStep]
+    data_hash: str
+
+
+def read_samples(db_path: Path, app: str, where: str, args: tuple[Any, ...]
+                 ) -> tuple[list[np.ndarray], list[str], list[str], list[int]]:
+    """(features, labels, sources, ids) of an app's samples matching ``where``."""
+    uri = f"file:{db_path}?mode=ro"
+    with sqlite3.connect(uri, uri=True) as conn:
+        rows = conn.execute(
+            f"SELECT id, features, shape, label, source FROM samples WHERE app=? AND {where} "
+            "ORDER BY id", (app, *args)).fetchall()
+    feats = [np.frombuffer(r[1], dtype=np.float32).reshape(
+        tuple(int(s) for s in r[2].split(","))) for r in rows]
+    return feats, [r[3] for r in rows], [r[4] for r in rows], [r[0] for r in rows]
+
+
+def _as_input(feats: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    if feats and all(f.shape == feats[0].shape for f in feats):
+        return np.stack(feats)
+    return feats
+
+
+def prepare_job(data: TrainingData, data_type: str, sample_rate: int, out_dir: Path
+                ) -> PreparedInfo:
+    """Read the training samples, fit the front end, compute features and folds, plan fits."""
+    feats, labels, sources, ids = read_samples(
+        data.db_path, data.app, "id > ? AND id <= ?", (data.since_id, data.upto_id))
+    held = set(data.holdout_ids)
+    stale = set(data.stale_labels)
+    X: list[np.ndarray] = []
+    y: list[str] = []
+    for f, label, source, i in zip(feats, labels, sources, ids, strict=True):
+        if i in held or (i < data.stale_before_id and label in stale):
+            continue
+        repeats = data.feedback_repeats if source == "feedback" else 1
+        X.extend([f] * repeats)
+        y.extend([label] * repeats)
+    prep = prepare(_as_input(X), y, data_type, sample_rate=sample_rate)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prep.features.save(out_dir / "features.npz")
+    probe = X[:PROBE_ROWS]
+    _atomic_write(out_dir / "prepared.pkl", lambda f: pickle.dump(
+        {"front_end": prep.front_end, "classes": prep.classes, "data_hash": prep.data_hash,
+         "probe": probe}, f, protocol=pickle.HIGHEST_PROTOCOL))
+    n, d = prep.features.Z.shape
+    return PreparedInfo(out_dir, n, d, prep.classes, lazy_plan(n, d), prep.data_hash)
+
+
+def _load_prepared(directory: Path) -> tuple[Prepared, list[Any]]:
+    with open(directory / "prepared.pkl", "rb") as f:
+        meta = pickle.load(f)
+    fs = FeatureSet.load(directory / "features.npz")
+    return Prepared(meta["front_end"], meta["classes"], fs, meta["data_hash"]), meta["probe"]
+
+
+def fit_job(prepared_dir: Path, step: PlanStep, out_dir: Path, budget_s: float | None = None,
+            seed: int = 0) -> FitResult:
+    """Fit one plan step. A quick step fits default parameters on a subsample, and is then
+    scored on the full validation rows so it can stand alone as the first version."""
+    fs = FeatureSet.load(prepared_dir / "features.npz")
+    if step.quick:
+        n = len(fs.y)
+        rows = np.sort(np.random.default_rng(seed).choice(n, step.rows, replace=False)) \
+            if step.rows < n else np.arange(n)
+        try:
+            sub_fold = make_folds(fs.y[rows], seed)
+        except ValueError:
+            sub_fold = np.full(len(rows), -1)
+        sub = FeatureSet(Z=fs.Z[rows], y=fs.y[rows], n_classes=fs.n_classes, fold=sub_fold,
+                         reducer=fs.reducer)
+        model = fit_family(step.family, sub, params={}, seed=seed)
+        Zv = fs.Z[fs.val_rows]
+        Xv = fs.reducer(Zv) if model.reduced and fs.reducer is not None else Zv
+        model.val_pred = np.asarray(model.estimator.predict(Xv))
+        model.val_accuracy = float((model.val_pred == fs.y[fs.val_rows]).mean())
+        model.params = {**model.params, "quick": True, "rows": int(len(rows))}
+    else:
+        model = fit_family(step.family, fs, budget_s=budget_s, seed=seed)
+    out = out_dir / f"{step.family}{'-quick' if step.quick else ''}.pkl"
+    _atomic_write(out, lambda f: pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL))
+    return FitResult(family=step.family, artifact=out, summary=model.summary(),
+                     val_pred=model.val_pred)
+
+
+def assemble_job(prepared_dir: Path, candidates: list[Path], policy: Policy,
+                 background_class: str | None, out_path: Path, extra: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """Select the ensemble under ``policy`` from fitted candidates and save it as a model
+    directory at ``out_path``; returns its selection summary."""
+    prep, probe = _load_prepared(prepared_dir)
+    fitted = [load_fitted(p) for p in candidates]
+    model = assemble(prep, fitted, policy, X_probe=_as_input(probe) if probe else None,
+                     background_class=background_class)
+    save_model(model, out_path, extra)
+    return {"members": [m.family for m in model.members], "weights": model.selection.weights,
+            "val_accuracy": model.selection.val_accuracy, "metrics": model.metrics}
+
+
+def score_job(model_dirs: list[Path], data: TrainingData, ids: list[int]) -> list[float]:
+    """Accuracy of each saved model on the stored samples with these ids."""
+    if not ids:
+        return [float("nan")] * len(model_dirs)
+    marks = ",".join("?" * len(ids))
+    feats, labels, _, _ = read_samples(data.db_path, data.app, f"id IN ({marks})", tuple(ids))
+    X = _as_input(feats)
+    out = []
+    for directory in model_dirs:
+        model: TrainedModel = load_model(directory)
+        pred = model.fast().predict(X)
+        out.append(float(np.mean([model.classes[p] == t for p, t in zip(pred, labels,
+                                                                         strict=True)])))
+    return out
+
+
+def lower_priority() -> None:
+    """Pool initializer: fitting yields the CPU to serving."""
+    import os
+
+    os.nice(10)
+
+
+def warm_up() -> int:
+    """Import the heavy libraries in a fresh worker, so the first real job does not pay."""
+    import sklearn.ensemble  # noqa: F401
+    import xgboost  # noqa: F401
+
+    import mliot_daemon.learn.pipeline  # noqa: F401
+
+    return 0

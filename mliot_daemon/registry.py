@@ -1,0 +1,135 @@
+"""Model versions on disk, per app, with an atomic "current" pointer.
+
+Layout under ``<data_dir>/models/<app>/``::
+
+    staging/<id>/     a model being written by a pool worker (never read; cleared at start)
+    versions/000007/  a complete, immutable model directory (learn.persist format)
+    current           the served version's number, replaced atomically (write, fsync, rename)
+
+A version directory appears by one ``rename`` of a complete staging directory, and the pointer
+changes by one ``rename`` of a complete file, so ``kill -9`` at any moment leaves the pointer
+naming a complete version. All methods block (file system): call them in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from mliot_daemon.learn.persist import ModelFormatError, read_manifest
+
+log = structlog.get_logger("mliot.registry")
+META = "version.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Registry:
+    """Every app's model versions under one root folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _app(self, app: str) -> Path:
+        return self.root / app
+
+    def version_path(self, app: str, version: int) -> Path:
+        return self._app(app) / "versions" / f"{version:06d}"
+
+    def staging_path(self, app: str) -> Path:
+        """A fresh path for a worker to save a model into (the worker creates it)."""
+        path = self._app(app) / "staging" / uuid.uuid4().hex
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def clear_staging(self) -> None:
+        """Remove half-written models left by a crash."""
+        for staging in self.root.glob("*/staging"):
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def versions(self, app: str) -> list[int]:
+        folder = self._app(app) / "versions"
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+    def current(self, app: str) -> int | None:
+        """The served version: the pointer's, or the newest complete one if the pointer is bad."""
+        try:
+            version = int((self._app(app) / "current").read_text().strip())
+        except (OSError, ValueError):
+            version = None
+        if version is not None and self.version_path(app, version).is_dir():
+            return version
+        complete = [v for v in self.versions(app) if self._complete(app, v)]
+        return complete[-1] if complete else None
+
+    def _complete(self, app: str, version: int) -> bool:
+        try:
+            read_manifest(self.version_path(app, version))
+        except ModelFormatError:
+            return False
+        return True
+
+    def publish(self, app: str, staging: Path, keep: int, meta: dict[str, Any]) -> int:
+        """Make a complete staged model the next version and the current one; ``meta`` (why it
+        was made, the publish decision) is stored beside the manifest as ``version.json``."""
+        (staging / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        existing = self.versions(app)
+        version = (existing[-1] if existing else 0) + 1
+        target = self.version_path(app, version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, target)
+        _fsync_dir(target.parent)
+        self.activate(app, version)
+        self.prune(app, keep)
+        return version
+
+    def activate(self, app: str, version: int) -> None:
+        """Point ``current`` at a kept version (roll back or forward)."""
+        if not self.version_path(app, version).is_dir():
+            raise KeyError(f"{app}: no version {version}")
+        folder = self._app(app)
+        tmp = folder / f".current.{uuid.uuid4().hex}"
+        with open(tmp, "w") as f:
+            f.write(f"{version}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / "current")
+        _fsync_dir(folder)
+
+    def prune(self, app: str, keep: int) -> None:
+        """Keep the newest ``keep`` versions, and always the current one."""
+        current = self.current(app)
+        for version in self.versions(app)[:-keep]:
+            if version != current:
+                shutil.rmtree(self.version_path(app, version), ignore_errors=True)
+
+    def manifest(self, app: str, version: int) -> dict[str, Any]:
+        return read_manifest(self.version_path(app, version))
+
+    def meta(self, app: str, version: int) -> dict[str, Any]:
+        try:
+            return json.loads((self.version_path(app, version) / META).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def delete_app(self, app: str) -> None:
+        shutil.rmtree(self._app(app), ignore_errors=True)
+
+    def apps(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())

@@ -1,0 +1,134 @@
+"""Serving one app's current model: two-stage prediction, and micro-batching of requests.
+
+The server actor holds one ``ServedApp`` per app. A published version replaces the model
+reference in one assignment; a batch that has started keeps the model it started with, so a
+swap never fails a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mliot_daemon.learn.fast import single_thread_blas
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One prediction, before it gets an id."""
+
+    label: str
+    confidence: float  # vote share of the winning class, 0-1
+    stage: int  # 1: the background gate answered; 2: the ensemble did
+    version: int
+    probabilities: dict[str, float] | None
+
+
+class ServedModel:
+    """A loaded model version, ready to answer."""
+
+    def __init__(self, version: int, model: Any) -> None:
+        self.version = version
+        self.model = model
+        self.classes: list[str] = list(model.classes)
+        self.fast = model.fast()
+        self.gate = model.gate
+
+    def predict(self, samples: Sequence[np.ndarray] | np.ndarray,
+                probabilities: bool = False) -> list[Answer]:
+        """Front end, then the gate (stage 1), then the ensemble for what the gate let pass."""
+        Z = self.model.front_end.transform(samples)
+        n = len(Z)
+        pred = np.empty(n, dtype=np.intp)
+        conf = np.ones(n)
+        stage = np.full(n, 2)
+        rest = np.ones(n, dtype=bool)
+        if self.gate is not None:
+            background = self.gate.is_background(Z)
+            pred[background] = self.gate.background
+            stage[background] = 1
+            rest = ~background
+        if rest.any():
+            pred[rest], conf[rest] = self.fast.vote(Z[rest] if not rest.all() else Z)
+        shares = self._shares(Z) if probabilities else None
+        return [Answer(self.classes[p], float(c), int(s), self.version,
+                       None if shares is None else dict(zip(self.classes, map(float, row),
+                                                            strict=True)))
+                for p, c, s, row in zip(pred, conf, stage, shares if shares is not None
+                                        else [None] * n, strict=True)]
+
+    def _shares(self, Z: np.ndarray) -> np.ndarray:
+        """Every class's vote share (the weighted vote, normalised), rows x classes."""
+        f = self.fast
+        Zr = f.reducer(Z) if f.reducer is not None and any(m.reduced for m in f.members) else None
+        score = np.zeros((len(Z), len(self.classes)))
+        rows = np.arange(len(Z))
+        for m, w in zip(f.members, f.weights, strict=True):
+            score[rows, m.predict(Zr if m.reduced else Z)] += w
+        return score / f.weights.sum()
+
+
+class ServedApp:
+    """The current model of one app, and the micro-batcher in front of it.
+
+    Requests that arrive while the loop is busy join one batch: the first request schedules a
+    drain with ``call_soon`` (no timer, so a lone request is not held back), and every request
+    queued before the drain runs is evaluated in the same call.
+    """
+
+    def __init__(self, served: ServedModel) -> None:
+        self.current = served
+        self._queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]] = []
+        self._scheduled = False
+        self.batches = 0
+        self.rows = 0
+
+    def swap(self, served: ServedModel) -> None:
+        self.current = served
+
+    async def predict(self, samples: list[np.ndarray], probabilities: bool = False
+                      ) -> list[Answer]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Answer]] = loop.create_future()
+        self._queue.append((samples, probabilities, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+        return await fut
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        queue, self._queue = self._queue, []
+        model = self.current  # the whole batch uses the model it started with
+        samples = [x for s, _, _ in queue for x in s]
+        want_probs = any(p for _, p, _ in queue)
+        try:
+            with single_thread_blas():
+                answers = model.predict(_stack(samples), want_probs)
+        except Exception as exc:  # e.g. a front end rejecting a sample: fail this batch only
+            for _, _, fut in queue:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self.batches += 1
+        self.rows += len(samples)
+        i = 0
+        for s, probs, fut in queue:
+            part = answers[i:i + len(s)]
+            i += len(s)
+            if not probs and want_probs:
+                part = [Answer(a.label, a.confidence, a.stage, a.version, None) for a in part]
+            if not fut.done():
+                fut.set_result(part)
+
+
+def _stack(samples: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One array when the samples share a shape (the fast path), else the list."""
+    first = samples[0].shape
+    if all(s.shape == first for s in samples):
+        return np.stack(samples)
+    return samples
