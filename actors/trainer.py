@@ -32,6 +32,7 @@ from mliot_daemon.config import AppSpec, Settings
 from mliot_daemon.drift import PageHinkley
 from mliot_daemon.learn import jobs
 from mliot_daemon.learn.ensemble import Policy
+from mliot_daemon.learn.persist import library_versions
 from mliot_daemon.messages import (
     ApplyConfig,
     AppsChanged,
@@ -189,10 +190,11 @@ class Trainer(Actor[TrainerMsg]):
         except ValueError:
             return
         extra = manifest.get("extra", {})
-        state.trained_on = int(extra.get("n_samples", 0))
         state.val_accuracy = float(manifest.get("selection", {}).get("val_accuracy", 0.0))
-        if extra.get("library_mismatch"):
-            state.trained_on = 0
+        # A run cut short (kill, crash) or models pickled by other library versions: retrain
+        # from the stored samples, while the last good version keeps serving.
+        if extra.get("complete", True) and manifest.get("versions") == library_versions():
+            state.trained_on = int(extra.get("n_samples", 0))
 
     # -- deciding to train --------------------------------------------------------------------
 
@@ -299,7 +301,7 @@ class Trainer(Actor[TrainerMsg]):
                 continue
             candidates = list(fitted.values()) or ([quick] if quick else [])
             staging = await asyncio.to_thread(self._registry.staging_path, app)
-            extra = {"reason": reason, "n_samples": n,
+            extra = {"reason": reason, "n_samples": n, "complete": last,
                      "fitted_on": {r.family: self._machine for r in candidates}}
             summary = await self._pool_call(
                 jobs.assemble_job, info.directory, [r.artifact for r in candidates], policy,
