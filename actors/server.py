@@ -30,6 +30,7 @@ from mliot_daemon.messages import (
     FeedbackAdded,
     GetLoad,
     GetServerStatus,
+    GetTrainerStatus,
     MachineLoad,
     SamplesAdded,
     ServerMsg,
@@ -287,8 +288,12 @@ class Server(Actor[ServerMsg]):
 
     async def _status(self, request: web.Request) -> web.Response:
         load: MachineLoad = await self._monitor.ask(lambda f: GetLoad(reply=f), timeout=5.0)
+        training = await self._tell_trainer().ask(lambda f: GetTrainerStatus(reply=f),
+                                                  timeout=5.0)
         d = self._settings.daemon
         apps = self._apps_status()
+        for name, app in apps.items():
+            app["training"] = training.get(name, {})
         me = d.machine_name
         return json_response({
             "uptime_s": round(time.monotonic() - self._started_at, 3),

@@ -33,6 +33,7 @@ from mliot_daemon.drift import PageHinkley
 from mliot_daemon.learn import jobs
 from mliot_daemon.learn.ensemble import Policy
 from mliot_daemon.learn.persist import library_versions
+from mliot_daemon.learn.plan import PlanStep
 from mliot_daemon.messages import (
     ApplyConfig,
     AppsChanged,
@@ -69,7 +70,11 @@ class AppState:
     detector: PageHinkley | None = None
     corrections: list[FeedbackAdded] = field(default_factory=list)  # since the last adaptation
     observed: list[FeedbackAdded] = field(default_factory=list)  # since the detector's reset
-    drift_sample_id: int = 0
+    drift_sample_id: int = 0  # set when the detector fires; consumed by the next adaptation
+    # Samples older than this id with these labels describe a world that has changed; every
+    # later run leaves them out (kept in the version's manifest across restarts).
+    stale_before_id: int = 0
+    stale_labels: frozenset[str] = frozenset()
     last_reason: str = ""
 
 
@@ -195,6 +200,8 @@ class Trainer(Actor[TrainerMsg]):
         # from the stored samples, while the last good version keeps serving.
         if extra.get("complete", True) and manifest.get("versions") == library_versions():
             state.trained_on = int(extra.get("n_samples", 0))
+        state.stale_before_id = int(extra.get("stale_before_id", 0))
+        state.stale_labels = frozenset(extra.get("stale_labels", ()))
 
     # -- deciding to train --------------------------------------------------------------------
 
@@ -267,29 +274,37 @@ class Trainer(Actor[TrainerMsg]):
 
     def _data(self, state: AppState, upto: int, **kw: Any) -> jobs.TrainingData:
         return jobs.TrainingData(db_path=self._store.path, app=state.spec.name, upto_id=upto,
-                                 feedback_repeats=FEEDBACK_REPEATS, **kw)
+                                 feedback_repeats=FEEDBACK_REPEATS,
+                                 stale_before_id=state.stale_before_id,
+                                 stale_labels=tuple(sorted(state.stale_labels)), **kw)
 
     def _policy(self, spec: AppSpec) -> Policy:
         p = spec.policy
         return Policy.for_mode(p.mode, p.latency_ms, p.max_models, p.min_accuracy)
 
     async def _fit_steps(self, state: AppState, data: jobs.TrainingData, run_dir: Path,
-                         publish_each: bool, reason: str, n: int
+                         reason: str, n: int, refit: dict[str, dict[str, Any]] | None = None
                          ) -> tuple[Path | None, dict[str, Any]]:
-        """Prepare, then fit the plan's steps; assemble after each (publishing if asked).
-        Returns the last assembled model's staging path (unpublished when not publish_each)."""
+        """Prepare, then fit; assemble and publish after each fit (lazy), or, with ``refit``
+        (family -> params of the served members), refit just those and assemble once without
+        publishing. Returns the unpublished model's staging path and its summary."""
         spec = state.spec
         app = spec.name
         info = await self._pool_call(jobs.prepare_job, data, spec.data_type,
                                      spec.sample_rate or 16000, run_dir / "prepared")
+        if refit is None:
+            steps = info.plan
+        else:
+            steps = [PlanStep(family, info.n, 0.0) for family in refit]
         fitted: dict[str, jobs.FitResult] = {}
         quick: jobs.FitResult | None = None
-        steps = info.plan if publish_each else [s for s in info.plan if not s.quick]
         policy = self._policy(spec)
         staging: Path | None = None
         summary: dict[str, Any] = {}
         for i, step in enumerate(steps):
-            result = await self._pool_call(jobs.fit_job, info.directory, step, run_dir / "fits")
+            params = refit.get(step.family) if refit else None
+            result = await self._pool_call(jobs.fit_job, info.directory, step, run_dir / "fits",
+                                           None, 0, params)
             if step.quick:
                 quick = result
             else:
@@ -297,16 +312,18 @@ class Trainer(Actor[TrainerMsg]):
             self._event(app, "model_fitted", family=step.family, quick=step.quick,
                         accuracy=result.summary.get("val_accuracy"))
             last = i == len(steps) - 1
-            if not publish_each and not last:
+            if refit is not None and not last:
                 continue
             candidates = list(fitted.values()) or ([quick] if quick else [])
             staging = await asyncio.to_thread(self._registry.staging_path, app)
             extra = {"reason": reason, "n_samples": n, "complete": last,
-                     "fitted_on": {r.family: self._machine for r in candidates}}
+                     "fitted_on": {r.family: self._machine for r in candidates},
+                     "stale_before_id": state.stale_before_id,
+                     "stale_labels": sorted(state.stale_labels)}
             summary = await self._pool_call(
                 jobs.assemble_job, info.directory, [r.artifact for r in candidates], policy,
                 spec.background_class, staging, extra)
-            if publish_each:
+            if refit is None:
                 await self._publish(state, staging, reason if i == 0 else "lazy", summary)
                 staging = None
         return staging, summary
@@ -315,32 +332,41 @@ class Trainer(Actor[TrainerMsg]):
         app = state.spec.name
         upto = await self._store.last_sample_id(app)
         self._event(app, "retraining_started", reason=reason)
-        await self._fit_steps(state, self._data(state, upto), run_dir, True, reason, n)
+        await self._fit_steps(state, self._data(state, upto), run_dir, reason, n)
         self._event(app, "retraining_finished", ok=True, reason=reason)
 
     async def _adapt(self, state: AppState, run_dir: Path, n: int) -> None:
-        """Retrain from feedback; publish only if at least as good on the newest corrections."""
+        """Refit the served members from feedback; publish only if at least as good on the
+        newest corrections, which are held out of training."""
         app = state.spec.name
         corrections, state.corrections = state.corrections, []
         drift_id, state.drift_sample_id = state.drift_sample_id, 0
+        if drift_id:
+            state.stale_before_id = max(state.stale_before_id, drift_id)
+        if state.stale_before_id:
+            state.stale_labels |= {c.label for c in corrections} | {c.predicted
+                                                                     for c in corrections}
         upto = await self._store.last_sample_id(app)
         held = max(1, int(len(corrections) * HOLDOUT_SHARE))
         holdout = [c.sample_id for c in corrections[-held:]]
-        stale = sorted({c.label for c in corrections} | {c.predicted for c in corrections}) \
-            if drift_id else []
-        data = self._data(state, upto, holdout_ids=tuple(holdout), stale_before_id=drift_id,
-                          stale_labels=tuple(stale))
+        data = self._data(state, upto, holdout_ids=tuple(holdout))
+        current = await asyncio.to_thread(self._registry.current, app)
+        refit: dict[str, dict[str, Any]] = {}
+        if current is not None:
+            manifest = await asyncio.to_thread(self._registry.manifest, app, current)
+            refit = {m["family"]: m.get("params", {}) for m in manifest["members"]}
         self._event(app, "retraining_started", reason="feedback", corrections=len(corrections),
                     drift=bool(drift_id))
-        staging, summary = await self._fit_steps(state, data, run_dir, False, "feedback", n)
+        staging, summary = await self._fit_steps(state, data, run_dir, "feedback", n,
+                                                 refit or {"ridge": {}})
         assert staging is not None
-        current = await asyncio.to_thread(self._registry.current, app)
         dirs = [staging] + ([self._registry.version_path(app, current)] if current else [])
         scores = await self._pool_call(jobs.score_job, dirs, data, holdout)
         new, old = scores[0], (scores[1] if len(scores) > 1 else float("-inf"))
-        decision = {"holdout": len(holdout), "new_accuracy": new, "current_accuracy": old,
-                    "drift": bool(drift_id), "stale_labels": stale,
-                    "published": bool(new >= old)}
+        decision = {"corrections": len(corrections), "holdout": len(holdout),
+                    "new_accuracy": new, "current_accuracy": old, "drift": bool(drift_id),
+                    "stale_before_id": state.stale_before_id,
+                    "stale_labels": sorted(state.stale_labels), "published": bool(new >= old)}
         log.info("adaptation_decided", app=app, **decision)
         if new >= old:
             await self._publish(state, staging, "feedback", summary, decision)

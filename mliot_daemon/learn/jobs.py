@@ -88,12 +88,13 @@ def prepare_job(data: TrainingData, data_type: str, sample_rate: int, out_dir: P
     X: list[np.ndarray] = []
     y: list[str] = []
     for f, label, source, i in zip(feats, labels, sources, ids, strict=True):
-        if i in held or (i < data.stale_before_id and label in stale):
+        # corrections are never stale: they are the newest word on what a sample is
+        if i in held or (i < data.stale_before_id and label in stale and source != "feedback"):
             continue
         repeats = data.feedback_repeats if source == "feedback" else 1
         X.extend([f] * repeats)
         y.extend([label] * repeats)
-    prep = prepare(_as_input(X), y, data_type, sample_rate=sample_rate)
+    prep = prepare(_as_input(X), np.asarray(y), data_type, sample_rate=sample_rate)
     out_dir.mkdir(parents=True, exist_ok=True)
     prep.features.save(out_dir / "features.npz")
     probe = X[:PROBE_ROWS]
@@ -112,9 +113,10 @@ def _load_prepared(directory: Path) -> tuple[Prepared, list[Any]]:
 
 
 def fit_job(prepared_dir: Path, step: PlanStep, out_dir: Path, budget_s: float | None = None,
-            seed: int = 0) -> FitResult:
+            seed: int = 0, params: dict[str, Any] | None = None) -> FitResult:
     """Fit one plan step. A quick step fits default parameters on a subsample, and is then
-    scored on the full validation rows so it can stand alone as the first version."""
+    scored on the full validation rows so it can stand alone as the first version. With
+    ``params`` (a refit of a served member) the search is skipped."""
     fs = FeatureSet.load(prepared_dir / "features.npz")
     if step.quick:
         n = len(fs.y)
@@ -131,9 +133,8 @@ def fit_job(prepared_dir: Path, step: PlanStep, out_dir: Path, budget_s: float |
         Xv = fs.reducer(Zv) if model.reduced and fs.reducer is not None else Zv
         model.val_pred = np.asarray(model.estimator.predict(Xv))
         model.val_accuracy = float((model.val_pred == fs.y[fs.val_rows]).mean())
-        model.params = {**model.params, "quick": True, "rows": int(len(rows))}
     else:
-        model = fit_family(step.family, fs, budget_s=budget_s, seed=seed)
+        model = fit_family(step.family, fs, budget_s=budget_s, seed=seed, params=params)
     out = out_dir / f"{step.family}{'-quick' if step.quick else ''}.pkl"
     _atomic_write(out, lambda f: pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL))
     return FitResult(family=step.family, artifact=out, summary=model.summary(),
