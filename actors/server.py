@@ -504,6 +504,10 @@ class Server(Actor[ServerMsg]):
                 item["probabilities"] = a.probabilities
             out.append(item)
         self._metrics.predictions.labels(entry.name).inc(len(out))
+        for client in self._sockets.get(entry.name, ()):
+            if client.watch:  # `mliot watch`: every prediction, from any channel
+                for item in out:
+                    client.put({"type": "prediction", "ref": None, **item})
         return out
 
     async def _predict(self, request: web.Request) -> web.Response:
@@ -643,7 +647,7 @@ class Server(Actor[ServerMsg]):
         client: _Client | None = None
         try:
             async with asyncio.TaskGroup() as tg:
-                client = _Client(ws, tg)
+                client = _Client(ws, tg, request.query.get("watch") in ("1", "true"))
                 self._sockets.setdefault(entry.name, set()).add(client)
                 writer = tg.create_task(client.write_loop(), name=f"ws.{entry.name}.tx")
                 async for msg in ws:
@@ -708,8 +712,9 @@ class _Client:
     """One WebSocket connection's outgoing queue. A client too slow to drain it is closed,
     so it never holds back the others."""
 
-    def __init__(self, ws: web.WebSocketResponse, tg: asyncio.TaskGroup) -> None:
+    def __init__(self, ws: web.WebSocketResponse, tg: asyncio.TaskGroup, watch: bool) -> None:
         self.ws = ws
+        self.watch = watch
         self.tg = tg  # the connection's task group: the close task belongs to it
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(WS_QUEUE)
         self.closing = False

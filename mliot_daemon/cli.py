@@ -48,6 +48,36 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(args: argparse.Namespace) -> int:
+    """import, predict, feedback, watch, demo: client commands of a running daemon."""
+    from mliot_daemon import commands
+    from mliot_daemon.client import ApiError
+
+    client = _client(args)
+    try:
+        match args.command:
+            case "import":
+                return commands.import_file(client, args.app, args.file)
+            case "predict":
+                return commands.predict_file(client, args.app, args.data)
+            case "feedback":
+                body = {"prediction_id": args.prediction_id, "label": args.label}
+                print(json.dumps(client.request("POST", f"/v1/apps/{args.app}/feedback", body)))
+                return 0
+            case "watch":
+                try:
+                    asyncio.run(commands.watch(client.url, client.token, args.app))
+                except KeyboardInterrupt:
+                    pass
+                return 0
+            case "demo":
+                return commands.demo(client, args.config)
+    except (ApiError, ValueError, OSError) as exc:
+        print(f"mliot {args.command}: {exc}", file=sys.stderr)
+        return 1
+    raise AssertionError(args.command)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from mliot_daemon.learn import evaluate
 
@@ -63,12 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML file (default: built-in defaults)")
     run.set_defaults(func=_run)
 
-    status = sub.add_parser("status", help="show a running daemon's status")
-    for p in (status,):
+    clients = {
+        "status": sub.add_parser("status", help="show a running daemon's status"),
+        "demo": sub.add_parser("demo", help="run the daemon (unless one runs) and teach it "
+                                            "sklearn's digits; Ctrl-C stops"),
+        "import": sub.add_parser("import", help="send a file of labelled samples to an app"),
+        "predict": sub.add_parser("predict", help="predict every row of a file"),
+        "feedback": sub.add_parser("feedback", help="correct a prediction"),
+        "watch": sub.add_parser("watch", help="show an app's live predictions and training"),
+    }
+    for name, p in clients.items():
         p.add_argument("--config", type=Path, help="find the daemon's address in this file")
         p.add_argument("--url", help="the daemon's URL (default: from --config or defaults)")
         p.add_argument("--token", help="bearer token (default: $MLIOT_TOKEN or the config's)")
-    status.set_defaults(func=_status)
+        p.set_defaults(func=_status if name == "status" else _command)
+    clients["import"].add_argument("app")
+    clients["import"].add_argument("file", type=Path, help=".npz (X, y) or .csv (label last)")
+    clients["predict"].add_argument("app")
+    clients["predict"].add_argument("--data", type=Path, required=True,
+                                    help=".npz (X) or .csv (features only)")
+    clients["feedback"].add_argument("app")
+    clients["feedback"].add_argument("prediction_id")
+    clients["feedback"].add_argument("label")
+    clients["watch"].add_argument("app")
 
     try:
         from mliot_daemon.learn import evaluate

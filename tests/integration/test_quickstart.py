@@ -49,6 +49,9 @@ def test_readme_quickstart_brings_the_daemon_up(tmp_path: Path) -> None:
         status, body = http("GET", "http://127.0.0.1:8080/v1/status")
         assert status == 200 and body["machines"][0]["local"] is True
         assert (tmp_path / "home/.local/share/mliot/mliot.db").exists()
+        while "predicted" not in (tmp_path / "quickstart.log").read_text():  # the demo serves
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(1)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         code = proc.wait(60)

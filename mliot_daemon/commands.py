@@ -1,0 +1,247 @@
+"""The CLI's client commands: import, predict, feedback, watch and demo.
+
+They talk to a running daemon through its public API only (`client.Client` for HTTP, aiohttp
+for the WebSocket stream), exactly as any other program would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mliot_daemon.client import ApiError, Client
+
+BATCH = 500
+
+
+def load_table(path: Path, labelled: bool) -> tuple[np.ndarray, list[str] | None]:
+    """Rows (and labels) from `.npz` (arrays X, y) or `.csv` (last column the label)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if "X" not in data:
+                raise ValueError(f"{path}: an .npz needs an array X (and y to import)")
+            X = np.asarray(data["X"], dtype=np.float64)
+            y = [str(v) for v in data["y"]] if labelled and "y" in data else None
+    elif path.suffix == ".csv":
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+        if rows and not _numeric(rows[0][0]):
+            rows = rows[1:]  # a header line
+        if labelled:
+            X = np.array([[float(v) for v in r[:-1]] for r in rows])
+            y = [r[-1] for r in rows]
+        else:
+            X, y = np.array([[float(v) for v in r] for r in rows]), None
+    else:
+        raise ValueError(f"{path}: expected a .npz or .csv file")
+    if labelled and y is None:
+        raise ValueError(f"{path}: no labels (y) to import")
+    if labelled and y is not None and len(y) != len(X):
+        raise ValueError(f"{path}: {len(X)} rows but {len(y)} labels")
+    return X, y
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, total: int, what: str) -> None:
+        self.total, self.what = total, what
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int) -> None:
+        if not self.tty:
+            return
+        width = 30
+        filled = int(width * done / max(self.total, 1))
+        sys.stderr.write(f"\r{self.what} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{self.total} {time.monotonic() - self.started:5.1f}s")
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def import_file(client: Client, app: str, path: Path) -> int:
+    """POST a file's labelled rows in batches. Batch ids derive from the file's content, so
+    importing the same file again (after an interruption, say) stores nothing twice."""
+    X, y = load_table(path, labelled=True)
+    assert y is not None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    bar = Progress(len(X), f"import {path.name}")
+    total = 0
+    for start in range(0, len(X), BATCH):
+        body = {"batch_id": f"{digest}-{start}", "samples": [
+            {"features": x.tolist(), "label": label}
+            for x, label in zip(X[start:start + BATCH], y[start:start + BATCH], strict=True)]}
+        result = client.request("POST", f"/v1/apps/{app}/samples", body)
+        total = result["n_samples"]
+        bar.update(min(start + BATCH, len(X)))
+    print(json.dumps({"app": app, "rows": len(X), "n_samples": total}))
+    return 0
+
+
+def predict_file(client: Client, app: str, path: Path) -> int:
+    """Predict every row of a file; one JSON line per prediction on stdout."""
+    X, _ = load_table(path, labelled=False)
+    for start in range(0, len(X), BATCH):
+        body = {"instances": X[start:start + BATCH].tolist()}
+        for p in client.request("POST", f"/v1/apps/{app}/predict", body)["predictions"]:
+            print(json.dumps(p))
+    return 0
+
+
+async def watch(url: str, token: str, app: str, out: Any = None,
+                stop: asyncio.Event | None = None, predictions: bool = True) -> None:
+    """Print an app's training events (and live predictions from every channel) until
+    stopped or the daemon closes the stream."""
+    import aiohttp
+
+    out = out or sys.stdout
+    ws_url = f"{url.replace('http', 'ws', 1)}/v1/apps/{app}/stream"
+    if predictions:
+        ws_url += "?watch=true"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=headers) as session, \
+            session.ws_connect(ws_url, heartbeat=30) as ws:
+        while stop is None or not stop.is_set():
+            try:
+                msg = await asyncio.wait_for(ws.receive(), 0.5)
+            except TimeoutError:
+                continue
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            if data["type"] == "event":
+                extra = {k: v for k, v in data.items() if k not in ("type", "kind")}
+                print(f"[training] {data['kind']} {json.dumps(extra)}", file=out, flush=True)
+            elif data["type"] == "prediction":
+                print(f"[predict] {data['label']} confidence={data['confidence']:.2f} "
+                      f"stage={data['stage']} v{data['model_version']}", file=out, flush=True)
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so `kill` and a terminal stop the demo the same way."""
+    def raise_interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def demo(client: Client, config: Path | None) -> int:
+    """Start a daemon (unless one answers), teach it sklearn's digits through the API, and show
+    training progress and live predictions until Ctrl-C."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    daemon: subprocess.Popen[bytes] | None = None
+    with _terminate_on_sigterm():
+        try:
+            if not _answers(client):
+                cmd = [sys.executable, "-m", "mliot_daemon", "run"]
+                if config is not None:
+                    cmd += ["--config", str(config)]
+                print(f"starting the daemon at {client.url} ...", flush=True)
+                # its own session: Ctrl-C reaches the demo only, which then stops the daemon
+                # with one SIGTERM (a second signal would force the daemon's exit)
+                daemon = subprocess.Popen(cmd, start_new_session=True)
+                _wait_ready(client, daemon)
+            X, y = load_digits(return_X_y=True)
+            X_train, X_test, y_train, y_test = train_test_split(
+                X, y, test_size=0.3, stratify=y, random_state=0)
+            if "digits" not in client.request("GET", "/v1/apps"):
+                client.request("PUT", "/v1/apps/digits", {"data_type": "vector", "shape": [64]})
+            print("demo app 'digits': 8x8 handwritten digits as 64 numbers", flush=True)
+            return asyncio.run(_demo_loop(client, X_train, y_train, X_test, y_test))
+        except KeyboardInterrupt:
+            print("\nstopping the demo", flush=True)
+            return 0
+        except ApiError as exc:
+            print(f"mliot demo: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if daemon is not None and daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(30)
+
+
+def _answers(client: Client) -> bool:
+    try:
+        client.request("GET", "/healthz")
+    except ApiError:
+        return False
+    return True
+
+
+def _wait_ready(client: Client, daemon: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise ApiError(f"the daemon exited with code {daemon.returncode}")
+        try:
+            client.request("GET", "/readyz")
+            return
+        except ApiError:
+            time.sleep(0.2)
+    raise ApiError("the daemon did not become ready")
+
+
+async def _demo_loop(client: Client, X_train: np.ndarray, y_train: np.ndarray,
+                     X_test: np.ndarray, y_test: np.ndarray) -> int:
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch(client.url, client.token, "digits", stop=stop,
+                                        predictions=False))
+    try:
+        body = {"batch_id": "demo-digits", "samples": [
+            {"features": x.tolist(), "label": int(t)} for x, t in zip(X_train, y_train,
+                                                                      strict=True)]}
+        result = await asyncio.to_thread(client.request, "POST", "/v1/apps/digits/samples", body)
+        print(f"sent {len(X_train)} labelled digits; the app has {result['n_samples']}",
+              flush=True)
+        right = seen = 0
+        i = 0
+        while True:
+            x, truth = X_test[i % len(X_test)], str(y_test[i % len(y_test)])
+            try:
+                answer = await asyncio.to_thread(client.request, "POST",
+                                                 "/v1/apps/digits/predict",
+                                                 {"instances": [x.tolist()]})
+            except ApiError as exc:
+                print(f"waiting for a first model ({exc})", flush=True)
+                await asyncio.sleep(1.0)
+                continue
+            p = answer["predictions"][0]
+            seen += 1
+            right += p["label"] == truth
+            print(f"digit {truth}: predicted {p['label']} (confidence {p['confidence']:.2f}, "
+                  f"model v{p['model_version']}) accuracy so far {right / seen:.3f}", flush=True)
+            i += 1
+            await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await watcher
