@@ -34,6 +34,7 @@ log = structlog.get_logger("mliot.store")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+PREDICTION_FLUSH_S = 0.05  # prediction records reach the disk within this (DESIGN: 100 ms)
 MIGRATIONS: dict[int, str] = {
     # version -> the SQL that takes the schema from version - 1 to version
     1: """
@@ -164,6 +165,7 @@ class Store:
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._counts: dict[str, int] = {}  # samples per app; owned by the writer thread
+        self._flush_scheduled = False
         self.commits = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -379,8 +381,15 @@ class Store:
     # -- predictions, feedback, events --------------------------------------------------------
 
     def record_predictions(self, records: Iterable[PredictionRecord]) -> None:
-        """Queue prediction records; the next group commit writes them (off the hot path)."""
+        """Queue prediction records; a group commit writes them within PREDICTION_FLUSH_S (or
+        sooner, with the next write), so the hot path never waits for a commit."""
         self._predictions.extend(records)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(PREDICTION_FLUSH_S, self._flush_predictions)
+
+    def _flush_predictions(self) -> None:
+        self._flush_scheduled = False
         self._wake.set()
 
     async def prune_predictions(self, older_than_s: float) -> int:

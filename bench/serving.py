@@ -1,0 +1,167 @@
+"""Serving: latency and throughput of a real daemon, and how soon a new app serves.
+
+1. Digits models are trained offline with the learning core, and two are written into a fresh
+   daemon's registry exactly as the trainer would write them: one with all seven families as
+   members (``digits7``) and the low-latency policy's choice of at most three (``digits3``).
+2. A real `mliot run` subprocess serves them; a keep-alive aiohttp client measures single-row
+   HTTP predictions (p50/p99), a WebSocket client one-at-a-time predictions (p50/p99) and
+   pipelined throughput.
+3. A new app gets the digits training set; the time until its first served prediction is
+   `first_serve_s`, and the daemon's own loop-lag histogram gives the lag p99 while it trains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+
+from bench.daemon_proc import histogram, quantile_between, running_daemon
+from bench.datasets import digits
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {"p50": round(float(np.percentile(ms, 50)), 4),
+            "p99": round(float(np.percentile(ms, 99)), 4)}
+
+
+def build_models(data_dir: Path) -> dict[str, list[str]]:
+    """Train digits once; save a 7-member and a low-latency ensemble as version 1 of two apps."""
+    from mliot_daemon.learn.ensemble import Policy, member_weight
+    from mliot_daemon.learn.persist import save_model
+    from mliot_daemon.learn.pipeline import assemble, fit_all, prepare
+    from mliot_daemon.registry import Registry
+
+    X_train, _, y_train, _ = digits()
+    prep = prepare(X_train, np.asarray(y_train).astype(str), "vector")
+    candidates = fit_all(prep, workers=2)
+    registry = Registry(data_dir / "models")
+    members: dict[str, list[str]] = {}
+    low = assemble(prep, candidates, Policy.for_mode("low_latency"), X_probe=X_train[:50])
+    every = assemble(prep, candidates, Policy.for_mode("best_effort"), X_probe=X_train[:50])
+    k = len(prep.classes)
+    every.selection = dataclasses.replace(
+        every.selection, members=list(range(len(candidates))),
+        weights=[member_weight(c.val_accuracy, k) for c in candidates],
+        families=[c.family for c in candidates])
+    every._fast = None
+    for app, model in (("digits7", every), ("digits3", low)):
+        staging = registry.staging_path(app)
+        save_model(model, staging, {"reason": "initial", "n_samples": len(X_train),
+                                    "complete": True})
+        registry.publish(app, staging, keep=5, meta={"reason": "initial"})
+        members[app] = [m.family for m in model.members]
+    return members
+
+
+async def http_latency(url: str, app: str, rows: np.ndarray, n: int) -> list[float]:
+    times = []
+    async with aiohttp.ClientSession() as s:
+        for i in range(n):
+            body = orjson.dumps({"instances": [rows[i % len(rows)].tolist()]})
+            start = time.perf_counter()
+            async with s.post(f"{url}/v1/apps/{app}/predict", data=body) as r:
+                await r.read()
+                assert r.status == 200
+            times.append(time.perf_counter() - start)
+    return times[n // 10:]  # the first tenth warms connections and caches
+
+
+async def ws_latency_and_throughput(url: str, app: str, rows: np.ndarray, n: int,
+                                    pipelined: int) -> tuple[list[float], float]:
+    ws_url = url.replace("http", "ws", 1) + f"/v1/apps/{app}/stream"
+    messages = [orjson.dumps({"type": "predict", "ref": i, "features": rows[i % len(rows)]
+                              .tolist()}).decode() for i in range(max(n, pipelined))]
+    times = []
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url) as ws:
+        for i in range(n):
+            start = time.perf_counter()
+            await ws.send_str(messages[i])
+            while (await ws.receive_json())["type"] != "prediction":
+                pass
+            times.append(time.perf_counter() - start)
+
+        async def sender() -> None:
+            for m in messages[:pipelined]:
+                await ws.send_str(m)
+
+        start = time.perf_counter()
+        task = asyncio.create_task(sender())
+        got = 0
+        while got < pipelined:
+            if (await ws.receive_json())["type"] == "prediction":
+                got += 1
+        elapsed = time.perf_counter() - start
+        await task
+    return times[n // 10:], pipelined / elapsed
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics") as r:
+        return r.read().decode()
+
+
+def request(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url + path, method=method,
+                                 data=None if body is None else orjson.dumps(body))
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, orjson.loads(r.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def first_serve(url: str) -> dict[str, float]:
+    """Time from a training set's arrival to the first served prediction, and loop lag p99
+    while the whole lazy run trains."""
+    X_train, X_test, y_train, _ = digits()
+    request(url, "PUT", "/v1/apps/fresh", {"data_type": "vector", "shape": [64]})
+    before = histogram(scrape(url), "mliot_loop_lag_seconds")
+    body = {"samples": [{"features": x.tolist(), "label": int(t)}
+                        for x, t in zip(X_train, y_train, strict=True)]}
+    start = time.perf_counter()
+    assert request(url, "POST", "/v1/apps/fresh/samples", body)[0] == 200
+    while request(url, "POST", "/v1/apps/fresh/predict",
+                  {"instances": [X_test[0].tolist()]})[0] != 200:
+        time.sleep(0.01)
+    served = time.perf_counter() - start
+    while request(url, "GET", "/v1/status")[1]["apps"]["fresh"]["training"].get("training"):
+        time.sleep(0.5)
+    trained = time.perf_counter() - start
+    after = histogram(scrape(url), "mliot_loop_lag_seconds")
+    return {"first_serve_s": round(served, 3), "full_training_s": round(trained, 1),
+            "loop_lag_p99_ms_while_training": round(quantile_between(before, after, 0.99)
+                                                    * 1000, 3)}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    n = 300 if quick else 3000
+    pipelined = 2000 if quick else 20000
+    _, X_test, _, _ = digits()
+    with tempfile.TemporaryDirectory(prefix="mliot-serving-") as tmp:
+        data = Path(tmp) / "data"
+        members = build_models(data)
+        apps = "".join(f'[[apps]]\nname = "{a}"\ndata_type = "vector"\nshape = [64]\n'
+                       for a in members)
+        result: dict[str, Any] = {"members": members}
+        with running_daemon(apps + "[training]\nworkers = 1\n", data_dir=data) as (url, _):
+            for app in members:
+                http_t = asyncio.run(http_latency(url, app, X_test, n))
+                ws_t, ws_rate = asyncio.run(ws_latency_and_throughput(url, app, X_test, n,
+                                                                      pipelined))
+                result[app] = {"http_ms": _percentiles(http_t), "ws_ms": _percentiles(ws_t),
+                               "ws_pipelined_per_s": round(ws_rate)}
+            result.update(first_serve(url))
+    result["mliot_p50_ms"] = result["digits7"]["http_ms"]["p50"]
+    result["targets"] = {"first_serve_s": 2.0, "http_p50_ms": 0.5, "ws_p50_ms": 0.25,
+                         "ws_per_s": 10000, "p99_ms": 2.0, "loop_lag_p99_ms": 10.0}
+    return result
