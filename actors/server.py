@@ -31,7 +31,11 @@ from mliot_daemon.messages import (
     GetLoad,
     GetServerStatus,
     GetTrainerStatus,
+    IngestSamples,
     MachineLoad,
+    Predict,
+    Predicted,
+    SubmitFeedback,
     SamplesAdded,
     ServerMsg,
     TrainingEvent,
@@ -47,7 +51,7 @@ from mliot_daemon.payloads import (
     parse_samples,
 )
 from mliot_daemon.registry import Registry
-from mliot_daemon.runtime import Actor, ActorRef
+from mliot_daemon.runtime import Actor, ActorRef, reply_to
 from mliot_daemon.serving import Answer, ServedApp, ServedModel
 from mliot_daemon.store import NotFound, PredictionRecord, Store, StoreError, StoreFull, new_prediction_id
 
@@ -88,6 +92,7 @@ class Server(Actor[ServerMsg]):
         self._metrics = metrics
         self._monitor = monitor
         self.trainer: ActorRef[Any] | None = None  # wired by the daemon
+        self.mqtt: ActorRef[Any] | None = None  # wired by the daemon when MQTT is on
         self._registry = registry
         self._served: dict[str, ServedApp] = {}
         self._sockets: dict[str, set[_Client]] = {}
@@ -146,6 +151,13 @@ class Server(Actor[ServerMsg]):
                     await self._apps_changed()
             case VersionPublished(app=app, version=version):
                 await self._load(app, version)
+            case IngestSamples(app=app, payload=payload, source=source, reply=reply):
+                await reply_to(reply, lambda: self._store_samples(app, payload, source))
+            case Predict(app=app, instances=instances, reply=reply):
+                await reply_to(reply, lambda: self._answer(
+                    self._app(app), self._instances(self._app(app), list(instances))))
+            case SubmitFeedback(app=app, payload=payload, reply=reply):
+                await reply_to(reply, lambda: self._record_feedback(self._app(app), payload))
             case TrainingEvent(app=app, kind=kind, data=data):
                 self._broadcast(app, {"type": "event", "kind": kind, **dict(data)})
             case GetServerStatus(reply=reply):
@@ -266,10 +278,12 @@ class Server(Actor[ServerMsg]):
         return await asyncio.get_running_loop().run_in_executor(self._parser, fn)
 
     def _entry(self, request: web.Request) -> AppEntry:
-        name = request.match_info["app"]
+        return self._app(request.match_info["app"])
+
+    def _app(self, name: str) -> AppEntry:
         entry = self.catalog.get(name)
         if entry is None:
-            raise web.HTTPNotFound(text=f"unknown app {name!r}")
+            raise BadInput(404, f"unknown app {name!r}")
         return entry
 
     # -- probes, metrics, status, reload -------------------------------------------------------
@@ -325,6 +339,7 @@ class Server(Actor[ServerMsg]):
                 "data_type": entry.spec.data_type, "owner": entry.owner,
                 "n_samples": self._store.count_samples(name),
                 "model_version": self._version_of(name), "ready": self._is_ready(entry),
+                "accuracy": self._accuracy(name),
                 "placement": self._placement(name),
             }
         return out
@@ -403,27 +418,35 @@ class Server(Actor[ServerMsg]):
         return web.Response(status=204)
 
     async def _post_samples(self, request: web.Request) -> web.Response:
-        entry = self._entry(request)
+        self._entry(request)
         body = await self._read_body(request)
+        payload = await self._offload(len(body), lambda: parse_json(body))
+        return json_response(await self._store_samples(request.match_info["app"], payload,
+                                                       "http", len(body)))
+
+    async def _store_samples(self, app: str, payload: Any, source: str, size: int = 0
+                             ) -> dict[str, Any]:
+        """Check and commit a `{"samples": [...], "batch_id"?}` payload from any channel."""
+        entry = self._app(app)
         if entry.shape is None and entry.spec.data_type != "audio":
             # The first batch fixes the app's shape: let no other batch race it to the store.
             async with self._catalog_lock:
-                return await self._ingest(self._entry(request), body)
-        return await self._ingest(entry, body)
+                return await self._commit_samples(self._app(app), payload, source, size)
+        return await self._commit_samples(entry, payload, source, size)
 
-    async def _ingest(self, entry: AppEntry, body: bytes) -> web.Response:
-        batch = await self._offload(
-            len(body), lambda: parse_samples(parse_json(body), entry.spec, entry.shape))
-        result = await self._store.add_samples(entry.name, batch.features, batch.labels, "http",
+    async def _commit_samples(self, entry: AppEntry, payload: Any, source: str, size: int
+                              ) -> dict[str, Any]:
+        batch = await self._offload(size, lambda: parse_samples(payload, entry.spec, entry.shape))
+        result = await self._store.add_samples(entry.name, batch.features, batch.labels, source,
                                                batch.batch_id)
         if not result.duplicate:
-            self._metrics.samples_ingested.labels(entry.name, "http").inc(result.accepted)
+            self._metrics.samples_ingested.labels(entry.name, source).inc(result.accepted)
             self.catalog.note_shape(entry.name, batch.shape)
             self._tell_trainer().offer(SamplesAdded(app=entry.name, n_samples=result.n_samples))
-        log.debug("samples_committed", app=entry.name, accepted=result.accepted,
+        log.debug("samples_committed", app=entry.name, source=source, accepted=result.accepted,
                   duplicate=result.duplicate, n_samples=result.n_samples)
-        return json_response({"accepted": result.accepted, "n_samples": result.n_samples,
-                              "duplicate": result.duplicate})
+        return {"accepted": result.accepted, "n_samples": result.n_samples,
+                "duplicate": result.duplicate}
 
     # -- models and serving ---------------------------------------------------------------------
 
@@ -457,12 +480,18 @@ class Server(Actor[ServerMsg]):
         served = self._served.get(app)
         return served.current.version if served else None
 
+    def _accuracy(self, app: str) -> float | None:
+        """The served ensemble's validation accuracy."""
+        served = self._served.get(app)
+        if served is None:
+            return None
+        return round(float(served.current.model.selection.val_accuracy), 5)
+
     def _is_ready(self, entry: AppEntry) -> bool:
         served = self._served.get(entry.name)
         if served is None:
             return False
-        accuracy = float(served.current.model.metrics.get("val_accuracy", 1.0))
-        return accuracy >= entry.spec.policy.min_accuracy
+        return float(served.current.model.selection.val_accuracy) >= entry.spec.policy.min_accuracy
 
     def _placement(self, app: str) -> dict[str, Any]:
         me = self._settings.daemon.machine_name
@@ -474,9 +503,8 @@ class Server(Actor[ServerMsg]):
         served = self._served.get(entry.name)
         if served is None:
             n = self._store.count_samples(entry.name)
-            raise web.HTTPServiceUnavailable(
-                text=f"no model yet for {entry.name!r}: {n} labelled samples so far; a first "
-                     "model trains once two classes have 5 samples each")
+            raise BadInput(503, f"no model yet for {entry.name!r}: {n} labelled samples so far; "
+                                "a first model trains once two classes have 5 samples each")
         return served
 
     def _instances(self, entry: AppEntry, items: Any) -> list[Any]:
@@ -504,6 +532,11 @@ class Server(Actor[ServerMsg]):
                 item["probabilities"] = a.probabilities
             out.append(item)
         self._metrics.predictions.labels(entry.name).inc(len(out))
+        if self.mqtt is not None and out:  # Home Assistant shows the last label, any channel
+            last = out[-1]
+            self.mqtt.offer(Predicted(app=entry.name, label=last["label"],
+                                      confidence=last["confidence"],
+                                      model_version=last["model_version"]))
         for client in self._sockets.get(entry.name, ()):
             if client.watch:  # `mliot watch`: every prediction, from any channel
                 for item in out:
@@ -534,8 +567,7 @@ class Server(Actor[ServerMsg]):
         try:
             result = await self._store.add_feedback(entry.name, payload["prediction_id"], label)
         except NotFound:
-            raise web.HTTPNotFound(text=f"unknown prediction id {payload['prediction_id']!r}"
-                                   ) from None
+            raise BadInput(404, f"unknown prediction id {payload['prediction_id']!r}") from None
         await self._tell_trainer().send(FeedbackAdded(app=entry.name, wrong=label != result.predicted,
                                                sample_id=result.sample_id, label=label,
                                                predicted=result.predicted))
@@ -674,9 +706,7 @@ class Server(Actor[ServerMsg]):
             if not isinstance(msg, dict):
                 raise BadInput(422, "a message must be a JSON object")
             ref = msg.get("ref")
-            entry = self.catalog.get(app)
-            if entry is None:
-                raise BadInput(404, f"app {app!r} is gone")
+            entry = self._app(app)
             kind = msg.get("type")
             if kind == "predict":
                 samples = [check_features(msg.get("features"), entry.spec, entry.shape)]
@@ -684,14 +714,9 @@ class Server(Actor[ServerMsg]):
                                                    bool(msg.get("probabilities")))
                 client.put({"type": "prediction", "ref": ref, **prediction})
             elif kind == "sample":
-                batch = parse_samples({"samples": [{"features": msg.get("features"),
-                                                    "label": msg.get("label")}]},
-                                      entry.spec, entry.shape)
-                result = await self._store.add_samples(app, batch.features, batch.labels, "ws")
-                self._metrics.samples_ingested.labels(app, "ws").inc()
-                self.catalog.note_shape(app, batch.shape)
-                self._tell_trainer().offer(SamplesAdded(app=app, n_samples=result.n_samples))
-                client.put({"type": "ack", "ref": ref, "n_samples": result.n_samples})
+                result = await self._store_samples(app, {"samples": [
+                    {"features": msg.get("features"), "label": msg.get("label")}]}, "ws")
+                client.put({"type": "ack", "ref": ref, "n_samples": result["n_samples"]})
             elif kind == "feedback":
                 await self._record_feedback(entry, msg)
                 client.put({"type": "ack", "ref": ref})

@@ -129,4 +129,54 @@ class GetServerStatus:
     reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
 
 
-ServerMsg: TypeAlias = ApplyConfig | VersionPublished | TrainingEvent | GetServerStatus
+# Requests from other channels (MQTT) go through the server, which owns the catalog and the
+# served models. The payload is decoded JSON handed over by its only holder. The reply is the
+# JSON the HTTP API would answer, or a BadInput (status, message, details).
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestSamples:
+    """Query: check and commit `{"samples": [...], "batch_id"?}`; the answer is the ack."""
+
+    app: str
+    payload: Any
+    source: str
+    reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Predict:
+    """Query: predictions (the HTTP API's prediction objects) for these instances."""
+
+    app: str
+    instances: tuple[Any, ...]
+    reply: asyncio.Future[list[dict[str, Any]]] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitFeedback:
+    """Query: commit `{"prediction_id", "label"}`."""
+
+    app: str
+    payload: Any
+    reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
+
+
+ServerMsg: TypeAlias = (ApplyConfig | VersionPublished | TrainingEvent | GetServerStatus
+                        | IngestSamples | Predict | SubmitFeedback)
+
+
+# -- mqtt ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Predicted:
+    """Telemetry: the latest prediction of an app, from any channel (Home Assistant state)."""
+
+    app: str
+    label: str
+    confidence: float
+    model_version: int
+
+
+MqttMsg: TypeAlias = ApplyConfig | Predicted
