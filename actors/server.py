@@ -257,9 +257,11 @@ class Server(Actor[ServerMsg]):
                                                 or limit + 1,
                                                 text=f"body larger than {limit} bytes "
                                                      "(daemon.max_body_mb)")
-        if request.content_length is not None and request.content_length > limit:
-            raise too_big
-        body = bytearray()
+        if request.content_length is not None:
+            if request.content_length > limit:
+                raise too_big
+            return await request.read()  # aiohttp's own cap is off; the length is checked
+        body = bytearray()  # chunked: count as it arrives
         async for chunk in request.content.iter_chunked(256 * 1024):
             body += chunk
             if len(body) > limit:

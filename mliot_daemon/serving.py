@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from mliot_daemon.learn.fast import single_thread_blas
-
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -106,9 +104,8 @@ class ServedApp:
         model = self.current  # the whole batch uses the model it started with
         samples = [x for s, _, _ in queue for x in s]
         want_probs = any(p for _, p, _ in queue)
-        try:
-            with single_thread_blas():
-                answers = model.predict(_stack(samples), want_probs)
+        try:  # BLAS is limited to one thread once, at server start: here it would cost ~2 ms
+            answers = model.predict(_stack(samples), want_probs)
         except Exception as exc:  # e.g. a front end rejecting a sample: fail this batch only
             for _, _, fut in queue:
                 if not fut.done():
