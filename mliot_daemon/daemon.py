@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from actors.monitor import Monitor
+from actors.mqtt import MqttBridge
 from actors.server import Server
 from actors.trainer import Trainer
 from mliot_daemon.config import ConfigError, ConfigStore, Settings, load_file, parse_settings
@@ -64,7 +65,11 @@ class Daemon:
                                settings.daemon.machine_name)
         # Server and trainer tell each other things (neither asks the other, so no deadlock).
         self.server.trainer = self.trainer.ref
-        self.actors: list[Actor[Any]] = [self.monitor, self.trainer, self.server]  # start order
+        # The bridge asks the server; the server only offers it Predicted telemetry.
+        self.bridge = MqttBridge(settings, self.server.ref, self.metrics)
+        self.server.mqtt = self.bridge.ref
+        self.actors: list[Actor[Any]] = [self.monitor, self.trainer, self.bridge,
+                                         self.server]  # start order
         self.monitor.watch([a.ref for a in self.actors])
         config.subscribe(self._apply)
         self.metrics.config_version.set(config.version)

@@ -38,6 +38,31 @@ class Metrics:
                                     registry=r)
         self.config_rejected = Counter("mliot_config_reload_rejected", "Rejected reloads",
                                        registry=r)
+        # MQTT bridge
+        self.mqtt_connected = Gauge("mliot_mqtt_connected", "1 while the bridge is connected "
+                                    "to the broker", registry=r)
+        self.mqtt_connects = Counter("mliot_mqtt_connects", "Successful broker connections",
+                                     registry=r)
+        self.mqtt_connection_errors = Counter("mliot_mqtt_connection_errors", "Failed connection "
+                                              "attempts and lost connections", registry=r)
+        self.mqtt_received = Counter("mliot_mqtt_messages_received", "MQTT messages received",
+                                     ["kind"], registry=r)
+        self.mqtt_published = Counter("mliot_mqtt_messages_published", "MQTT messages "
+                                      "published", ["kind"], registry=r)
+        self.mqtt_bad_payloads = Counter("mliot_mqtt_bad_payloads", "MQTT messages rejected "
+                                         "(not_json, wrong_shape, too_large, invalid, "
+                                         "unknown_app, server_error)", ["reason"], registry=r)
+        self.mqtt_predictions_shed = Counter("mliot_mqtt_predictions_shed", "Unlabelled "
+                                             "prediction requests shed under load", registry=r)
+        self.mqtt_incoming_dropped = Counter("mliot_mqtt_incoming_dropped", "Messages the "
+                                             "client's inbox had no room for (QoS > 0 ones are "
+                                             "redelivered after a reconnect)", registry=r)
+        self.mqtt_delivery_retries = Counter("mliot_mqtt_delivery_retries", "Samples or "
+                                             "corrections retried after a transient failure",
+                                             registry=r)
+        self.mqtt_ack_seconds = Histogram("mliot_mqtt_ack_seconds", "Receipt to PUBACK of a "
+                                          "sample or correction (commit included)",
+                                          buckets=LATENCY_BUCKETS, registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

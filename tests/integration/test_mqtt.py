@@ -1,0 +1,378 @@
+"""The MQTT bridge against a real broker: Debian's mosquitto on a free loopback port, and a real
+`mliot run` subprocess. No fakes. When CI is set, a missing mosquitto fails instead of skipping."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from support import DaemonProcess, free_port
+
+pytestmark = pytest.mark.timeout(180)
+CENTERS = {"a": (0.0, 0.0), "b": (10.0, 0.0), "c": (0.0, 10.0)}
+
+
+# -- the broker ---------------------------------------------------------------------------------
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
+        None)
+    if found is None:
+        message = "mosquitto is not installed (apt-get install mosquitto mosquitto-clients)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+class Broker:
+    """A mosquitto process of our own, with persistence on, so a restart keeps sessions."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = mosquitto_binary()
+        self.port = free_port()
+        self.workdir = workdir
+        self.log_path = workdir / "mosquitto.log"
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+            f"log_dest file {self.log_path}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = paho.Client(CallbackAPIVersion.VERSION2)
+            try:
+                probe.connect("127.0.0.1", self.port)
+                probe.disconnect()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"mosquitto did not listen on {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    b = Broker(folder).start()
+    yield b
+    b.kill()
+
+
+# -- a test client ------------------------------------------------------------------------------
+
+
+class Mqtt:
+    """A paho client in its own thread that records what arrives on its subscriptions."""
+
+    def __init__(self, port: int, *topics: str) -> None:
+        self.messages: list[paho.MQTTMessage] = []
+        self.cond = threading.Condition()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if topics:
+            self.client.subscribe([(t, 1) for t in topics])
+            assert self.subscribed.wait(10)
+
+    def _on_message(self, client: Any, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self.cond:
+            self.messages.append(msg)
+            self.cond.notify_all()
+
+    def publish(self, topic: str, payload: Any, retain: bool = False) -> None:
+        data = payload if isinstance(payload, bytes | str) else json.dumps(payload)
+        info = self.client.publish(topic, data, qos=1, retain=retain)
+        info.wait_for_publish(10)
+        assert info.is_published()
+
+    def wait(self, match: Callable[[paho.MQTTMessage], bool], timeout: float = 30.0
+             ) -> paho.MQTTMessage:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for m in self.messages:
+                    if match(m):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [(m.topic, m.payload[:80]) for m in self.messages[-10:]]
+                    raise AssertionError(f"no matching MQTT message within {timeout} s; "
+                                         f"last seen: {seen}")
+                self.cond.wait(left)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def on(topic: str, **fields: Any) -> Callable[[paho.MQTTMessage], bool]:
+    """A matcher: this topic, and a JSON payload with these fields."""
+
+    def match(m: paho.MQTTMessage) -> bool:
+        if m.topic != topic:
+            return False
+        if not fields:
+            return True
+        try:
+            body = json.loads(m.payload)
+        except ValueError:
+            return False
+        return isinstance(body, dict) and all(body.get(k) == v for k, v in fields.items())
+
+    return match
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not met within {timeout} s")
+
+
+def blobs(n: int = 100, seed: int = 0) -> list[dict[str, Any]]:
+    """Three well-separated Gaussian blobs in 2-d, n samples each."""
+    rng = np.random.default_rng(seed)
+    return [{"features": (np.asarray(c) + rng.normal(0, 1.0, 2)).round(4).tolist(), "label": k}
+            for k, c in CENTERS.items() for _ in range(n)]
+
+
+def metric(d: DaemonProcess, name: str, labels: str = "") -> float:
+    status, text = d.request("GET", "/metrics")
+    assert status == 200
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def mqtt_daemon(factory: Any, broker: Broker, prefix: str, name: str = "box",
+                extra: str = "") -> DaemonProcess:
+    d = factory(name)
+    d.write_config(
+        extra=f'[training]\nworkers = 1\n[mqtt]\nurl = "{broker.url}"\nprefix = "{prefix}"\n'
+              f"{extra}",
+        daemon_extra=f'name = "{name}"\nlog_level = "debug"\nlog_format = "json"')
+    return d
+
+
+def retained(port: int, topic: str, timeout: float = 10.0) -> Any:
+    """What the broker retains on a topic, as a new subscriber gets it (decoded JSON)."""
+    fresh = Mqtt(port, topic)
+    try:
+        m = fresh.wait(lambda m: m.topic == topic and m.retain, timeout)
+        try:
+            return json.loads(m.payload)
+        except ValueError:
+            return m.payload.decode()
+    finally:
+        fresh.close()
+
+
+def knows_all_blobs(d: DaemonProcess) -> bool:
+    """The served model tells the three blobs apart (the first lazy version may know two)."""
+    status, body = d.request("POST", "/v1/apps/blobs/predict",
+                             {"instances": [list(c) for c in CENTERS.values()]})
+    return status == 200 and [p["label"] for p in body["predictions"]] == list(CENTERS)
+
+
+def app_info(d: DaemonProcess, app: str) -> dict[str, Any]:
+    status, body = d.request("GET", f"/v1/apps/{app}")
+    assert status == 200, body
+    return body
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
+
+def test_samples_predictions_feedback_and_home_assistant(daemon_factory: Any,
+                                                         broker: Broker) -> None:
+    p = f"t{uuid.uuid4().hex[:8]}"
+    d = mqtt_daemon(daemon_factory, broker, p).start()
+    watch = Mqtt(broker.port, f"{p}/#", "homeassistant/#")
+    dev = Mqtt(broker.port)
+    try:
+        assert d.request("PUT", "/v1/apps/blobs", {"data_type": "vector", "shape": [2]})[0] == 201
+        watch.wait(on(f"{p}/availability"))  # retained online
+        samples = blobs()
+        # Batches, and single objects: both are training data when labelled.
+        for k in range(0, 280, 70):
+            dev.publish(f"{p}/blobs/samples", {"samples": samples[k:k + 70]})
+        for s in samples[280:]:
+            dev.publish(f"{p}/blobs/samples", s)
+        wait_for(lambda: app_info(d, "blobs")["n_samples"] == len(samples), 30)
+        assert metric(d, "mliot_samples_ingested_total", '{app="blobs",source="mqtt"}') == 300
+        # Retained status and discovery, with what Home Assistant needs.
+        watch.wait(on(f"{p}/blobs/status", ready=True), 90)
+        wait_for(lambda: knows_all_blobs(d), 90, 0.5)
+        status = wait_for(lambda: (s := retained(broker.port, f"{p}/blobs/status"))["ready"]
+                          and s, 30)
+        assert set(status) == {"model_version", "ready", "accuracy", "n_samples"}
+        assert status["n_samples"] == 300 and status["model_version"] >= 1
+        assert retained(broker.port, f"{p}/availability") == "online"
+        config_topic = "homeassistant/sensor/mliot_box_blobs/config"
+        config = retained(broker.port, config_topic)
+        assert config["unique_id"] == "mliot_box_blobs"
+        assert config["availability_topic"] == f"{p}/availability"
+        assert config["state_topic"] == f"{p}/blobs/state"
+        assert config["json_attributes_topic"] == f"{p}/blobs/state"
+        assert "value_json.label" in config["value_template"]
+        assert config["device"]["identifiers"] and config["device"]["name"]
+
+        # Unlabelled: a prediction carrying the request's ref; the batch form too.
+        dev.publish(f"{p}/blobs/samples", {"features": [10.2, 0.3], "ref": "one"})
+        one = json.loads(watch.wait(on(f"{p}/blobs/predictions", ref="one")).payload)
+        assert one["label"] == "b" and 0 < one["confidence"] <= 1 and one["id"]
+        dev.publish(f"{p}/blobs/samples", {"samples": [{"features": [0.1, 9.8], "ref": "x"},
+                                                       {"features": [0.2, 0.1], "ref": "y"}]})
+        assert json.loads(watch.wait(on(f"{p}/blobs/predictions", ref="x")).payload)[
+            "label"] == "c"
+        assert json.loads(watch.wait(on(f"{p}/blobs/predictions", ref="y")).payload)[
+            "label"] == "a"
+        # The state is the last label from any channel: an HTTP prediction moves it.
+        status_code, body = d.request("POST", "/v1/apps/blobs/predict",
+                                      {"instances": [[10.0, 0.0]]})
+        assert status_code == 200 and body["predictions"][0]["label"] == "b"
+        watch.wait(on(f"{p}/blobs/state", label="b"))
+        assert "confidence" in retained(broker.port, f"{p}/blobs/state")
+
+        # Feedback over MQTT is committed like HTTP feedback: counted, and a new sample.
+        before = app_info(d, "blobs")
+        dev.publish(f"{p}/blobs/feedback", {"prediction_id": one["id"], "label": "c"})
+        after = wait_for(lambda: (a := app_info(d, "blobs"))["n_feedback"] == 1 and a, 30)
+        assert after["n_samples"] == before["n_samples"] + 1
+        # An unknown prediction id is refused, reported, and does not stop the bridge.
+        dev.publish(f"{p}/blobs/feedback", {"prediction_id": "nope", "label": "a"})
+        watch.wait(on(f"{p}/blobs/errors", status=404))
+        assert app_info(d, "blobs")["n_feedback"] == 1
+
+        # Home Assistant restarted: every discovery config is sent again.
+        seen = sum(m.topic == config_topic for m in watch.messages)
+        dev.publish("homeassistant/status", "online")
+        wait_for(lambda: sum(m.topic == config_topic for m in watch.messages) > seen, 30)
+
+        # A deleted app's entity is removed (empty retained config).
+        assert d.request("PUT", "/v1/apps/gone", {"data_type": "vector"})[0] == 201
+        watch.wait(on("homeassistant/sensor/mliot_box_gone/config"))
+        assert d.request("DELETE", "/v1/apps/gone")[0] == 204
+        watch.wait(lambda m: m.topic == "homeassistant/sensor/mliot_box_gone/config"
+                   and m.payload == b"")
+        late = Mqtt(broker.port, "homeassistant/sensor/+/config")  # what the broker retains
+        try:
+            late.wait(on(config_topic))
+            time.sleep(0.5)
+            assert not any(m.topic.endswith("mliot_box_gone/config") for m in late.messages)
+        finally:
+            late.close()
+    finally:
+        watch.close()
+        dev.close()
+    assert d.stop() == 0
+
+
+def test_samples_published_while_the_daemon_is_down_are_ingested(daemon_factory: Any,
+                                                                 broker: Broker) -> None:
+    p = f"t{uuid.uuid4().hex[:8]}"
+    d = mqtt_daemon(daemon_factory, broker, p).start()
+    assert d.request("PUT", "/v1/apps/blobs", {"data_type": "vector", "shape": [2]})[0] == 201
+    dev = Mqtt(broker.port)
+    try:
+        wait_for(lambda: metric(d, "mliot_mqtt_connected") == 1, 30)
+        assert d.stop() == 0  # the broker keeps the session and queues for it
+        samples = blobs(20)
+        for s in samples:
+            dev.publish(f"{p}/blobs/samples", s)
+        d.start()
+        wait_for(lambda: app_info(d, "blobs")["n_samples"] == len(samples), 30)
+        assert metric(d, "mliot_samples_ingested_total",
+                      '{app="blobs",source="mqtt"}') == len(samples)
+    finally:
+        dev.close()
+    assert d.stop() == 0
+
+
+def test_broker_restart_and_malformed_payloads(daemon_factory: Any, broker: Broker) -> None:
+    p = f"t{uuid.uuid4().hex[:8]}"
+    d = mqtt_daemon(daemon_factory, broker, p, extra="max_payload_kb = 4\n").start()
+    assert d.request("PUT", "/v1/apps/blobs", {"data_type": "vector", "shape": [2]})[0] == 201
+    assert d.request("POST", "/v1/apps/blobs/samples", {"samples": blobs()})[0] == 200
+    wait_for(lambda: knows_all_blobs(d), 90, 0.5)
+    watch = Mqtt(broker.port, f"{p}/+/predictions", f"{p}/+/errors")
+    dev = Mqtt(broker.port)
+    try:
+        # Malformed: not JSON, the wrong shape, too big. Counted; the bridge carries on.
+        dev.publish(f"{p}/blobs/samples", b"\xff not json")
+        dev.publish(f"{p}/blobs/samples", {"samples": "nope"})
+        dev.publish(f"{p}/blobs/samples", [1, 2, 3])
+        dev.publish(f"{p}/blobs/feedback", {"label": "a"})
+        dev.publish(f"{p}/blobs/samples", {"features": [0.0] * 2000, "label": "a"})
+        dev.publish(f"{p}/blobs/samples", {"features": [1.0, 2.0, 3.0], "label": "a"})
+        dev.publish(f"{p}/blobs/samples", {"features": [0.0, 10.0], "ref": "after"})
+        assert json.loads(watch.wait(on(f"{p}/blobs/predictions", ref="after")).payload)[
+            "label"] == "c"
+        bad = "mliot_mqtt_bad_payloads_total"
+        assert metric(d, bad, '{reason="not_json"}') == 1
+        assert metric(d, bad, '{reason="wrong_shape"}') == 3
+        assert metric(d, bad, '{reason="too_large"}') == 1
+        assert metric(d, bad, '{reason="invalid"}') == 1  # a 3-d vector for a 2-d app
+        assert app_info(d, "blobs")["n_samples"] == 300  # nothing bad was stored
+
+        # The broker dies: HTTP keeps serving; the bridge reconnects when it is back.
+        connects = metric(d, "mliot_mqtt_connects_total")
+        broker.kill()
+        wait_for(lambda: metric(d, "mliot_mqtt_connected") == 0, 60)
+        status, body = d.request("POST", "/v1/apps/blobs/predict", {"instances": [[0, 0]]},
+                                 timeout=5)
+        assert status == 200 and body["predictions"][0]["label"] == "a"
+        assert d.request("POST", "/v1/apps/blobs/samples", {"samples": blobs(2, seed=1)},
+                         timeout=5)[0] == 200
+        watch.close()
+        dev.close()
+        time.sleep(1.0)  # a few reconnect attempts fail meanwhile
+        broker.start()
+        wait_for(lambda: metric(d, "mliot_mqtt_connects_total") > connects, 60)
+        watch = Mqtt(broker.port, f"{p}/+/predictions")
+        dev = Mqtt(broker.port)
+        dev.publish(f"{p}/blobs/samples", {"features": [10.0, 0.0], "ref": "back"})
+        assert json.loads(watch.wait(on(f"{p}/blobs/predictions", ref="back")).payload)[
+            "label"] == "b"
+        dev.publish(f"{p}/blobs/samples", {"features": [10.0, 0.5], "label": "b"})
+        wait_for(lambda: app_info(d, "blobs")["n_samples"] == 307, 30)
+        assert metric(d, "mliot_mqtt_connection_errors_total") >= 1
+    finally:
+        watch.close()
+        dev.close()
+    assert d.stop() == 0
