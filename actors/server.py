@@ -32,6 +32,7 @@ from mliot_daemon.messages import (
     GetServerStatus,
     GetTrainerStatus,
     IngestSamples,
+    LoadFailed,
     MachineLoad,
     Predict,
     Predicted,
@@ -114,11 +115,11 @@ class Server(Actor[ServerMsg]):
         shapes = {n: await self._store.sample_shape(n) for n in names}
         self.catalog.load(self._settings.apps, api_apps, shapes)
         single_thread_blas()  # serving is one row at a time: BLAS threads only add overhead
+        await self._apps_changed()  # first, so the trainer knows the apps a failed load names
         for name in self.catalog.names():  # the last good versions answer as soon as we listen
             version = await asyncio.to_thread(self._registry.current, name)
             if version is not None:
                 await self._load(name, version)
-        await self._apps_changed()
         self._runner = web.AppRunner(self.build_app(), handle_signals=False, access_log=None,
                                      shutdown_timeout=self._shutdown_timeout)
         await self._runner.setup()
@@ -468,6 +469,7 @@ class Server(Actor[ServerMsg]):
             served = await asyncio.to_thread(lambda: ServedModel(version, load_model(path)))
         except Exception as exc:  # e.g. pickles of an older library: the trainer retrains
             log.error("model_load_failed", app=app, version=version, error=repr(exc))
+            await self._tell_trainer().send(LoadFailed(app=app, version=version))
             return
         if self.catalog.get(app) is None:
             return  # deleted while loading

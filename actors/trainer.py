@@ -39,6 +39,7 @@ from mliot_daemon.messages import (
     AppsChanged,
     FeedbackAdded,
     GetTrainerStatus,
+    LoadFailed,
     RunFinished,
     SamplesAdded,
     TrainerMsg,
@@ -153,6 +154,12 @@ class Trainer(Actor[TrainerMsg]):
                         state.trained_on = max(state.trained_on, n)
                     else:
                         state.failed_at = n
+                    await self._maybe_train(app)
+            case LoadFailed(app=app, version=version):
+                state = self._apps.get(app)
+                if state is not None:
+                    log.warning("retraining_unloadable_version", app=app, version=version)
+                    state.trained_on = 0
                     await self._maybe_train(app)
             case GetTrainerStatus(reply=reply):
                 if not reply.done():

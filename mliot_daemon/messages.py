@@ -92,6 +92,15 @@ class RunFinished:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LoadFailed:
+    """The server could not load an app's current version (e.g. pickles of an older
+    library): train again from the stored samples."""
+
+    app: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GetTrainerStatus:
     """Query: per-app training state."""
 
@@ -99,7 +108,7 @@ class GetTrainerStatus:
 
 
 TrainerMsg: TypeAlias = (ApplyConfig | AppsChanged | SamplesAdded | FeedbackAdded | RunFinished
-                         | GetTrainerStatus)
+                         | LoadFailed | GetTrainerStatus)
 
 
 # -- server -------------------------------------------------------------------------------------
