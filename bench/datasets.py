@@ -77,10 +77,10 @@ def watch(window: int = 100, step: int = 50, with_groups: bool = False):
 
 def audio():
     """(X_train (n, samples) float32 at 16 kHz, X_test, y_train, y_test) of spoken digits."""
-    path = DATA / "spoken_digits.npz"
-    if not path.exists():
-        from bench.make_audio import make
+    from bench.make_audio import FILE, make
 
+    path = DATA / FILE
+    if not path.exists():
         make(path)
     with np.load(path) as d:
         return d["X_train"], d["X_test"], d["y_train"], d["y_test"]

@@ -99,13 +99,13 @@ def first_model_seconds(X, y, data_type: str) -> dict[str, Any]:
     from mliot_daemon.learn.frontends import encode_labels, make_front_end
 
     codes, classes = encode_labels(y)
-    fe = make_front_end(data_type)
-    Z = fe.fit_transform(X)
-    step = lazy_plan(len(Z), Z.shape[1])[0]
-    rows = np.random.default_rng(0).choice(len(Z), step.rows, replace=False) \
-        if step.rows < len(Z) else np.arange(len(Z))
-    est = make_estimator(step.family).fit(Z[rows], codes[rows])
-    member = compile_member(step.family, est, False, Z[rows])
+    fe = make_front_end(data_type).fit(X)
+    step = lazy_plan(len(X), fe.n_features_)[0]
+    rows = np.sort(np.random.default_rng(0).choice(len(X), step.rows, replace=False)) \
+        if step.rows < len(X) else np.arange(len(X))
+    Z = fe.transform(X[rows])  # the quick model needs only its own rows' features
+    est = make_estimator(step.family).fit(Z, codes[rows])
+    member = compile_member(step.family, est, False, Z)
     member.predict(Z[:1])
     return {"family": step.family, "rows": int(step.rows), "seconds": round(time.perf_counter() - t0, 3)}
 

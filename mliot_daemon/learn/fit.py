@@ -13,7 +13,13 @@ Search: scikit-learn's ``HalvingRandomSearchCV`` (successive halving over random
 time budget: a probe fit of the default estimator on a few hundred rows gives the cost per row,
 the cost of the validation and final fits is reserved, and the largest number of candidates and
 rows whose simulated halving cost fits the rest is chosen. With too little budget the default
-parameters are used. ``fit_seconds`` reports the measured total.
+parameters are used. ``fit_seconds`` reports the measured total. An MLP's cost is epochs x
+rows and its probe says little about the epochs the full data needs, so its ``max_iter`` is
+capped (``MLP_MIN_EPOCHS``..``MLP_MAX_EPOCHS``) to what half of the remaining budget allows
+for the validation and final fits, and the search runs with that cap too. Fits run with one
+BLAS thread (threadpoolctl): with OpenBLAS's default two threads spinning against the other
+pool worker, a 1,257-row MLP fit was 10x slower, which is how an MLP once took 15 s of a 5 s
+budget.
 
 PCA: for inputs with at least ``PCA_MIN_DIMS`` features the data set carries one shared PCA
 (IncrementalPCA above ``INCREMENTAL_ROWS`` rows) keeping 90 % of the variance (at most
@@ -49,6 +55,8 @@ PCA_MIN_DIMS = 100
 PCA_MAX_DIMS = 64
 PCA_VARIANCE = 0.90
 INCREMENTAL_ROWS = 20_000
+MLP_MIN_EPOCHS = 5
+MLP_MAX_EPOCHS = 200
 PCA_MAX_ACCURACY_DROP = 0.005
 
 
@@ -287,6 +295,17 @@ def fit_family(family: str, fs: FeatureSet, *, budget_s: float | None = None, se
         seed: seeds the folds' subsamples, the search and the estimators.
         params: fixed hyper-parameters; skips the search (used by retraining and tests).
     """
+    # One BLAS/OpenMP thread: pool workers already use every core, and OpenBLAS threads that
+    # spin against each other made a 1,257-row MLP fit 10x slower (measured: 7 ms per 200x64x128
+    # product), the cause of an MLP search once taking 15 s against a 5 s budget.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _fit_family(family, fs, budget_s=budget_s, seed=seed, params=params)
+
+
+def _fit_family(family: str, fs: FeatureSet, *, budget_s: float | None, seed: int,
+                params: dict[str, Any] | None) -> FittedModel:
     started = time.perf_counter()
     n, d = fs.Z.shape
     budget = default_budget(n, d) if budget_s is None else float(budget_s)
@@ -298,14 +317,25 @@ def fit_family(family: str, fs: FeatureSet, *, budget_s: float | None = None, se
     y = fs.y
 
     chosen: dict[str, Any] = dict(params or {})
+    fixed: dict[str, Any] = {}  # budget-derived settings, applied to search and final fits
     candidates = 0
     if params is None:
         m0 = min(n, max(300, 30 * fs.n_classes))
         probe_rows = np.random.default_rng(seed).choice(n, m0, replace=False) if m0 < n else np.arange(n)
-        t_probe = _timed_fit(make_estimator(family, seed=seed), X[probe_rows], y[probe_rows])
+        probe_est = make_estimator(family, seed=seed)
+        t_probe = _timed_fit(probe_est, X[probe_rows], y[probe_rows])
         alpha = FIT_COST[family][1]
         per_row = t_probe / m0 ** alpha
         n_val_fits = len(np.unique(fs.fold[fs.fold >= 0]))
+        if family == "mlp":
+            # An MLP's cost is epochs x rows, and the probe's epoch count says little about the
+            # full data's: cap the epochs so that validation + final fits take at most half of
+            # what is left even if every fit runs to max_iter (once 15 s against a 5 s budget).
+            per_epoch_row = t_probe / max(1, int(probe_est.n_iter_)) / m0
+            left = budget - (time.perf_counter() - started)
+            cap = int(0.5 * left / ((n_val_fits + 1) * per_epoch_row * n))
+            fixed["max_iter"] = max(MLP_MIN_EPOCHS, min(MLP_MAX_EPOCHS, cap))
+            per_row = per_epoch_row * fixed["max_iter"]
         reserve = (n_val_fits + 1) * per_row * n ** alpha * 1.3
         remaining = budget - (time.perf_counter() - started) - reserve
         # XGBoost refuses a training fold that misses a class: give the small rounds more rows
@@ -317,7 +347,7 @@ def fit_family(family: str, fs: FeatureSet, *, budget_s: float | None = None, se
             c, r0, rmax = plan
             c = min(c, _grid_size(space))
             search = HalvingRandomSearchCV(
-                make_estimator(family, seed=seed), space, n_candidates=c,
+                make_estimator(family, fixed, seed=seed), space, n_candidates=c,
                 factor=3, resource="n_samples", min_resources=r0, max_resources=rmax,
                 cv=StratifiedKFold(3, shuffle=True, random_state=seed), scoring="accuracy",
                 refit=False, random_state=seed, n_jobs=1, error_score=np.nan, return_train_score=False)
@@ -327,6 +357,7 @@ def fit_family(family: str, fs: FeatureSet, *, budget_s: float | None = None, se
             if np.isfinite(scores).any():
                 chosen = dict(search.best_params_)
             candidates = c
+        chosen = {**fixed, **chosen}
     est = make_estimator(family, chosen, seed=seed)
     val_pred = _oof(est, X, y, fs.fold)
     val_acc = float((val_pred == y[fs.fold >= 0]).mean())

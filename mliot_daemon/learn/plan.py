@@ -18,6 +18,8 @@ from sklearn.linear_model import RidgeClassifier
 
 from mliot_daemon.learn.families import FAMILIES, estimated_fit_seconds
 
+DATA_SECONDS_PER_VALUE = 2e-8
+
 
 @dataclass(frozen=True)
 class PlanStep:
@@ -58,7 +60,10 @@ def lazy_plan(n_samples: int, n_features: int, families: tuple[str, ...] = FAMIL
         plan.append(PlanStep(first_family, n_samples, first_cost, quick=True))
     else:
         fam = "knn" if "knn" in families else first_family
-        per_row = estimated_fit_seconds(fam, 1000, n_features, sp) / 1000 * 2.5
+        # besides the fit: the front end's float64 copy of the rows and the fast predictor's
+        # float32 copy (measured on MNIST: ~2e-8 s per value, mostly first-touch page faults)
+        per_row = (estimated_fit_seconds(fam, 1000, n_features, sp) / 1000
+                   + DATA_SECONDS_PER_VALUE * n_features / sp) * 2.5
         rows = int(min(n_samples, max(100, first_deadline_s / max(per_row, 1e-9))))
         plan.append(PlanStep(fam, rows, per_row * rows, quick=True))
     plan.extend(PlanStep(f, n_samples, est) for est, f in steps)

@@ -43,3 +43,79 @@ def test_ensemble_vote_and_confidence():
 def test_single_thread_blas_returns_a_handle():
     handle = single_thread_blas()
     handle.restore_original_limits()
+
+
+def _fit(family, X, y, **params):
+    return make_estimator(family, params).fit(X, y)
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_knn_screened_batches_and_single_rows_match(weights):
+    # enough training rows that the float32 screen + float64 refinement path is taken
+    X, y = make_classification(900, 10, n_informative=6, n_classes=3, random_state=5)
+    est = _fit("knn", X[:700], y[:700], n_neighbors=7, weights=weights)
+    fast = compile_member("knn", est, False)
+    assert fast.screen
+    Xt = X[700:]
+    np.testing.assert_array_equal(fast.predict(Xt), est.predict(Xt))
+    np.testing.assert_array_equal([fast.predict_one(x) for x in Xt], est.predict(Xt))
+    # a training row itself: distance 0, sklearn gives the exact match all the weight
+    assert fast.predict_one(X[3]) == est.predict(X[3:4])[0]
+
+
+def test_rbf_far_row_takes_the_safe_path():
+    X, y = make_classification(300, 6, n_informative=4, n_classes=3, random_state=2)
+    est = _fit("svm_rbf", X, y, gamma=1.0)
+    fast = compile_member("svm_rbf", est, False)
+    far = np.full((1, 6), 40.0)  # gamma * |z|^2 >> 300: exp would overflow in the fast form
+    assert fast.predict_one(far[0]) == est.predict(far)[0]
+    np.testing.assert_array_equal(fast.predict(X[:40]), est.predict(X[:40]))
+
+
+@pytest.mark.parametrize("integer_data", [True, False])
+def test_fused_trees_match_members(integer_data):
+    """Forest + boosted trees walked together (condition table on repeated split values, plain
+    walk otherwise) give each member's own labels, also through a reduced (PCA) member."""
+    X, y = make_classification(500, 8, n_informative=5, n_classes=4, random_state=4)
+    if integer_data:
+        X = np.round(X * 2)
+    rf = _fit("random_forest", X[:400], y[:400], n_estimators=15)
+    xg = _fit("xgboost", X[:400], y[:400], n_estimators=10)
+    from sklearn.decomposition import PCA
+
+    from mliot_daemon.learn.fast import Reducer
+
+    pca = PCA(4).fit(X[:400])
+    red = Reducer.from_pca(pca)
+    xg_r = _fit("xgboost", red(X[:400]), y[:400], n_estimators=8)
+    members = [compile_member("random_forest", rf, False), compile_member("xgboost", xg, False, X),
+               compile_member("xgboost", xg_r, True, red(X[:400]))]
+    ens = FastEnsemble(None, members, [1.0, 1.5, 0.7], list("abcd"), red)
+    assert ens._fused is not None and ens._fused.use_table == integer_data
+    Xt = X[400:]
+    own = [rf.predict(Xt), xg.predict(Xt), xg_r.predict(red(Xt))]
+    for i, x in enumerate(Xt):
+        preds = ens._fused.predict_one(np.concatenate([x, ens.reducer.one(x)]).astype(np.float32))
+        assert preds == [int(o[i]) for o in own]
+    single = np.array([ens.vote(Xt[i:i + 1])[0][0] for i in range(len(Xt))])
+    np.testing.assert_array_equal(single, ens.vote(Xt)[0])
+
+
+def test_binary_fused_paths_and_pickle_round_trip():
+    import pickle
+
+    X, y = make_classification(400, 10, n_informative=5, n_classes=2, random_state=8)
+    fams = ("ridge", "svm_linear", "mlp", "svm_rbf", "knn", "random_forest", "xgboost")
+    params = {"random_forest": {"n_estimators": 10}, "xgboost": {"n_estimators": 10}}
+    ests = [_fit(f, X[:300], y[:300], **params.get(f, {})) for f in fams]
+    members = [compile_member(f, e, False, X[:300]) for f, e in zip(fams, ests)]
+    ens = FastEnsemble(None, members, [1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6], ["no", "yes"])
+    assert ens._dense is not None and ens._fused is not None
+    Xt = X[300:]
+    batch, share = ens.vote(Xt)
+    single = [ens.vote_one(x) for x in Xt]
+    np.testing.assert_array_equal(batch, [p for p, _ in single])
+    np.testing.assert_allclose(share, [s for _, s in single])
+    back = pickle.loads(pickle.dumps(ens))
+    np.testing.assert_array_equal(back.vote(Xt)[0], batch)
+    assert back.vote_one(Xt[0]) == single[0]

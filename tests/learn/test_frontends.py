@@ -122,3 +122,19 @@ def test_labels_become_strings():
     codes, names = encode_labels([3, 1, 3, 2])
     assert names == ["1", "2", "3"]
     assert codes.tolist() == [2, 0, 2, 1]
+
+
+def test_audio_summaries_and_the_served_vector_path():
+    from mliot_daemon.learn.frontends import AUDIO_SUMMARIES, AUDIO_SUMMARY, summarize_log_mel
+
+    patches = np.random.default_rng(0).normal(size=(2, 96, 64))
+    dims = {k: summarize_log_mel(patches, k).shape for k in AUDIO_SUMMARIES}
+    assert dims == {"stats": (320,), "stats_seg4": (576,), "stats_seg8": (704,)}
+    assert AUDIO_SUMMARY in AUDIO_SUMMARIES
+    with pytest.raises(ValueError, match="unknown audio summary"):
+        summarize_log_mel(patches, "mfcc")
+    fe = make_front_end("vector").fit(np.arange(20.0).reshape(5, 4))
+    row = np.array([[1.0, 2.0, 3.0, 4.0]])
+    np.testing.assert_array_equal(fe.transform(row), fe.transform(row.tolist()))
+    with pytest.raises(DataError, match="NaN"):
+        fe.transform(np.array([[1.0, np.nan, 3.0, 4.0]]))
