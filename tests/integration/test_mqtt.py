@@ -189,11 +189,12 @@ def mqtt_daemon(factory: Any, broker: Broker, prefix: str, name: str = "box",
     return d
 
 
-def retained(port: int, topic: str, timeout: float = 10.0) -> Any:
-    """What the broker retains on a topic, as a new subscriber gets it (decoded JSON)."""
+def retained(port: int, topic: str, timeout: float = 10.0, strict: bool = False) -> Any:
+    """What the broker retains on a topic, as a new subscriber gets it (decoded JSON). Unless
+    strict, a message published just after subscribing counts too."""
     fresh = Mqtt(port, topic)
     try:
-        m = fresh.wait(lambda m: m.topic == topic and m.retain, timeout)
+        m = fresh.wait(lambda m: m.topic == topic and (m.retain or not strict), timeout)
         try:
             return json.loads(m.payload)
         except ValueError:
@@ -238,13 +239,12 @@ def test_samples_predictions_feedback_and_home_assistant(daemon_factory: Any,
         # Retained status and discovery, with what Home Assistant needs.
         watch.wait(on(f"{p}/blobs/status", ready=True), 90)
         wait_for(lambda: knows_all_blobs(d), 90, 0.5)
-        status = wait_for(lambda: (s := retained(broker.port, f"{p}/blobs/status"))["ready"]
-                          and s, 30)
+        status = retained(broker.port, f"{p}/blobs/status", strict=True)
         assert set(status) == {"model_version", "ready", "accuracy", "n_samples"}
         assert status["n_samples"] == 300 and status["model_version"] >= 1
         assert retained(broker.port, f"{p}/availability") == "online"
         config_topic = "homeassistant/sensor/mliot_box_blobs/config"
-        config = retained(broker.port, config_topic)
+        config = retained(broker.port, config_topic, strict=True)
         assert config["unique_id"] == "mliot_box_blobs"
         assert config["availability_topic"] == f"{p}/availability"
         assert config["state_topic"] == f"{p}/blobs/state"
@@ -267,7 +267,7 @@ def test_samples_predictions_feedback_and_home_assistant(daemon_factory: Any,
                                       {"instances": [[10.0, 0.0]]})
         assert status_code == 200 and body["predictions"][0]["label"] == "b"
         watch.wait(on(f"{p}/blobs/state", label="b"))
-        assert "confidence" in retained(broker.port, f"{p}/blobs/state")
+        assert "confidence" in retained(broker.port, f"{p}/blobs/state", strict=True)
 
         # Feedback over MQTT is committed like HTTP feedback: counted, and a new sample.
         before = app_info(d, "blobs")
@@ -374,5 +374,28 @@ def test_broker_restart_and_malformed_payloads(daemon_factory: Any, broker: Brok
         assert metric(d, "mliot_mqtt_connection_errors_total") >= 1
     finally:
         watch.close()
+        dev.close()
+    assert d.stop() == 0
+
+
+def test_mqtt_section_applies_live(daemon_factory: Any, broker: Broker) -> None:
+    d = daemon_factory("live")
+    d.write_config(daemon_extra='name = "live"')
+    d.start()
+    assert d.request("PUT", "/v1/apps/blobs", {"data_type": "vector", "shape": [2]})[0] == 201
+    assert metric(d, "mliot_mqtt_connected") == 0  # no [mqtt]: the bridge idles
+    dev = Mqtt(broker.port)
+    try:
+        for prefix, n in (("one", 1), ("two", 2)):
+            d.write_config(extra=f'[mqtt]\nurl = "{broker.url}"\nprefix = "{prefix}"\n',
+                           daemon_extra='name = "live"')
+            wait_for(lambda p=prefix: retained(broker.port, f"{p}/availability") == "online", 30)
+            dev.publish(f"{prefix}/blobs/samples", blobs(1)[0])
+            wait_for(lambda n=n: app_info(d, "blobs")["n_samples"] == n, 30)
+        assert retained(broker.port, "one/availability") == "offline"
+        dev.publish("one/blobs/samples", blobs(1)[0])  # the old prefix is unsubscribed
+        time.sleep(1.0)
+        assert app_info(d, "blobs")["n_samples"] == 2
+    finally:
         dev.close()
     assert d.stop() == 0
