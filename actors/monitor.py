@@ -15,6 +15,7 @@ from typing import assert_never
 import numpy as np
 import psutil
 
+from mliot_daemon.learn.plan import machine_speed
 from mliot_daemon.messages import ApplyConfig, GetLoad, MachineLoad, MonitorMsg
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.runtime import Actor, ActorRef
@@ -41,6 +42,9 @@ class Monitor(Actor[MonitorMsg]):
         self._watched = list(refs)
 
     async def on_start(self) -> None:
+        # A short standard fit (the learning core's cost reference): model latencies measured
+        # on one machine scale to another by the ratio of their speeds.
+        self._speed = await asyncio.to_thread(machine_speed)
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)  # the first reading is a meaningless 0.0: prime it
         psutil.cpu_percent(None)
@@ -86,7 +90,8 @@ class Monitor(Actor[MonitorMsg]):
             process_cpu_percent=cpu, process_rss_mib=rss / 2**20,
             cpu_percent=psutil.cpu_percent(None), memory_percent=vm.percent,
             cores=psutil.cpu_count() or 1, memory_mib=vm.total / 2**20,
-            loop_lag_p50_ms=float(p50), loop_lag_p99_ms=float(p99), mailboxes=boxes)
+            loop_lag_p50_ms=float(p50), loop_lag_p99_ms=float(p99), mailboxes=boxes,
+            speed=self._speed)
         m.process_cpu.set(cpu)
         m.process_rss.set(rss)
         m.machine_cpu.set(load.cpu_percent)

@@ -323,7 +323,7 @@ class Server(Actor[ServerMsg]):
                 "name": me, "local": True, "up": True,
                 "cpu_percent": load.cpu_percent, "memory_percent": load.memory_percent,
                 "cores": load.cores, "memory_mib": round(load.memory_mib),
-                "rtt_ms": 0.0, "speed": 1.0,
+                "rtt_ms": 0.0, "speed": round(load.speed, 3),
                 "placed": sorted(n for n, a in apps.items() if a["placement"]["serving"] == me),
             }],
             "process": {"cpu_percent": load.process_cpu_percent,

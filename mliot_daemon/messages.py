@@ -41,6 +41,7 @@ class MachineLoad:
     loop_lag_p50_ms: float
     loop_lag_p99_ms: float
     mailboxes: tuple[tuple[str, int], ...]
+    speed: float  # this machine against the reference one, from a short standard benchmark
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
