@@ -22,15 +22,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_daemon(extra_toml: str = "", data_dir: Path | None = None
+def running_daemon(extra_toml: str = "", data_dir: Path | None = None, daemon_toml: str = ""
                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Yield (base URL, process) of a daemon that is ready; stop it with SIGTERM afterwards."""
+    """Yield (base URL, process) of a daemon that is ready; stop it with SIGTERM afterwards.
+    ``daemon_toml``: more keys of the ``[daemon]`` table (e.g. ``max_body_mb = 400``)."""
     with tempfile.TemporaryDirectory(prefix="mliot-bench-") as tmp:
         port = free_port()
         cfg = Path(tmp) / "mliot.toml"
         data = data_dir or Path(tmp) / "data"
         cfg.write_text(f'[daemon]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{data}"\n'
-                       f'log_level = "warning"\n{extra_toml}\n')
+                       f'log_level = "warning"\n{daemon_toml}\n{extra_toml}\n')
         proc = subprocess.Popen([sys.executable, "-m", "mliot_daemon", "run", "--config",
                                  str(cfg)], stdout=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
