@@ -7,8 +7,9 @@ channel's gain and offset change (``gain``, a re-mounted sensor). Per drift kind
 gets corrective feedback, ``*_static`` gets the same prediction requests and no feedback
 (without adaptation). Then drifted samples stream in: each is predicted by both apps; the
 adapt app gets a correction when wrong (at most 50 per class, as in the test) and a
-confirmation when right. Every 10 corrections the client waits until the trainer is idle and
-measures both apps' accuracy on a fixed drifted check set (180 samples).
+confirmation when right. After 1, 2, ... 6, 8, 10, 12, 15, 20, 25, ... corrections the client
+waits until the trainer is idle and measures both apps' accuracy on a fixed drifted check set
+(180 samples): the accuracy once the daemon has acted on that many corrections.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ CLASSES = np.array(["a", "b", "c"])
 CENTERS = np.random.default_rng(7).normal(scale=3.0, size=(3, 8))
 _drift = np.random.default_rng(103)
 GAIN, OFFSET = _drift.uniform(0.2, 2.5, 8), _drift.normal(scale=4.0, size=8)
-EVERY = 10
+# corrections after which the accuracy is measured: dense early, where adaptation happens
+CHECKPOINTS = {*range(0, 7), 8, 10, 12, 15, *range(20, 51, 5), *range(60, 151, 10)}
 
 
 def world(n_per_class: int, seed: int, drift: str | None = None) -> tuple[np.ndarray, list[str]]:
@@ -100,7 +102,7 @@ def one_drift(url: str, drift: str, n_stream: int) -> dict[str, Any]:
             corrections[truth] += 1
             assert request(url, "POST", f"/v1/apps/{apps[0]}/feedback",
                            {"prediction_id": pred["id"], "label": truth})[0] == 200
-            if sum(corrections.values()) % EVERY == 0:
+            if sum(corrections.values()) in CHECKPOINTS:
                 point(sum(corrections.values()))
         else:
             confirmations += 1

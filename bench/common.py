@@ -115,3 +115,26 @@ def dir_size_mib(path: Path) -> float:
             if not os.path.islink(fp):
                 total += os.path.getsize(fp)
     return round(total / 2**20, 1)
+
+
+def smaps_breakdown(pid: int, top: int = 12) -> dict[str, Any]:
+    """Where a process's RSS is: summed per mapping (shared library or [anon]/[heap]), from
+    /proc/<pid>/smaps — a memory profile of the running process."""
+    per: dict[str, int] = {}
+    name = "[anon]"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            if "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+                name = parts[5] if len(parts) >= 6 else "[anon]"
+                if "/site-packages/" in name:
+                    name = "site-packages/" + name.split("/site-packages/", 1)[1].split("/")[0]
+                elif name.startswith("/"):
+                    name = name.rsplit("/", 1)[-1]
+            elif parts[0] == "Rss:":
+                per[name] = per.get(name, 0) + int(parts[1])
+    ranked = sorted(per.items(), key=lambda kv: -kv[1])
+    return {"total_mib": round(sum(per.values()) / 1024, 1),
+            "top": [{"mapping": k, "mib": round(v / 1024, 1)} for k, v in ranked[:top]]}

@@ -151,6 +151,10 @@ def run(quick: bool) -> dict[str, Any]:
         for v in versions:
             if v["version"] == b["version"]:
                 b["members"] = v["members"]
+        for e in events.events:
+            if e.get("kind") == "version_published" and e.get("version") == b["version"]:
+                b.setdefault("members", e.get("members", []))
+                b["published_s"] = e["t_s"]
     return {**env, "n_train": len(ytr), "n_probe": SUBSET, "post_seconds": round(post_s, 2),
             "first_serve_s": round(first_serve, 3), "training_seconds": round(total, 1),
             "final_accuracy": curve[-1]["accuracy"] if curve else None,

@@ -34,7 +34,8 @@ def one(X: np.ndarray, y: np.ndarray, workers: int, probe: bytes, timeout: float
         ) -> dict[str, Any]:
     body = orjson.dumps({"samples": [{"features": x, "label": str(t)}
                                      for x, t in zip(X.tolist(), y.tolist(), strict=True)]})
-    with running_daemon(f"[training]\nworkers = {workers}\n", daemon_toml="max_body_mb = 400.0"
+    with running_daemon(f"[training]\nworkers = {workers}\nkeep_versions = 50\n",
+                        daemon_toml="max_body_mb = 400.0"
                         ) as (url, _):
         assert request(url, "PUT", "/v1/apps/m", {"data_type": "image", "shape": [28, 28]}
                        )[0] == 201
