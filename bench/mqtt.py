@@ -56,7 +56,10 @@ def start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = folder / "mosquitto.conf"
     # mosquitto leaves Nagle's algorithm on by default, like paho: ~40 ms per round trip.
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
+    # The per-client queue (default 1000) is what the broker keeps for a slow subscriber;
+    # beyond it mosquitto drops even QoS 1 messages, so a flood needs room.
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+                    "max_queued_messages 100000\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -105,7 +108,7 @@ async def paced(port: int, prefix: str, X: np.ndarray, y: np.ndarray, n: int) ->
 
 async def ingest(url: str, port: int, prefix: str, X: np.ndarray, y: np.ndarray,
                  n: int, batch: int) -> float:
-    """Labelled samples/s, publish to commit."""
+    """Labelled samples/s, publish to commit (raises if they are not all committed in time)."""
     _, before = request(url, "GET", "/v1/apps/digits")
     target = before["n_samples"] + n
     rows = [{"features": X[i % len(X)].tolist(), "label": str(y[i % len(y)])} for i in range(n)]
@@ -124,10 +127,14 @@ async def ingest(url: str, port: int, prefix: str, X: np.ndarray, y: np.ndarray,
         async with asyncio.TaskGroup() as tg:
             for p in payloads:
                 tg.create_task(one(p))
+        deadline = time.monotonic() + 300
         while True:
             _, now = await asyncio.to_thread(request, url, "GET", "/v1/apps/digits")
             if now["n_samples"] >= target:
                 return n / (time.perf_counter() - start)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {now['n_samples'] - target + n} of {n} samples "
+                                   "committed within 300 s")
             await asyncio.sleep(0.02)
 
 
