@@ -19,6 +19,7 @@ from bench import datasets
 from mliot_daemon.learn.ensemble import Policy, Selection, member_weight
 from mliot_daemon.learn.fast import compile_member, single_thread_blas
 from mliot_daemon.learn.families import make_estimator
+from mliot_daemon.learn.fit import default_budget
 from mliot_daemon.learn.pipeline import assemble, fit_all, prepare
 from mliot_daemon.learn.plan import lazy_plan
 from mliot_daemon.learn.profile import latency_percentiles_ms
@@ -118,7 +119,10 @@ def task_part(name: str, loader, data_type: str, budget: float | None) -> dict[s
     model = assemble(prep, cands, Policy.for_mode("best_effort"), X_probe=Xtr[:50])
     total = time.perf_counter() - t
     rep = _ensemble_report(model, Xte, yte)
+    n, d = prep.features.Z.shape
     rep.update({"n_train": len(ytr), "n_test": len(yte), "fit_seconds_total": round(total, 1),
+                "budget_s_per_family": round(budget if budget is not None else default_budget(n, d), 1),
+                "fit_seconds": {c.family: round(c.fit_seconds, 1) for c in cands},
                 "reduced_dims": {c.family: c.reduced_dims for c in cands},
                 "ensemble_minus_best_member": round(rep["accuracy"] - rep["best_member_accuracy"], 5)})
     return rep

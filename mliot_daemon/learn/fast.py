@@ -1,18 +1,22 @@
 """Fast predictor: a whole weighted-vote ensemble evaluated as a few numpy array operations.
 
-Measured on this 2-core machine (other sessions' tests and benchmarks running alongside, load
-~2), 7-member digits ensemble, ``python -m bench learn --quick`` (single row p50 through the
-front end / batched rows per second):
+Measured on this 2-core machine (other sessions' tests and benchmarks running alongside),
+7-member digits ensemble, ``python -m bench learn`` (single row p50 through the front end /
+batched rows per second):
 
 =========================================================  ==========  ===========
 predictor                                                  one row     batched
 =========================================================  ==========  ===========
-naive: each member's ``.predict``, then the vote           7.4 ms      --
+naive: each member's ``.predict``, then the vote           3.2-7.4 ms  --
 numpy, first version (per-member loops, float64 KNN)       189 us      9,600/s
-numpy, this version                                        116-120 us  35,000/s
+numpy, this version, load ~2 (full run, 2 fit workers)     108 us      37,300/s
+numpy, this version, load ~5 (the committed learn.json)    95 us       18,300/s
 one merged onnxruntime graph (skl2onnx with KNN ``cdist``, 263 us      9,700/s *
 onnxmltools for XGBoost, vote inside, 1 thread)            (numpy 115) (numpy 12,500) *
 =========================================================  ==========  ===========
+
+The batched figure follows the machine's load (other processes on both cores); quick runs
+on a calmer machine gave 32,000-37,000 rows/s.
 
 (*) measured side by side in one process while a full ``bench learn`` was fitting MNIST in the
 background (``/tmp`` install of onnxruntime 1.32, skl2onnx 1.20, onnxmltools 1.16; not kept).
@@ -21,11 +25,13 @@ The issue's earlier measurements (idle machine): onnxruntime 83 us / 29,000 rows
 warns under scikit-learn 1.9, XGBoost needs onnxmltools and a float32-exact threshold match)
 and no extra runtime, so we keep it.
 
-Where the single-row time goes (digits, rows cycled as served, us): front end 6, one fused
-float64 product of 2,060 x 64 (KNN 1,257 training rows, RBF 527 support vectors, MLP layer 1,
-ridge, linear SVM: 1 MB, so it streams from L2/L3) 27, finishing those five members 38 (KNN
-argpartition, RBF exp and its 527 x 45 one-vs-one product, MLP layer 2), the tree walk of
-random forest (100 trees, depth 9) and XGBoost (300 trees, depth 4) with scoring 40. What
+Where the single-row time goes (digits, rows cycled as served, us, before the last step
+below): front end 6, one fused float64 product of 2,060 x 64 (KNN 1,257 training rows, RBF 527
+support vectors, MLP layer 1, ridge, linear SVM: 1 MB, so it streams from L2/L3) 27, finishing
+those five members 38 (KNN argpartition, RBF exp and its 527 x 45 one-vs-one product, MLP
+layer 2), the tree walk of random forest (100 trees, depth 9) and XGBoost (300 trees, depth 4)
+with scoring 40. Last step: KNN leaves the fused product for its own float32 product (half
+the bytes; the float32 k nearest are used when the error bound proves them): 6 us less. What
 helped, in order: cutting the batched inputs into blocks that stay in cache (KNN batched
 7,900 -> 93,000 rows/s, XGBoost 5,200 -> 127,000), walking only the trees still deeper than
 the current level, walking forest and boosted trees together, a table of distinct split
@@ -33,9 +39,10 @@ conditions, one fused BLAS product for all "matrix first" members, plain Python 
 seven-way vote, and shallower/smaller tree searches (``families.py``). What did not:
 ``np.take(..., out=)`` (2.5x slower than indexing on 100-500 entries), evaluating every node's
 condition then pointer-jumping (40 us of gathers for the forest's 31,000 nodes), a float32
-KNN screen with float64 refinement for one row (fewer bytes, more calls: 3 us slower; it is
-used for batches, where sgemm halves the cost). The target of 100 us is not reliably met on
-this loaded machine: the rest is memory traffic (about 1.5 MB of model per row).
+KNN screen with float64 refinement for a member alone in a tight loop (fewer bytes, more
+calls: 3 us slower there; it wins in batches, where sgemm halves the cost, and in the
+ensemble's row path, where the model is no longer in cache). The 100 us target is met only
+when the machine is quiet: what is left is memory traffic (about 1.2 MB of model per row).
 
 How each family is evaluated (``Z`` are the front end's features):
 
@@ -44,11 +51,13 @@ How each family is evaluated (``Z`` are the front end's features):
   one-vs-one decisions are signs), then libsvm's one-vs-one vote with ties to the lowest class
   index, as ``SVC.predict`` does.
 - mlp: the ReLU forward pass, ``argmax`` of the output logits.
-- knn: one row: scikit-learn's own float64 ``|t|^2 - 2 t.z`` and ``argpartition``; batches:
-  float32 sgemm picks ``k + max(8, k)`` candidates, their distances are recomputed exactly in
-  float64, and a row whose float32 error bound cannot prove the k nearest is recomputed in
-  full. Uniform or inverse-distance vote. Neighbours at exactly equal distance may be chosen
-  differently from scikit-learn: the only permitted disagreement.
+- knn: one member alone: scikit-learn's own float64 ``|t|^2 - 2 t.z`` and ``argpartition``;
+  in the ensemble's row path a float32 product whose k nearest are kept when the float32
+  error bound proves them (else the float64 path); batches: float32 sgemm picks
+  ``k + max(8, k)`` candidates, their distances are recomputed exactly in float64, and a row
+  whose float32 error bound cannot prove the k nearest is recomputed in full. Uniform or
+  inverse-distance vote. Neighbours at exactly equal distance may be chosen differently from
+  scikit-learn: the only permitted disagreement.
 - random_forest, xgboost: every tree flattened into shared arrays with the right child stored
   next to the left one, so one level of all trees is ``node = left[node] + (x[feat[node]] >
   thr[node])``; leaves loop onto themselves; trees sorted deepest first so a level steps only a
