@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 
 from mliot_daemon.learn.plan import machine_speed
-from mliot_daemon.messages import ApplyConfig, GetLoad, MachineLoad, MonitorMsg
+from mliot_daemon.messages import GetLoad, MachineLoad, MonitorMsg
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.runtime import Actor, ActorRef
 
@@ -58,8 +58,6 @@ class Monitor(Actor[MonitorMsg]):
             case GetLoad(reply=reply):
                 if not reply.done():
                     reply.set_result(self._load or self._sample())
-            case ApplyConfig():
-                pass
             case _:
                 assert_never(msg)
 

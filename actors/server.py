@@ -60,6 +60,7 @@ log = structlog.get_logger("mliot.server")
 
 PARSE_IN_THREAD_BYTES = 32 * 1024  # below this, parsing on the loop is cheaper than a thread hop
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+QUERY_ROUTES = frozenset({"/v1/apps/{app}/predict", "/v2/models/{app}/infer"})  # reads by POST
 WS_QUEUE = 1024  # messages waiting for one WebSocket client; a client that lets it fill is cut
 WS_IN_FLIGHT = 256  # predictions one WebSocket client may have pending
 MAX_INSTANCES = 10_000
@@ -96,6 +97,8 @@ class Server(Actor[ServerMsg]):
         self.mqtt: ActorRef[Any] | None = None  # wired by the daemon when MQTT is on
         self._registry = registry
         self._served: dict[str, ServedApp] = {}
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._queries: set[asyncio.Task[None]] = set()  # MQTT requests in progress
         self._sockets: dict[str, set[_Client]] = {}
         self._started_at = started_at
         self._ready = ready
@@ -130,6 +133,9 @@ class Server(Actor[ServerMsg]):
         log.info("http_listening", host=d.host, port=self.port)
 
     async def on_stop(self) -> None:
+        for task in list(self._queries):
+            task.cancel()
+        await asyncio.gather(*self._queries, return_exceptions=True)
         for clients in self._sockets.values():
             for client in list(clients):
                 client.close(going_away=True)
@@ -153,12 +159,12 @@ class Server(Actor[ServerMsg]):
             case VersionPublished(app=app, version=version):
                 await self._load(app, version)
             case IngestSamples(app=app, payload=payload, source=source, reply=reply):
-                await reply_to(reply, lambda: self._store_samples(app, payload, source))
+                self._query(reply, lambda: self._store_samples(app, payload, source))
             case Predict(app=app, instances=instances, reply=reply):
-                await reply_to(reply, lambda: self._answer(
+                self._query(reply, lambda: self._answer(
                     self._app(app), self._instances(self._app(app), list(instances))))
             case SubmitFeedback(app=app, payload=payload, reply=reply):
-                await reply_to(reply, lambda: self._record_feedback(self._app(app), payload))
+                self._query(reply, lambda: self._record_feedback(self._app(app), payload))
             case TrainingEvent(app=app, kind=kind, data=data):
                 self._broadcast(app, {"type": "event", "kind": kind, **dict(data)})
             case GetServerStatus(reply=reply):
@@ -166,6 +172,15 @@ class Server(Actor[ServerMsg]):
                     reply.set_result(self._apps_status())
             case _:
                 assert_never(msg)
+
+    def _query(self, reply: asyncio.Future[Any], produce: Callable[[], Awaitable[Any]]) -> None:
+        """Answer a query from another channel in a task of its own, so a slow one (a commit)
+        does not hold up the mailbox; a query its sender gave up on is not carried out."""
+        if reply.done():
+            return
+        task = asyncio.create_task(reply_to(reply, produce), name="server.query")
+        self._queries.add(task)
+        task.add_done_callback(self._queries.discard)
 
     # -- the aiohttp application --------------------------------------------------------------
 
@@ -247,10 +262,11 @@ class Server(Actor[ServerMsg]):
     def _needs_token(self, request: web.Request) -> bool:
         if self._settings.daemon.protect_reads:
             return True
-        if request.path.endswith("/stream"):
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else ""
+        if route == "/v1/apps/{app}/stream":
             return True  # a stream carries samples and feedback: writes
-        is_query = request.path.endswith(("/predict", "/infer"))
-        return request.method not in ("GET", "HEAD", "OPTIONS") and not is_query
+        return request.method not in ("GET", "HEAD", "OPTIONS") and route not in QUERY_ROUTES
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = int(self._settings.daemon.max_body_mb * 2**20)
@@ -414,8 +430,8 @@ class Server(Actor[ServerMsg]):
             await self._store.delete_app(entry.name)
             self.catalog.remove(entry.name)
             self._served.pop(entry.name, None)
+            # The trainer deletes the app's models, after stopping a run that could write more.
             await self._apps_changed()
-            await asyncio.to_thread(self._registry.delete_app, entry.name)
         self._broadcast(entry.name, None)
         log.info("app_deleted", app=entry.name)
         return web.Response(status=204)
@@ -465,20 +481,26 @@ class Server(Actor[ServerMsg]):
         """Load a version from this machine's registry and swap it in (requests in flight
         finish on the old one)."""
         path = self._registry.version_path(app, version)
-        try:
-            served = await asyncio.to_thread(lambda: ServedModel(version, load_model(path)))
-        except Exception as exc:  # e.g. pickles of an older library: the trainer retrains
-            log.error("model_load_failed", app=app, version=version, error=repr(exc))
-            await self._tell_trainer().send(LoadFailed(app=app, version=version))
-            return
-        if self.catalog.get(app) is None:
-            return  # deleted while loading
+        async with self._load_locks.setdefault(app, asyncio.Lock()):  # publish vs. activate
+            try:
+                served = await asyncio.to_thread(lambda: ServedModel(version, load_model(path)))
+            except Exception as exc:  # e.g. pickles of an older library: the trainer retrains
+                log.error("model_load_failed", app=app, version=version, error=repr(exc))
+                await self._tell_trainer().send(LoadFailed(app=app, version=version))
+                return
+            if self.catalog.get(app) is None:
+                return  # deleted while loading
+            if await asyncio.to_thread(self._registry.current, app) != version:
+                return  # another version became current meanwhile: it is loaded after us
+            self._swap(app, served)
+
+    def _swap(self, app: str, served: ServedModel) -> None:
         current = self._served.get(app)
         if current is None:
             self._served[app] = ServedApp(served)
         else:
             current.swap(served)
-        log.info("model_loaded", app=app, version=version)
+        log.info("model_loaded", app=app, version=served.version)
 
     def _version_of(self, app: str) -> int | None:
         served = self._served.get(app)
@@ -549,11 +571,13 @@ class Server(Actor[ServerMsg]):
 
     async def _predict(self, request: web.Request) -> web.Response:
         entry = self._entry(request)
-        payload = await self._read_json(request)
+        body = await self._read_body(request)
+        payload = await self._offload(len(body), lambda: parse_json(body))
         if not isinstance(payload, dict) or "instances" not in payload:
             raise BadInput(422, 'expected {"instances": [...], "probabilities"?: bool}')
         self._serving(entry)
-        samples = self._instances(entry, payload["instances"])
+        samples = await self._offload(len(body),
+                                      lambda: self._instances(entry, payload["instances"]))
         predictions = await self._answer(entry, samples, bool(payload.get("probabilities")))
         return json_response({"predictions": predictions})
 
@@ -572,11 +596,12 @@ class Server(Actor[ServerMsg]):
             result = await self._store.add_feedback(entry.name, payload["prediction_id"], label)
         except NotFound:
             raise BadInput(404, f"unknown prediction id {payload['prediction_id']!r}") from None
-        await self._tell_trainer().send(FeedbackAdded(app=entry.name, wrong=label != result.predicted,
-                                               sample_id=result.sample_id, label=label,
-                                               predicted=result.predicted))
-        return {"prediction_id": payload["prediction_id"], "label": label,
-                "predicted": result.predicted}
+        if not result.duplicate:
+            await self._tell_trainer().send(FeedbackAdded(
+                app=entry.name, wrong=result.label != result.predicted,
+                sample_id=result.sample_id, label=result.label, predicted=result.predicted))
+        return {"prediction_id": payload["prediction_id"], "label": result.label,
+                "predicted": result.predicted, "duplicate": result.duplicate}
 
     async def _feedback(self, request: web.Request) -> web.Response:
         entry = self._entry(request)
@@ -653,7 +678,7 @@ class Server(Actor[ServerMsg]):
             raise BadInput(400, "Inference-Header-Content-Length must be an integer") from None
         req, array = await self._offload(len(body), lambda: oip.decode_request(body, header_length))
         self._serving(entry)
-        samples = self._instances(entry, list(array))
+        samples = await self._offload(len(body), lambda: self._instances(entry, list(array)))
         answers = await self._answer(entry, samples)
         payload, json_len = oip.encode_response(
             entry.name, answers[0]["model_version"], req.get("id"),
@@ -733,6 +758,9 @@ class Server(Actor[ServerMsg]):
             client.put({"type": "error", "ref": ref, "message": exc.text or exc.reason})
         except (StoreError, TimeoutError) as exc:
             client.put({"type": "error", "ref": ref, "message": f"not stored: {exc}"})
+        except Exception:  # a bug must cost one answer, not the connection
+            log.exception("ws_message_failed", app=app)
+            client.put({"type": "error", "ref": ref, "message": "internal error; see the log"})
         finally:
             in_flight.release()
 
@@ -745,10 +773,12 @@ class _Client:
         self.ws = ws
         self.watch = watch
         self.tg = tg  # the connection's task group: the close task belongs to it
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(WS_QUEUE)
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(WS_QUEUE)
         self.closing = False
 
     def put(self, message: dict[str, Any]) -> None:
+        if self.closing:
+            return
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -765,8 +795,6 @@ class _Client:
     async def write_loop(self) -> None:
         while True:
             message = await self.queue.get()
-            if message is None:
-                return
             await self.ws.send_str(orjson.dumps(message).decode())
 
 

@@ -1,7 +1,7 @@
 """The trainer actor: lazy training, retraining on growth, adaptation to feedback.
 
 It owns the process pool (forkserver, workers at lower priority) and runs at most one training
-run per app, as a child task in its own TaskGroup. A run prepares features in the pool, fits the
+run per app, as a task the app's state holds (on_stop cancels and awaits them all). A run prepares features in the pool, fits the
 plan's steps cheapest first, and after each fit assembles and publishes a version, so the first
 model serves within seconds and the rest join as they finish. Runs report back to the mailbox
 (`RunFinished`); versions go to the server (`VersionPublished`), progress as `TrainingEvent`s.
@@ -51,6 +51,14 @@ from mliot_daemon.runtime import Actor, ActorRef
 from mliot_daemon.store import Store
 
 log = structlog.get_logger("mliot.trainer")
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: shutdown() alone waits for running jobs. ``_processes`` is private,
+    but the executor offers no public way to end a running job."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 T = TypeVar("T")
 
 MIN_PER_CLASS = 5  # labelled samples each of two classes before a first model is tried
@@ -67,6 +75,7 @@ class AppState:
     trained_on: int = 0  # samples the current version was trained on
     failed_at: int = -1  # sample count of the last failed run (no retry until more data)
     running: asyncio.Task[None] | None = None
+    generation: int = 0  # bumped when the policy changes: a run under the old one is outdated
     val_accuracy: float = 0.0
     detector: PageHinkley | None = None
     corrections: list[FeedbackAdded] = field(default_factory=list)  # since the last adaptation
@@ -84,7 +93,6 @@ class Trainer(Actor[TrainerMsg]):
 
     name = "trainer"
     config_keys = frozenset({"training"})
-    stop_timeout = 30.0
 
     def __init__(self, settings: Settings, store: Store, registry: Registry,
                  server: ActorRef[Any], machine: str) -> None:
@@ -103,7 +111,7 @@ class Trainer(Actor[TrainerMsg]):
 
     async def on_start(self) -> None:
         await asyncio.to_thread(self._registry.clear_staging)
-        shutil.rmtree(self._scratch, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self._scratch, True)
         self._new_pool()
         # Warm every worker now: the first unpickle of sklearn in a fresh worker takes seconds.
         assert self._pool is not None
@@ -119,9 +127,20 @@ class Trainer(Actor[TrainerMsg]):
         for task in runs:
             task.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
+        for state in self._apps.values():
+            state.running = None  # a restart must be free to train these apps again
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+            # Fits can run for minutes and their results are not needed: every input is in
+            # the store, and a cut run is retrained at the next start.
+            await asyncio.to_thread(_kill_pool, pool)
+
+    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
+        """Swap in a new pool, once per broken pool however many jobs saw it break."""
+        if self._pool is broken:
+            log.error("trainer_pool_rebuilt")
+            self._new_pool()
+            _kill_pool(broken)
 
     def _new_pool(self) -> None:
         self._pool = ProcessPoolExecutor(
@@ -146,11 +165,11 @@ class Trainer(Actor[TrainerMsg]):
                 await self._maybe_train(app)
             case FeedbackAdded():
                 await self._on_feedback(msg)
-            case RunFinished(app=app, n_samples=n, error=error):
+            case RunFinished(app=app, n_samples=n, error=error, generation=generation):
                 state = self._apps.get(app)
                 if state is not None:
                     state.running = None
-                    if error is None:
+                    if error is None and generation == state.generation:
                         state.trained_on = max(state.trained_on, n)
                     else:
                         state.failed_at = n
@@ -179,6 +198,9 @@ class Trainer(Actor[TrainerMsg]):
             state = self._apps.pop(name)
             if state.running is not None:
                 state.running.cancel()
+                await asyncio.gather(state.running, return_exceptions=True)
+            # after the run is gone, so nothing writes the app's models again
+            await asyncio.to_thread(self._registry.delete_app, name)
         for name, spec in wanted.items():
             state = self._apps.get(name)
             if state is None:
@@ -187,8 +209,9 @@ class Trainer(Actor[TrainerMsg]):
             elif state.spec != spec:
                 changed_policy = state.spec.policy != spec.policy
                 state.spec = spec
-                if changed_policy and state.trained_on:
+                if changed_policy:
                     state.trained_on = 0  # re-select under the new policy
+                    state.generation += 1
             await self._maybe_train(name)
 
     async def _resume(self, state: AppState) -> None:
@@ -225,7 +248,10 @@ class Trainer(Actor[TrainerMsg]):
             self._start(state, "feedback", n)
             return
         if state.trained_on == 0:
-            if await self._enough_to_start(app):
+            enough = await self._enough_to_start(app)
+            # the poll and the mailbox both get here: whoever awaited second must not start
+            # a second run, nor one for an app deleted meanwhile
+            if enough and self._apps.get(app) is state and state.running is None:
                 self._start(state, "initial", n)
         elif n >= state.trained_on * self._settings.training.growth_factor:
             self._start(state, "data", n)
@@ -245,21 +271,23 @@ class Trainer(Actor[TrainerMsg]):
     async def _pool_call(self, fn: Callable[..., T], *args: Any) -> T:
         """One job in the pool, holding a slot, bounded by fit_timeout_s."""
         async with self._slots:
-            if self._pool is None:
+            pool = self._pool
+            if pool is None:
                 raise RuntimeError("the trainer is stopping")
-            fut = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            fut = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
             try:
                 async with asyncio.timeout(self._settings.training.fit_timeout_s):
                     return await fut
-            except BrokenProcessPool:
-                # A worker died (OOM kill): every job in flight fails, the pool is replaced.
-                log.error("trainer_pool_rebuilt")
-                self._new_pool()
+            except (BrokenProcessPool, TimeoutError):
+                # A worker died (OOM kill), or a job overran: a running job cannot be stopped,
+                # so the pool is replaced and every job in flight fails.
+                self._replace_pool(pool)
                 raise
 
     async def _run(self, state: AppState, reason: str, n: int) -> None:
         app = state.spec.name
         error: str | None = None
+        generation = state.generation
         run_dir = self._scratch / f"{app}-{time.time_ns()}"
         started = time.perf_counter()
         try:
@@ -274,10 +302,11 @@ class Trainer(Actor[TrainerMsg]):
             log.warning("training_failed", app=app, reason=reason, error=error)
             self._event(app, "retraining_finished", ok=False, error=error)
         finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, run_dir, True))
         log.info("training_run_finished", app=app, reason=reason, n_samples=n,
                  seconds=round(time.perf_counter() - started, 2), error=error)
-        await self.ref.send(RunFinished(app=app, n_samples=n, error=error))
+        await self.ref.send(RunFinished(app=app, n_samples=n, error=error,
+                                        generation=generation))
 
     def _data(self, state: AppState, upto: int, **kw: Any) -> jobs.TrainingData:
         return jobs.TrainingData(db_path=self._store.path, app=state.spec.name, upto_id=upto,
@@ -345,9 +374,21 @@ class Trainer(Actor[TrainerMsg]):
     async def _adapt(self, state: AppState, run_dir: Path, n: int) -> None:
         """Refit the served members from feedback; publish only if at least as good on the
         newest corrections, which are held out of training."""
-        app = state.spec.name
         corrections, state.corrections = state.corrections, []
         drift_id, state.drift_sample_id = state.drift_sample_id, 0
+        stale = state.stale_before_id, state.stale_labels
+        try:
+            await self._adapt_with(state, run_dir, n, corrections, drift_id)
+        except BaseException:
+            # keep the evidence for the next try (new corrections may have come meanwhile)
+            state.corrections = corrections + state.corrections
+            state.drift_sample_id = state.drift_sample_id or drift_id
+            state.stale_before_id, state.stale_labels = stale
+            raise
+
+    async def _adapt_with(self, state: AppState, run_dir: Path, n: int,
+                          corrections: list[FeedbackAdded], drift_id: int) -> None:
+        app = state.spec.name
         if drift_id:
             state.stale_before_id = max(state.stale_before_id, drift_id)
         if state.stale_before_id:
@@ -379,7 +420,8 @@ class Trainer(Actor[TrainerMsg]):
             await self._publish(state, staging, "feedback", summary, decision)
         else:
             await asyncio.to_thread(shutil.rmtree, staging, True)
-            state.corrections = corrections[-held:]  # keep the evidence for the next try
+            # keep the evidence for the next try, with what came in meanwhile
+            state.corrections = corrections[-held:] + state.corrections
         self._event(app, "retraining_finished", ok=True, reason="feedback", **decision)
 
     async def _publish(self, state: AppState, staging: Path, reason: str,
@@ -391,6 +433,7 @@ class Trainer(Actor[TrainerMsg]):
         state.val_accuracy = float(summary.get("val_accuracy", 0.0))
         state.detector = PageHinkley(1.0 - state.val_accuracy)
         state.observed = []
+        await self._store.add_event("version_published", app, {**meta, "version": version})
         await self._server.send(VersionPublished(app=app, version=version))
         log.info("version_published", app=app, version=version, reason=reason,
                  members=summary.get("members"), val_accuracy=state.val_accuracy)

@@ -91,7 +91,3 @@ class Catalog:
 
     def names(self) -> list[str]:
         return sorted(self._apps)
-
-    def is_api(self, name: str) -> bool:
-        """Whether the store holds an API spec of this name (even if the file shadows it)."""
-        return name in self._api

@@ -381,6 +381,11 @@ def load_file(path: Path) -> Settings:
     return parse_settings(raw)
 
 
+def _load_with_token(path: Path) -> tuple[Settings, str]:
+    settings = load_file(path)
+    return settings, settings.token
+
+
 # ---------------------------------------------------------------------------------------------
 # Diff and reload
 
@@ -443,7 +448,12 @@ class ConfigStore:
                 return Rejected(self.version, ["daemon runs on built-in defaults: "
                                                "start it with --config FILE to reload"])
             try:
-                new = await asyncio.to_thread(load_file, self.path)
+                new, token = await asyncio.to_thread(_load_with_token, self.path)
+                if not token and not _is_loopback(self.boot.daemon.host):
+                    # listen applies at restart: the public socket of the boot config is open
+                    raise ConfigError([f"daemon.token: required while listening on "
+                                       f"{self.boot.daemon.listen} (listen changes apply at "
+                                       "restart)"])
             except ConfigError as exc:
                 log.warning("config_reload_rejected", source=source, errors=exc.errors,
                             kept_version=self.version)

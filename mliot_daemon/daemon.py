@@ -1,7 +1,8 @@
 """The composition root: builds the store and the actors, runs them, handles signals and reload.
 
-Start order is monitor, then the server (ingress opens last, once everything behind it runs);
-stop order is the reverse, so ingress closes first and in-flight requests still find the rest.
+Start order is monitor, trainer, mqtt, server (ingress opens last, once everything behind it
+runs); stop order is the reverse, so ingress closes first and in-flight requests still find
+the rest.
 The store closes after every actor has stopped.
 """
 

@@ -51,7 +51,7 @@ class GetLoad:
     reply: asyncio.Future[MachineLoad] = field(compare=False, repr=False)
 
 
-MonitorMsg: TypeAlias = ApplyConfig | GetLoad
+MonitorMsg: TypeAlias = GetLoad
 
 
 # -- trainer ------------------------------------------------------------------------------------
@@ -90,6 +90,7 @@ class RunFinished:
     app: str
     n_samples: int
     error: str | None
+    generation: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,8 +47,19 @@ def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, An
             isinstance(d, int) and d > 0 for d in shape):
         raise BadInput(422, "inputs[0].shape: must be [n, ...sample shape] of positive sizes")
     dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
+    for where, value in (("parameters", request.get("parameters")),
+                         ("inputs[0].parameters", tensor.get("parameters"))):
+        if value is not None and not isinstance(value, dict):
+            raise BadInput(422, f"{where}: must be an object")
+    if request.get("outputs") is not None and not (
+            isinstance(request["outputs"], list)
+            and all(isinstance(o, dict) and isinstance(o.get("parameters") or {}, dict)
+                    for o in request["outputs"])):
+        raise BadInput(422, "outputs: must be a list of objects")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
+        if not isinstance(size, int):
+            raise BadInput(422, "inputs[0].parameters.binary_data_size: must be an integer")
         expected = int(np.prod(shape)) * dtype.itemsize
         if size != expected or len(binary) != size:
             raise BadInput(422, f"inputs[0]: binary data of {len(binary)} bytes, expected "

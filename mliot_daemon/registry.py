@@ -128,8 +128,3 @@ class Registry:
 
     def delete_app(self, app: str) -> None:
         shutil.rmtree(self._app(app), ignore_errors=True)
-
-    def apps(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())

@@ -152,9 +152,11 @@ class Actor(Generic[M]):
             if isinstance(reply, asyncio.Future) and not reply.done():
                 reply.set_exception(ActorStopped(self.name))
             self._current = None
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(self.stop_timeout):
                     await asyncio.shield(self.on_stop())
+            except Exception:  # cleanup must not mask why we stopped, but must be seen
+                log.exception("actor_stop_failed", actor=self.name)
             if self._stopping:
                 self._fail_queued(ActorStopped(self.name))
             self.stopped.set()

@@ -53,6 +53,9 @@ class ServedModel:
         if rest.any():
             pred[rest], conf[rest] = self.fast.vote(Z[rest] if not rest.all() else Z)
         shares = self._shares(Z) if probabilities else None
+        if shares is not None:  # the gate's answer is certain: all its weight on background
+            shares[stage == 1] = np.eye(len(self.classes))[self.gate.background] \
+                if self.gate is not None else shares[stage == 1]
         return [Answer(self.classes[p], float(c), int(s), self.version,
                        None if shares is None else dict(zip(self.classes, map(float, row),
                                                             strict=True)))
@@ -82,8 +85,6 @@ class ServedApp:
         self.current = served
         self._queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]] = []
         self._scheduled = False
-        self.batches = 0
-        self.rows = 0
 
     def swap(self, served: ServedModel) -> None:
         self.current = served
@@ -106,13 +107,19 @@ class ServedApp:
         want_probs = any(p for _, p, _ in queue)
         try:  # BLAS is limited to one thread once, at server start: here it would cost ~2 ms
             answers = model.predict(_stack(samples), want_probs)
-        except Exception as exc:  # e.g. a front end rejecting a sample: fail this batch only
-            for _, _, fut in queue:
-                if not fut.done():
-                    fut.set_exception(exc)
+        except Exception:  # e.g. a front end rejecting one sample: fail only its request
+            for s, probs, fut in queue:
+                try:
+                    result = model.predict(_stack(s), probs)
+                except Exception as exc:
+                    result = exc
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
             return
-        self.batches += 1
-        self.rows += len(samples)
         i = 0
         for s, probs, fut in queue:
             part = answers[i:i + len(s)]

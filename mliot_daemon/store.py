@@ -33,7 +33,7 @@ import structlog
 log = structlog.get_logger("mliot.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PREDICTION_FLUSH_S = 0.05  # prediction records reach the disk within this (DESIGN: 100 ms)
 MIGRATIONS: dict[int, str] = {
     # version -> the SQL that takes the schema from version - 1 to version
@@ -92,6 +92,10 @@ MIGRATIONS: dict[int, str] = {
         created REAL NOT NULL
     );
     """,
+    2: """
+    ALTER TABLE feedback ADD COLUMN sample_id INTEGER;  -- the training sample it became
+    CREATE UNIQUE INDEX feedback_once ON feedback (app, prediction_id);
+    """,
 }
 
 
@@ -118,10 +122,13 @@ class IngestResult:
 
 @dataclass(frozen=True, slots=True)
 class FeedbackResult:
-    """A committed correction: the training sample it became, and what had been predicted."""
+    """A committed correction: the training sample it became, and what had been predicted.
+    One correction per prediction: a repeat (a client's retry) changes nothing."""
 
     sample_id: int
     predicted: str
+    label: str  # the label stored (a repeat returns the first one)
+    duplicate: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +171,7 @@ class Store:
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._predictions: list[PredictionRecord] = []
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._counts: dict[str, int] = {}  # samples per app; owned by the writer thread
         self._flush_scheduled = False
@@ -181,9 +189,9 @@ class Store:
     async def close(self) -> None:
         """Commit what is queued, then close both connections."""
         if self._flusher is not None:
+            self._idle.clear()
             self._wake.set()
-            while self._pending or self._predictions:
-                await asyncio.sleep(0.01)
+            await self._idle.wait()  # set when a pass finds nothing left to commit
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
@@ -239,12 +247,18 @@ class Store:
             batch, self._pending = self._pending, []
             predictions, self._predictions = self._predictions, []
             if not batch and not predictions:
+                self._idle.set()
                 continue
+            self._idle.clear()
             try:
                 results = await loop.run_in_executor(self._writer, self._commit, batch, predictions)
             except StoreError as exc:
                 results = [exc] * len(batch)
+            except Exception as exc:  # never leave a writer waiting: the loop must go on
+                log.exception("store_commit_crashed")
+                results = [StoreError(f"commit failed: {exc!r}")] * len(batch)
             self.commits += 1
+            self._wake.set()  # look again: writes may have queued during the commit
             for (_, fut), res in zip(batch, results, strict=True):
                 if fut.done():
                     continue
@@ -284,10 +298,12 @@ class Store:
                     conn.execute("RELEASE item")
                     results.append(exc)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self._counts = counts  # the transaction is gone, and so are its counts
+            if not isinstance(exc, sqlite3.Error):
+                raise
             if _is_full(exc):
                 log.error("store_full", error=str(exc))
                 raise StoreFull("disk full: the write was not stored") from exc
@@ -347,16 +363,6 @@ class Store:
             "SELECT shape FROM samples WHERE app=? ORDER BY id LIMIT 1", (app,)).fetchone())
         return tuple(int(s) for s in row[0].split(",")) if row else None
 
-    async def load_samples(self, app: str, after_id: int = 0
-                           ) -> tuple[list[np.ndarray], list[str], list[float], int]:
-        """All samples of an app after ``after_id``: (features, labels, times, last id)."""
-        rows = await self._read(lambda c: c.execute(
-            "SELECT id, features, shape, label, created FROM samples WHERE app=? AND id>? "
-            "ORDER BY id", (app, after_id)).fetchall())
-        last = rows[-1][0] if rows else after_id
-        return ([decode(r[1], r[2]) for r in rows], [r[3] for r in rows],
-                [r[4] for r in rows], last)
-
     # -- apps ---------------------------------------------------------------------------------
 
     async def list_apps(self) -> dict[str, dict[str, Any]]:
@@ -403,19 +409,23 @@ class Store:
         the prediction is unknown (or pruned)."""
 
         def write(conn: sqlite3.Connection) -> FeedbackResult:
+            first = conn.execute("SELECT label, predicted, sample_id FROM feedback "
+                                 "WHERE app=? AND prediction_id=?", (app, prediction_id)).fetchone()
+            if first is not None:  # a retried request: the first answer stands
+                return FeedbackResult(int(first[2]), first[1], first[0], duplicate=True)
             row = conn.execute("SELECT label, features, shape FROM predictions "
                                "WHERE id=? AND app=?", (prediction_id, app)).fetchone()
             if row is None:
                 raise NotFound(prediction_id)
             predicted, blob, shape = row
             now = time.time()
-            conn.execute("INSERT INTO feedback (app, prediction_id, predicted, label, features, "
-                         "shape, created) VALUES (?,?,?,?,?,?,?)",
-                         (app, prediction_id, predicted, label, blob, shape, now))
             cur = conn.execute("INSERT INTO samples (app, features, shape, label, source, created)"
                                " VALUES (?,?,?,?,?,?)", (app, blob, shape, label, "feedback", now))
+            conn.execute("INSERT INTO feedback (app, prediction_id, predicted, label, features, "
+                         "shape, created, sample_id) VALUES (?,?,?,?,?,?,?,?)",
+                         (app, prediction_id, predicted, label, blob, shape, now, cur.lastrowid))
             self._counts[app] = self._counts.get(app, 0) + 1
-            return FeedbackResult(int(cur.lastrowid or 0), predicted)
+            return FeedbackResult(int(cur.lastrowid or 0), predicted, label, duplicate=False)
 
         return await self._write(write)
 

@@ -38,7 +38,6 @@ class TrainingData:
     db_path: Path
     app: str
     upto_id: int  # the newest sample id included
-    since_id: int = 0  # older samples are left out (a detected drift point)
     holdout_ids: tuple[int, ...] = ()  # kept out of training, for the publish decision
     feedback_repeats: int = 1  # corrections count this many times
     # After a detected drift: samples older than this id with these labels describe a world
@@ -82,7 +81,7 @@ def prepare_job(data: TrainingData, data_type: str, sample_rate: int, out_dir: P
                 ) -> PreparedInfo:
     """Read the training samples, fit the front end, compute features and folds, plan fits."""
     feats, labels, sources, ids = read_samples(
-        data.db_path, data.app, "id > ? AND id <= ?", (data.since_id, data.upto_id))
+        data.db_path, data.app, "id <= ?", (data.upto_id,))
     held = set(data.holdout_ids)
     stale = set(data.stale_labels)
     X: list[np.ndarray] = []

@@ -121,3 +121,15 @@ def test_full_disk_answers_503_and_keeps_serving(daemon_factory: Any, tiny_disk:
     (tiny_disk / "filler").unlink(missing_ok=True)
     d.start()
     assert d.request("GET", "/v1/apps/v")[1]["n_samples"] == acknowledged
+
+
+def test_an_app_named_like_a_query_route_is_still_guarded(daemon_factory: Any) -> None:
+    d = daemon_factory()
+    d.write_config(daemon_extra='token = "s3cret"')
+    d.start()
+    for name in ("predict", "infer", "stream"):
+        assert d.request("PUT", f"/v1/apps/{name}", {"data_type": "vector"})[0] == 401
+    assert d.request("PUT", "/v1/apps/predict", {"data_type": "vector"}, token="s3cret")[0] == 201
+    assert d.request("DELETE", "/v1/apps/predict")[0] == 401
+    # queries stay open without protect_reads; the stream carries writes, so it is guarded
+    assert d.request("POST", "/v1/apps/predict/predict", {"instances": [[1.0]]})[0] == 503

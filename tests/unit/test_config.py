@@ -151,3 +151,13 @@ def test_example_files_are_valid() -> None:
     assert examples
     for path in examples:
         parse_settings(tomllib.loads(path.read_text()))
+
+
+async def test_reload_cannot_drop_the_token_while_bound_publicly(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nlisten = "0.0.0.0:8080"\ntoken = "s3cret"\n')
+    store = ConfigStore(path, load_file(path))
+    path.write_text('[daemon]\nlisten = "127.0.0.1:8080"\n')  # listen applies only at restart
+    outcome = await store.reload("test")
+    assert isinstance(outcome, Rejected) and store.current.daemon.token == "s3cret"
+    assert outcome.errors[0].startswith("daemon.token: required while listening on 0.0.0.0:8080")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mliot_daemon.store import SCHEMA_VERSION, PredictionRecord, Store, StoreFull
+from mliot_daemon.learn.jobs import read_samples
+from mliot_daemon.store import SCHEMA_VERSION, NotFound, PredictionRecord, Store, StoreFull
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ async def test_concurrent_writes_are_group_committed(store: Store) -> None:
                                      for _ in range(50)))
     assert sorted(r.n_samples for r in results)[-1] == 100 == store.count_samples("a")
     assert store.commits < 50  # many requests shared a transaction
-    feats, labels, _, _ = await store.load_samples("a")
+    feats, labels, _, _ = read_samples(store.path, "a", "1", ())  # as pool workers read them
     assert len(feats) == 100 and labels[:2] == ["p", "q"]
     np.testing.assert_array_equal(feats[0], x)
 
@@ -77,6 +78,18 @@ async def test_full_database_fails_the_write_and_keeps_the_rest(tmp_path: Path) 
     with pytest.raises(StoreFull):
         await s.add_samples("a", big, ["l"] * 20, "http")
     assert s.count_samples("a") == 1
-    feats, _, _, _ = await s.load_samples("a")
-    assert len(feats) == 1
+    assert len(read_samples(s.path, "a", "1", ())[0]) == 1
     await s.close()
+
+
+async def test_one_correction_per_prediction(store: Store) -> None:
+    store.record_predictions([PredictionRecord(id="p1", app="a", label="x", confidence=1.0,
+                                               stage=2, model_version=1,
+                                               features=np.ones(2))])
+    first = await store.add_feedback("a", "p1", "y")
+    again = await store.add_feedback("a", "p1", "z")  # a retry, or a second thought
+    assert (first.predicted, first.label, first.duplicate) == ("x", "y", False)
+    assert (again.label, again.sample_id, again.duplicate) == ("y", first.sample_id, True)
+    assert await store.count_feedback("a") == 1 and store.count_samples("a") == 1
+    with pytest.raises(NotFound):
+        await store.add_feedback("a", "nope", "y")
