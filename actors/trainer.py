@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -146,7 +147,7 @@ class Trainer(Actor[TrainerMsg]):
         self._pool = ProcessPoolExecutor(
             self._settings.training.pool_size,
             mp_context=multiprocessing.get_context("forkserver"),
-            initializer=jobs.lower_priority)
+            initializer=jobs.worker_init, initargs=(os.getpid(),))
 
     async def _poll(self) -> None:
         """Check every app now and then: a dropped SamplesAdded must not stall training."""

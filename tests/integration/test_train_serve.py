@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import psutil
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -266,8 +267,14 @@ def test_kill_9_during_training_leaves_the_registry_consistent(
     assert d.request("POST", "/v1/apps/digits/samples", body)[0] == 200
     wait_for(lambda: d.events("version_published"), 60, 0.05)
     time.sleep(1.5)  # somewhere in the lazy run: fitting, assembling or publishing
+    assert d.proc is not None
+    workers = [p for p in psutil.Process(d.proc.pid).children(recursive=True)
+               if p.nice() > 0]  # the pool's fitting workers run niced
+    assert workers
     d.signal(signal.SIGKILL)
     d.wait(30)
+    _, alive = psutil.wait_procs(workers, timeout=10)  # they die with the daemon
+    assert alive == []
     models = d.data_dir / "models" / "digits"
     current = int((models / "current").read_text())
     manifest = json.loads((models / "versions" / f"{current:06d}" / "manifest.json").read_text())
