@@ -170,10 +170,10 @@ class Trainer(Actor[TrainerMsg]):
                 state = self._apps.get(app)
                 if state is not None:
                     state.running = None
-                    if error is None and generation == state.generation:
+                    if error is not None:
+                        state.failed_at = n  # no retry until more data arrives
+                    elif generation == state.generation:  # else the policy changed: retrain
                         state.trained_on = max(state.trained_on, n)
-                    else:
-                        state.failed_at = n
                     await self._maybe_train(app)
             case LoadFailed(app=app, version=version):
                 state = self._apps.get(app)
