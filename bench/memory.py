@@ -114,7 +114,8 @@ def run(quick: bool) -> dict[str, Any]:
         in_child(publish_three, data)
         apps = "".join(f'[[apps]]\nname = "{a}"\ndata_type = "vector"\nshape = [64]\n'
                        for a in APPS)
-        with running_daemon(apps, data_dir=data) as (url, proc):
+        with running_daemon(apps, data_dir=data, daemon_toml="max_body_mb = 400.0"
+                            ) as (url, proc):
             for app in APPS:
                 for i in range(300):
                     status, _ = request(url, "POST", f"/v1/apps/{app}/predict",
