@@ -71,8 +71,12 @@ class EventLog:
 def offline_first_model(quick: bool) -> dict[str, Any]:
     """Child process: the learning core's prepare() and the quick first model on the same
     data, each timed (what the trainer runs in its pool before version 1)."""
+    from threadpoolctl import threadpool_limits
+
     from bench.learn import first_model_seconds
     from mliot_daemon.learn.pipeline import prepare
+
+    threadpool_limits(1)  # as in the trainer's pool workers
 
     Xtr, _, ytr, _ = datasets.mnist()
     if quick:
@@ -81,7 +85,8 @@ def offline_first_model(quick: bool) -> dict[str, Any]:
     t = time.perf_counter()
     prepare(Xtr, ytr.astype(str), "image")
     prep_s = time.perf_counter() - t
-    return {"prepare_s": round(prep_s, 3), "quick_model": first_model_seconds(Xtr, ytr, "image")}
+    return {"prepare_s": round(prep_s, 3), "blas_threads": 1,
+            "quick_model": first_model_seconds(Xtr, ytr, "image")}
 
 
 def run(quick: bool) -> dict[str, Any]:
