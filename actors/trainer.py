@@ -333,12 +333,16 @@ class Trainer(Actor[TrainerMsg]):
             steps = info.plan
         else:
             steps = [PlanStep(family, info.n, 0.0) for family in refit]
+        pca_decided = False
         fitted: dict[str, jobs.FitResult] = {}
         quick: jobs.FitResult | None = None
         policy = self._policy(spec)
         staging: Path | None = None
         summary: dict[str, Any] = {}
         for i, step in enumerate(steps):
+            if not step.quick and not pca_decided:  # after the quick model has been served
+                await self._pool_call(jobs.reduce_job, info.directory)
+                pca_decided = True
             params = refit.get(step.family) if refit else None
             result = await self._pool_call(jobs.fit_job, info.directory, step, run_dir / "fits",
                                            None, 0, params)

@@ -23,9 +23,11 @@ from mliot_daemon.learn.fit import (
     fit_family,
     load_fitted,
     make_folds,
+    prepare_features,
 )
+from mliot_daemon.learn.frontends import encode_labels, make_front_end
 from mliot_daemon.learn.persist import load_model, save_model
-from mliot_daemon.learn.pipeline import Prepared, TrainedModel, assemble, prepare
+from mliot_daemon.learn.pipeline import Prepared, TrainedModel, assemble, data_hash
 from mliot_daemon.learn.plan import PlanStep, lazy_plan
 
 PROBE_ROWS = 50
@@ -55,7 +57,6 @@ class PreparedInfo:
     d: int
     classes: list[str]
     plan: list[PlanStep]
-    data_hash: str
 
 
 def read_samples(db_path: Path, app: str, where: str, args: tuple[Any, ...]
@@ -93,22 +94,41 @@ def prepare_job(data: TrainingData, data_type: str, sample_rate: int, out_dir: P
         repeats = data.feedback_repeats if source == "feedback" else 1
         X.extend([f] * repeats)
         y.extend([label] * repeats)
-    prep = prepare(_as_input(X), np.asarray(y), data_type, sample_rate=sample_rate)
+    # Front end and folds only: the PCA decision waits for reduce_job, after the quick first
+    # model (IncrementalPCA on MNIST-sized data takes most of a minute).
+    codes, classes = encode_labels(np.asarray(y))
+    front_end = make_front_end(data_type, sample_rate)
+    Z = front_end.fit_transform(_as_input(X))
+    features = FeatureSet(Z=Z, y=codes, n_classes=len(classes), fold=make_folds(codes),
+                          reducer=None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prep.features.save(out_dir / "features.npz")
+    features.save(out_dir / "features.npz")
     probe = X[:PROBE_ROWS]
     _atomic_write(out_dir / "prepared.pkl", lambda f: pickle.dump(
-        {"front_end": prep.front_end, "classes": prep.classes, "data_hash": prep.data_hash,
-         "probe": probe}, f, protocol=pickle.HIGHEST_PROTOCOL))
-    n, d = prep.features.Z.shape
-    return PreparedInfo(out_dir, n, d, prep.classes, lazy_plan(n, d), prep.data_hash)
+        {"front_end": front_end, "classes": classes, "probe": probe}, f,
+        protocol=pickle.HIGHEST_PROTOCOL))
+    n, d = Z.shape
+    return PreparedInfo(out_dir, n, d, classes, lazy_plan(n, d))
+
+
+def reduce_job(prepared_dir: Path) -> bool:
+    """Add the shared PCA to the prepared features where it pays (high-dimensional inputs);
+    True when it did."""
+    fs = FeatureSet.load(prepared_dir / "features.npz")
+    reduced = prepare_features(fs.Z, fs.y, fs.n_classes)
+    if reduced.reducer is None:
+        return False
+    fs.reducer = reduced.reducer
+    fs.save(prepared_dir / "features.npz")
+    return True
 
 
 def _load_prepared(directory: Path) -> tuple[Prepared, list[Any]]:
     with open(directory / "prepared.pkl", "rb") as f:
         meta = pickle.load(f)
     fs = FeatureSet.load(directory / "features.npz")
-    return Prepared(meta["front_end"], meta["classes"], fs, meta["data_hash"]), meta["probe"]
+    # The hash of what the models were fitted on: the features and their labels.
+    return Prepared(meta["front_end"], meta["classes"], fs, data_hash(fs.Z, fs.y)), meta["probe"]
 
 
 def fit_job(prepared_dir: Path, step: PlanStep, out_dir: Path, budget_s: float | None = None,
