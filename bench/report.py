@@ -417,7 +417,16 @@ def sec_scale(r: dict[str, Any]) -> list[str]:
                                               for p in r["points"]):
         out.append(f"| 1 (from `lazy`) | {lz['n_train']} | {lz['first_serve_s']} | "
                    f"{lz['training_seconds']} | {len(lz['versions'])} | — |")
-    out += ["| Dask, 2 local workers | — | — | not measured | — | — |", "",
+    one = {p["n"]: p["training_s"] for p in r["points"] if p["workers"] == 1}
+    two = {p["n"]: p["training_s"] for p in r["points"] if p["workers"] == 2}
+    both = sorted(set(one) & set(two))
+    ratio_note = ("Two workers against one at the same size (training time ratio): " + ", ".join(
+        f"{n}: {two[n] / one[n]:.2f}" for n in both) + ". A single app gains nothing from the "
+        "second worker: the trainer awaits its fit jobs one after another "
+        "(`actors/trainer.py`, `_fit_steps`), so a second worker only helps when several apps "
+        "train at once. (The 60k one-worker figure comes from `lazy`, which also polls 500 "
+        "predictions a second, so it is not a like-for-like pair.)") if both else ""
+    out += ["| Dask, 2 local workers | — | — | not measured | — | — |", "", ratio_note, "",
             f"Dask: {r['dask']['reason']}.",
             f"Worst loop-lag p99 during training: {r['max_loop_lag_p99_ms']} ms (target "
             f"{r['targets']['loop_lag_p99_ms']} ms: "
