@@ -21,7 +21,7 @@ from aiohttp import WSCloseCode, web
 
 from mliot_daemon import oip
 from mliot_daemon.catalog import AppEntry, Catalog
-from mliot_daemon.config import AppSpec, ConfigError, ConfigStore, Rejected, Settings, parse_app
+from mliot_daemon.config import ConfigError, ConfigStore, Rejected, Settings, parse_app
 from mliot_daemon.learn.fast import single_thread_blas
 from mliot_daemon.learn.persist import load_model
 from mliot_daemon.messages import (

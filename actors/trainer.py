@@ -258,7 +258,7 @@ class Trainer(Actor[TrainerMsg]):
             self._start(state, "data", n)
 
     async def _enough_to_start(self, app: str) -> bool:
-        counts = await self._store.label_counts(app)
+        counts = self._store.label_counts(app)
         return sum(1 for c in counts.values() if c >= MIN_PER_CLASS) >= 2
 
     def _start(self, state: AppState, reason: str, n: int) -> None:

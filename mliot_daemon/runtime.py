@@ -13,7 +13,6 @@ This module imports nothing from the project, so every other module can use it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable

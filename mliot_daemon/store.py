@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 import sqlite3
 import time
 import secrets
@@ -173,7 +174,9 @@ class Store:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        self._counts: dict[str, int] = {}  # samples per app; owned by the writer thread
+        # labelled samples per app and label, kept with every commit (owned by the writer
+        # thread): the trainer asks on every ingest, and a GROUP BY would scan the table
+        self._labels: dict[str, Counter[str]] = {}
         self._flush_scheduled = False
         self.commits = 0
 
@@ -225,7 +228,9 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
             log.info("store_migrated", version=v)
-        self._counts = dict(conn.execute("SELECT app, count(*) FROM samples GROUP BY app"))
+        for app, label, n in conn.execute("SELECT app, label, count(*) FROM samples "
+                                          "GROUP BY app, label"):
+            self._labels.setdefault(app, Counter())[label] = n
 
     def _open_reader(self) -> None:
         self._rconn = self._connect()
@@ -271,7 +276,7 @@ class Store:
                 predictions: Sequence[PredictionRecord]) -> list[Any]:
         conn = self._wconn
         assert conn is not None
-        counts = dict(self._counts)
+        labels = {app: Counter(c) for app, c in self._labels.items()}
         results: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -301,7 +306,7 @@ class Store:
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._counts = counts  # the transaction is gone, and so are its counts
+            self._labels = labels  # the transaction is gone, and so are its counts
             if not isinstance(exc, sqlite3.Error):
                 raise
             if _is_full(exc):
@@ -329,7 +334,7 @@ class Store:
                 seen = conn.execute("SELECT accepted FROM batches WHERE app=? AND batch_id=?",
                                     (app, batch_id)).fetchone()
                 if seen is not None:
-                    return IngestResult(seen[0], self._counts.get(app, 0), duplicate=True)
+                    return IngestResult(seen[0], self.count_samples(app), duplicate=True)
                 conn.execute("INSERT INTO batches VALUES (?,?,?,?)",
                              (app, batch_id, len(rows), time.time()))
             now = time.time()
@@ -338,15 +343,14 @@ class Store:
                 "VALUES (?,?,?,?,?,?,?)",
                 [(app, blob, shape, label, source, now, batch_id)
                  for (blob, shape), label in zip(rows, labels, strict=True)])
-            self._counts[app] = self._counts.get(app, 0) + len(rows)
-            return IngestResult(len(rows), self._counts[app], duplicate=False)
+            self._labels.setdefault(app, Counter()).update(labels)
+            return IngestResult(len(rows), self.count_samples(app), duplicate=False)
 
         return await self._write(write)
 
-    async def label_counts(self, app: str) -> dict[str, int]:
-        rows = await self._read(lambda c: c.execute(
-            "SELECT label, count(*) FROM samples WHERE app=? GROUP BY label", (app,)).fetchall())
-        return dict(rows)
+    def label_counts(self, app: str) -> dict[str, int]:
+        """Committed samples of an app per label."""
+        return dict(self._labels.get(app, {}))
 
     async def last_sample_id(self, app: str) -> int:
         row = await self._read(lambda c: c.execute(
@@ -355,7 +359,7 @@ class Store:
 
     def count_samples(self, app: str) -> int:
         """Committed samples of an app (kept in memory; exact after every commit)."""
-        return self._counts.get(app, 0)
+        return sum(self._labels.get(app, {}).values())
 
     async def sample_shape(self, app: str) -> tuple[int, ...] | None:
         """The shape of the app's first stored sample (fixes the shape when the spec has none)."""
@@ -382,7 +386,7 @@ class Store:
             for table in ("samples", "batches", "predictions", "feedback"):
                 conn.execute(f"DELETE FROM {table} WHERE app=?", (name,))
             conn.execute("DELETE FROM apps WHERE name=?", (name,))
-            self._counts.pop(name, None)
+            self._labels.pop(name, None)
         await self._write(write)
 
     # -- predictions, feedback, events --------------------------------------------------------
@@ -424,7 +428,7 @@ class Store:
             conn.execute("INSERT INTO feedback (app, prediction_id, predicted, label, features, "
                          "shape, created, sample_id) VALUES (?,?,?,?,?,?,?,?)",
                          (app, prediction_id, predicted, label, blob, shape, now, cur.lastrowid))
-            self._counts[app] = self._counts.get(app, 0) + 1
+            self._labels.setdefault(app, Counter())[label] += 1
             return FeedbackResult(int(cur.lastrowid or 0), predicted, label, duplicate=False)
 
         return await self._write(write)

@@ -125,3 +125,13 @@ class DaemonProcess:
             if rec.get("event") == name:
                 out.append(rec)
         return out
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, every: float = 0.1) -> Any:
+    """Poll until ``predicate()`` is truthy (and return it); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not met within {timeout} s")

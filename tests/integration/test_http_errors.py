@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DaemonProcess, http
+from support import DaemonProcess
 
 SAMPLE = {"samples": [{"features": [1.0, 2.0, 3.0], "label": "a"}]}
 

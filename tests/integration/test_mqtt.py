@@ -19,7 +19,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from support import DaemonProcess, free_port
+from support import DaemonProcess, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 CENTERS = {"a": (0.0, 0.0), "b": (10.0, 0.0), "c": (0.0, 10.0)}
@@ -153,15 +153,6 @@ def on(topic: str, **fields: Any) -> Callable[[paho.MQTTMessage], bool]:
         return isinstance(body, dict) and all(body.get(k) == v for k, v in fields.items())
 
     return match
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not met within {timeout} s")
 
 
 def blobs(n: int = 100, seed: int = 0) -> list[dict[str, Any]]:

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
-from typing import Any
 
-from support import DaemonProcess
+from support import DaemonProcess, wait_for
 
 APP = '[[apps]]\nname = "{name}"\ndata_type = "vector"\n'
-
-
-def wait_for(predicate: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def raw_get(sock: socket.socket, path: str) -> bytes:

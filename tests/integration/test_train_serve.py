@@ -16,7 +16,7 @@ import psutil
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from support import DaemonProcess, http
+from support import DaemonProcess, http, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 FAMILIES = {"knn", "ridge", "random_forest", "svm_linear", "svm_rbf", "mlp", "xgboost"}
@@ -26,15 +26,6 @@ FAMILIES = {"knn", "ridge", "random_forest", "svm_linear", "svm_rbf", "mlp", "xg
 def digits() -> tuple[np.ndarray, ...]:
     X, y = load_digits(return_X_y=True)
     return tuple(train_test_split(X, y, test_size=0.3, stratify=y, random_state=0))
-
-
-def wait_for(predicate: Any, timeout: float, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not met within {timeout} s")
 
 
 class Streamer(threading.Thread):
