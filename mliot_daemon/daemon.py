@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -101,6 +102,11 @@ class Daemon:
                         tg.create_task(self._watch_config_file(), name="config.poll"),
                         tg.create_task(self._prune_predictions(), name="store.prune"),
                     ]
+                    # Everything loaded at start (sklearn, xgboost, models) lives for good: keep
+                    # it out of the collector's full passes, which otherwise stall the loop for
+                    # tens of milliseconds under allocation-heavy ingest.
+                    gc.collect()
+                    gc.freeze()
                     self.ready.set()
                     log.info("daemon_ready", port=self.server.port,
                              machine=self.config.current.daemon.machine_name)
