@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +123,7 @@ class Reducer:
         return int(self.components.shape[0])
 
 
-class FastMember:
+class FastMember(ABC):
     """One compiled member: ``predict(Z)`` -> class indices 0..K-1 (same labels as sklearn).
 
     Subclasses implement ``predict_one(z)`` for one 1-D row (the served case: a handful of
@@ -150,8 +151,9 @@ class FastMember:
     def predict_one(self, z: np.ndarray) -> int:
         return int(self._predict_block(z[None])[0])
 
+    @abstractmethod
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Each concrete class supplies this."""
 
 
 class _Linear(FastMember):

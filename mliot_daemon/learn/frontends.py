@@ -37,6 +37,7 @@ Bad input raises :class:`~mliot_daemon.learn.errors.DataError` (a ``ValueError``
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,7 +94,7 @@ class _Standardizer:
         return (F - self.mean_) / self.scale_
 
 
-class FrontEnd:
+class FrontEnd(ABC):
     """Base class: ``fit(X)`` learns scaling, ``transform(X)`` gives an (n, n_features) array."""
 
     data_type: str = ""
@@ -127,8 +128,9 @@ class FrontEnd:
         return {"data_type": self.data_type, "n_features": int(self.n_features_)}
 
     # subclasses override
+    @abstractmethod
     def _features(self, X: Any) -> np.ndarray:
-        raise NotImplementedError
+        """Each concrete class supplies this."""
 
     def _fit_scale(self, F: np.ndarray) -> None:
         self._std = _Standardizer().fit(F)
