@@ -407,6 +407,14 @@ def run(quick: bool) -> dict[str, Any]:
     s_here = statistics.median(samples)
     lad = ladders(table4)
     scenarios = run_all(lad, s_here)
+    sens = [] if quick else sensitivity(lad, s_here, scenarios)
+    for sc in scenarios:  # the many-apps rows repeat their app's spec: keep what differs
+        if sc["workload"] != "paper apps":
+            for row in sc["decisions"]:
+                for k in ("mode", "budget_ms", "rate_hz", "within_budget"):
+                    row.pop(k, None)
+                if row["serving"] is not None and row["members"] == row["n_members"]:
+                    row.pop("reason")
     local_rtt = next(f["client_rtt_ms"] for f in FLEET if f["name"] == LOCAL)
     return {
         "load_avg_at_start": la,
@@ -438,7 +446,7 @@ def run(quick: bool) -> dict[str, Any]:
         "many_apps": {"sites": SITES, "streams_per_app": STREAMS,
                       "apps": SITES * len(APPS) * len(MODES)},
         "scenarios": scenarios,
-        "sensitivity": [] if quick else sensitivity(lad, s_here, scenarios),
+        "sensitivity": sens,
         "sources": SOURCES,
         "spurious_refusals_total": sum(len(sc["spurious_refusals"]) for sc in scenarios),
     }
