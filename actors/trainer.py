@@ -11,15 +11,32 @@ Adaptation: every piece of feedback updates a Page-Hinkley test on the error str
 counted three times, and after a detected drift without the stale samples of the corrected
 classes. The new version is published only if it is at least as accurate as the current one on
 the newest corrections, which are held out of its training.
+
+Fit backend: with ``[training] backend = "dask"`` a run's fit jobs go to a Dask cluster through
+one ``distributed.Client(asynchronous=True)`` per scheduler address, connected when a run first
+needs it (before it prepares anything, so an unreachable cluster fails the run at once). The run
+scatters its prepared features once and gets each fitted model back as bytes, written where the
+pool would have written it; prepare, reduce, assemble and score stay in the local pool (they
+read the local store and write local model folders). A run keeps the backend it started with;
+a reload that changes the backend or the address takes effect for the next run, retires the
+old client (closed when its last run ends) and retries at once the apps whose last run failed.
+A run failed because the cluster was unreachable (or lost) is retried after
+``CLUSTER_RETRY_S`` even without new data; other failed runs wait for more data, as before.
+`distributed` is imported only then: it is an optional extra (``mliot[dask]``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import importlib.util
+import math
 import multiprocessing
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -66,6 +83,114 @@ MIN_PER_CLASS = 5  # labelled samples each of two classes before a first model i
 FEEDBACK_REPEATS = 3
 HOLDOUT_SHARE = 0.3
 POLL_S = 2.0
+CLUSTER_CONNECT_S = 10.0  # to reach a Dask scheduler (and to find a worker for the features)
+CLUSTER_RETRY_S = 30.0  # a run failed on an unreachable cluster is retried after this
+CLUSTER_CLOSE_S = 5.0
+DASK_MISSING = ('training.backend is "dask" but the distributed package is not installed: '
+                "pip install 'mliot[dask]'")
+
+
+class ClusterUnavailable(RuntimeError):
+    """The Dask cluster cannot take the run's fits (unreachable, no worker, not installed)."""
+
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry  # worth another try later without new data
+
+
+@dataclass(eq=False)
+class DaskLink:
+    """The Dask client for one scheduler address, shared by the runs started while that
+    address was configured; closed when retired (a reload) and no run uses it any more."""
+
+    address: str
+    client: Any = None  # distributed.Client, once connected
+    users: int = 0
+    retired: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def where(self) -> str:
+        return f"dask:{self.address}"
+
+
+async def _close_client(client: Any) -> None:
+    with contextlib.suppress(Exception, TimeoutError):  # closing must not fail a stop/reload
+        async with asyncio.timeout(CLUSTER_CLOSE_S):
+            await client.close()
+
+
+class _PoolFits:
+    """A run's fits in the local process pool."""
+
+    def __init__(self, pool_call: Callable[..., Any], out_dir: Path, where: str) -> None:
+        self._pool_call = pool_call
+        self._out_dir = out_dir
+        self.where = where
+
+    async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
+                  ) -> jobs.FitResult:
+        result: jobs.FitResult = await self._pool_call(jobs.fit_job, directory, step,
+                                                       self._out_dir, None, 0, params)
+        return result
+
+    def release(self) -> None:
+        pass
+
+
+class _ClusterFits:
+    """A run's fits on a Dask cluster: the features are scattered once, at the first fit
+    (the shared PCA, small and decided later, travels with each fit); each fitted model comes
+    back as bytes and is written where the pool would have written it."""
+
+    def __init__(self, client: Any, link: DaskLink, app: str, out_dir: Path,
+                 timeout_s: float, versions: dict[str, str]) -> None:
+        self._client = client
+        self._address = link.address
+        self._app = app
+        self._out_dir = out_dir
+        self._timeout_s = timeout_s
+        self._versions = versions  # the daemon's: a worker with others refuses the fit
+        self._data: Any = None  # the scattered FeatureSet (a distributed.Future)
+        self.where = link.where
+
+    async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
+                  ) -> jobs.FitResult:
+        if self._data is None:
+            features = await asyncio.to_thread(jobs.load_features, directory)
+            try:
+                # distributed waits up to its connect timeout for a worker to take them
+                async with asyncio.timeout(self._timeout_s):
+                    self._data = await self._client.scatter(features, hash=False)
+            except (OSError, TimeoutError) as exc:
+                raise ClusterUnavailable(f"no worker of the Dask cluster at {self._address} "
+                                         f"took the training data: {exc or 'timed out'}") from exc
+        reducer = await asyncio.to_thread(jobs.load_reducer, directory)
+        future = self._client.submit(
+            jobs.dask_fit_job, self._data, reducer, step, None, 0, params, self._versions,
+            key=f"mliot-fit-{self._app}-{step.family}-{uuid.uuid4().hex[:12]}")
+        deadline = asyncio.timeout(self._timeout_s)
+        try:
+            async with deadline:
+                shipped: jobs.ShippedFit = await future
+        except (OSError, concurrent.futures.CancelledError) as exc:
+            # distributed's FutureCancelledError is a concurrent.futures.CancelledError: the
+            # scheduler went away meanwhile (an overrun fit is a failure like in the pool)
+            if deadline.expired():
+                raise
+            raise ClusterUnavailable(f"the Dask cluster at {self._address} lost the fit of "
+                                     f"{step.family}: {exc}") from exc
+        finally:
+            # a fit cut short (timeout, cancelled run) is forgotten: the scheduler drops it
+            # if it has not started, a worker cannot stop it once it has
+            future.release()
+        return await asyncio.to_thread(jobs.save_shipped, shipped, self._out_dir)
+
+    def release(self) -> None:
+        if self._data is not None:
+            data, self._data = self._data, None
+            with contextlib.suppress(Exception):  # the client may be closed already
+                data.release()
 
 
 @dataclass
@@ -75,6 +200,9 @@ class AppState:
     spec: AppSpec
     trained_on: int = 0  # samples the current version was trained on
     failed_at: int = -1  # sample count of the last failed run (no retry until more data)
+    retry_at: float = math.inf  # ... or until then (monotonic): the cluster was unreachable
+    last_error: str | None = None  # why the last run failed; None from a run's start
+    fitting_on: str | None = None  # where the run in flight fits: machine name or dask:address
     running: asyncio.Task[None] | None = None
     generation: int = 0  # bumped when the policy changes: a run under the old one is outdated
     val_accuracy: float = 0.0
@@ -107,6 +235,9 @@ class Trainer(Actor[TrainerMsg]):
         self._slots = asyncio.Semaphore(settings.training.pool_size)
         self._apps: dict[str, AppState] = {}
         self._scratch = settings.daemon.data_path / "scratch"
+        self._link: DaskLink | None = None  # the configured scheduler's, made on first use
+        self._retired: set[DaskLink] = set()  # old addresses' clients, still used by a run
+        self._versions: dict[str, str] | None = None  # jobs.compatible_versions(), once
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -119,6 +250,7 @@ class Trainer(Actor[TrainerMsg]):
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, jobs.warm_up)
                                for _ in range(self._settings.training.pool_size)))
+        self._check_backend()
 
     def background(self) -> list:
         return [self._poll()]
@@ -130,6 +262,10 @@ class Trainer(Actor[TrainerMsg]):
         await asyncio.gather(*runs, return_exceptions=True)
         for state in self._apps.values():
             state.running = None  # a restart must be free to train these apps again
+        links = [link for link in (self._link, *self._retired) if link is not None]
+        self._link, self._retired = None, set()
+        await asyncio.gather(*(_close_client(link.client) for link in links
+                               if link.client is not None))
         if self._pool is not None:
             pool, self._pool = self._pool, None
             # Fits can run for minutes and their results are not needed: every input is in
@@ -148,6 +284,75 @@ class Trainer(Actor[TrainerMsg]):
             self._settings.training.pool_size,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=jobs.worker_init, initargs=(os.getpid(),))
+
+    # -- the Dask backend ----------------------------------------------------------------------
+
+    def _check_backend(self) -> None:
+        if (self._settings.training.backend == "dask"
+                and importlib.util.find_spec("distributed") is None):
+            log.error("dask_not_installed", error=DASK_MISSING)
+
+    def _take_link(self) -> DaskLink | None:
+        """The client link a run starting now fits on (None: the local pool)."""
+        t = self._settings.training
+        if t.backend != "dask":
+            return None
+        if self._link is None:
+            self._link = DaskLink(t.dask_scheduler)
+        self._link.users += 1
+        return self._link
+
+    async def _drop_link(self, link: DaskLink) -> None:
+        link.users -= 1
+        if link.retired and link.users == 0:
+            self._retired.discard(link)
+            if link.client is not None:
+                await _close_client(link.client)
+
+    async def _connect(self, link: DaskLink) -> Any:
+        """The link's client, connected now if it is not (or no longer) connected."""
+        async with link.lock:
+            if link.client is not None and link.client.status == "running":
+                return link.client
+            if link.client is not None:  # lost its scheduler and gave up: start afresh
+                old, link.client = link.client, None
+                await _close_client(old)
+            try:  # a heavy first import (dask, tornado): not on the loop
+                distributed = await asyncio.to_thread(importlib.import_module, "distributed")
+            except ImportError as exc:
+                raise ClusterUnavailable(DASK_MISSING, retry=False) from exc
+            client = distributed.Client(link.address, asynchronous=True,
+                                        timeout=CLUSTER_CONNECT_S, set_as_default=False)
+            try:
+                await client
+            except BaseException as exc:
+                await asyncio.shield(_close_client(client))
+                if isinstance(exc, OSError | TimeoutError):
+                    log.error("dask_unreachable", address=link.address, error=str(exc))
+                    raise ClusterUnavailable(
+                        f"the Dask scheduler at {link.address} is unreachable: {exc}") from exc
+                raise
+            log.info("dask_connected", address=link.address)
+            link.client = client
+            return client
+
+    async def _backend_changed(self, old: str) -> None:
+        """A reload changed the backend or the address: the next runs use the new one."""
+        t = self._settings.training
+        log.info("training_backend_changed", old=old, backend=t.backend,
+                 dask_scheduler=t.dask_scheduler if t.backend == "dask" else None)
+        self._check_backend()
+        link, self._link = self._link, None
+        if link is not None:
+            link.retired = True
+            if link.users:  # runs in flight keep their cluster; closed when the last ends
+                self._retired.add(link)
+            elif link.client is not None:
+                await _close_client(link.client)
+        for name, state in list(self._apps.items()):
+            if state.last_error is not None:  # the last run failed: give the new backend a go
+                state.retry_at = 0.0
+            await self._maybe_train(name)
 
     async def _poll(self) -> None:
         """Check every app now and then: a dropped SamplesAdded must not stall training."""
@@ -171,7 +376,7 @@ class Trainer(Actor[TrainerMsg]):
                 if state is not None:
                     state.running = None
                     if error is not None:
-                        state.failed_at = n  # no retry until more data arrives
+                        state.failed_at = n  # no retry until more data arrives (or retry_at)
                     elif generation == state.generation:  # else the policy changed: retrain
                         state.trained_on = max(state.trained_on, n)
                     await self._maybe_train(app)
@@ -186,10 +391,15 @@ class Trainer(Actor[TrainerMsg]):
                     reply.set_result({name: {"training": s.running is not None,
                                              "trained_on": s.trained_on,
                                              "corrections_pending": len(s.corrections),
-                                             "last_reason": s.last_reason}
+                                             "last_reason": s.last_reason,
+                                             "last_error": s.last_error,
+                                             "fitting_on": s.fitting_on}
                                       for name, s in self._apps.items()})
             case ApplyConfig(settings=settings):
-                self._settings = settings
+                old, self._settings = self._settings.training, settings
+                new = settings.training
+                if (old.backend, old.dask_scheduler) != (new.backend, new.dask_scheduler):
+                    await self._backend_changed(old.backend)
             case _:
                 assert_never(msg)
 
@@ -241,7 +451,7 @@ class Trainer(Actor[TrainerMsg]):
         if state is None or state.running is not None:
             return
         n = self._store.count_samples(app)
-        if n == 0 or n == state.failed_at:
+        if n == 0 or (n == state.failed_at and time.monotonic() < state.retry_at):
             return
         policy = state.spec.policy
         if state.corrections and (len(state.corrections) >= policy.retrain_after
@@ -264,6 +474,8 @@ class Trainer(Actor[TrainerMsg]):
     def _start(self, state: AppState, reason: str, n: int) -> None:
         # The task is the app state's; on_stop cancels and awaits every one of them.
         state.last_reason = reason
+        state.retry_at = math.inf
+        state.last_error = None
         state.running = asyncio.create_task(self._run(state, reason, n),
                                             name=f"trainer.run.{state.spec.name}")
 
@@ -302,8 +514,12 @@ class Trainer(Actor[TrainerMsg]):
             error = f"{type(exc).__name__}: {exc}"
             log.warning("training_failed", app=app, reason=reason, error=error)
             self._event(app, "retraining_finished", ok=False, error=error)
+            if isinstance(exc, ClusterUnavailable) and exc.retry:
+                state.retry_at = time.monotonic() + CLUSTER_RETRY_S
         finally:
+            state.fitting_on = None
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, run_dir, True))
+        state.last_error = error
         log.info("training_run_finished", app=app, reason=reason, n_samples=n,
                  seconds=round(time.perf_counter() - started, 2), error=error)
         await self.ref.send(RunFinished(app=app, n_samples=n, error=error,
@@ -324,7 +540,32 @@ class Trainer(Actor[TrainerMsg]):
                          ) -> tuple[Path | None, dict[str, Any]]:
         """Prepare, then fit; assemble and publish after each fit (lazy), or, with ``refit``
         (family -> params of the served members), refit just those and assemble once without
-        publishing. Returns the unpublished model's staging path and its summary."""
+        publishing. Returns the unpublished model's staging path and its summary. Fits go to
+        the configured backend, taken at the start: the local pool or the Dask cluster."""
+        link = self._take_link()
+        state.fitting_on = link.where if link is not None else self._machine
+        try:
+            fits: _PoolFits | _ClusterFits
+            if link is None:
+                fits = _PoolFits(self._pool_call, run_dir / "fits", self._machine)
+            else:  # connect before any work: an unreachable cluster fails the run at once
+                client = await self._connect(link)
+                if self._versions is None:  # imports xgboost: not on the loop
+                    self._versions = await asyncio.to_thread(jobs.compatible_versions)
+                fits = _ClusterFits(client, link, state.spec.name, run_dir / "fits",
+                                    self._settings.training.fit_timeout_s, self._versions)
+            try:
+                return await self._fit_steps_with(fits, state, data, run_dir, reason, n, refit)
+            finally:
+                fits.release()
+        finally:
+            if link is not None:
+                await asyncio.shield(self._drop_link(link))
+
+    async def _fit_steps_with(self, fits: _PoolFits | _ClusterFits, state: AppState,
+                              data: jobs.TrainingData, run_dir: Path, reason: str, n: int,
+                              refit: dict[str, dict[str, Any]] | None
+                              ) -> tuple[Path | None, dict[str, Any]]:
         spec = state.spec
         app = spec.name
         info = await self._pool_call(jobs.prepare_job, data, spec.data_type,
@@ -344,8 +585,7 @@ class Trainer(Actor[TrainerMsg]):
                 await self._pool_call(jobs.reduce_job, info.directory)
                 pca_decided = True
             params = refit.get(step.family) if refit else None
-            result = await self._pool_call(jobs.fit_job, info.directory, step, run_dir / "fits",
-                                           None, 0, params)
+            result = await fits.fit(info.directory, step, params)
             if step.quick:
                 quick = result
             else:
@@ -358,7 +598,7 @@ class Trainer(Actor[TrainerMsg]):
             candidates = list(fitted.values()) or ([quick] if quick else [])
             staging = await asyncio.to_thread(self._registry.staging_path, app)
             extra = {"reason": reason, "n_samples": n, "complete": last,
-                     "fitted_on": {r.family: self._machine for r in candidates},
+                     "fitted_on": {r.family: fits.where for r in candidates},
                      "stale_before_id": state.stale_before_id,
                      "stale_labels": sorted(state.stale_labels)}
             summary = await self._pool_call(

@@ -11,5 +11,5 @@ if ! command -v mosquitto >/dev/null || ! command -v espeak-ng >/dev/null; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,dask]'
 exec .venv/bin/python -m pytest "$@"

@@ -3,6 +3,13 @@
 Each function runs in a pool worker (forkserver), takes paths and small values, reads what it
 needs itself (samples straight from the SQLite file, read-only) and writes its result to disk
 atomically, returning only a small picklable summary. No asyncio, no logging set-up.
+
+With ``[training] backend = "dask"`` the fits run on a Dask cluster instead, whose workers may
+be other machines: :func:`dask_fit_job` takes the features themselves (scattered once per
+training run) rather than a path, and returns the fitted model as bytes, which the daemon
+writes locally with :func:`save_shipped`, so the rest of the run sees the same
+:class:`FitResult` as from :func:`fit_job`. Workers need this package installed, in the
+daemon's versions (:func:`dask_fit_job` checks).
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from mliot_daemon.learn.ensemble import Policy
+from mliot_daemon.learn.fast import Reducer
 from mliot_daemon.learn.fit import (
     FeatureSet,
     FitResult,
+    FittedModel,
     _atomic_write,
     fit_family,
     load_fitted,
@@ -26,7 +35,7 @@ from mliot_daemon.learn.fit import (
     prepare_features,
 )
 from mliot_daemon.learn.frontends import encode_labels, make_front_end
-from mliot_daemon.learn.persist import load_model, save_model
+from mliot_daemon.learn.persist import library_versions, load_model, save_model
 from mliot_daemon.learn.pipeline import Prepared, TrainedModel, assemble, data_hash
 from mliot_daemon.learn.plan import PlanStep, lazy_plan
 
@@ -137,27 +146,108 @@ def fit_job(prepared_dir: Path, step: PlanStep, out_dir: Path, budget_s: float |
     scored on the full validation rows so it can stand alone as the first version. With
     ``params`` (a refit of a served member) the search is skipped."""
     fs = FeatureSet.load(prepared_dir / "features.npz")
-    if step.quick:
-        n = len(fs.y)
-        rows = np.sort(np.random.default_rng(seed).choice(n, step.rows, replace=False)) \
-            if step.rows < n else np.arange(n)
-        try:
-            sub_fold = make_folds(fs.y[rows], seed)
-        except ValueError:
-            sub_fold = np.full(len(rows), -1)
-        sub = FeatureSet(Z=fs.Z[rows], y=fs.y[rows], n_classes=fs.n_classes, fold=sub_fold,
-                         reducer=fs.reducer)
-        model = fit_family(step.family, sub, params={}, seed=seed)
-        Zv = fs.Z[fs.val_rows]
-        Xv = fs.reducer(Zv) if model.reduced and fs.reducer is not None else Zv
-        model.val_pred = np.asarray(model.estimator.predict(Xv))
-        model.val_accuracy = float((model.val_pred == fs.y[fs.val_rows]).mean())
-    else:
-        model = fit_family(step.family, fs, budget_s=budget_s, seed=seed, params=params)
-    out = out_dir / f"{step.family}{'-quick' if step.quick else ''}.pkl"
+    model = _fit_step(fs, step, budget_s, seed, params)
+    out = _artifact_path(out_dir, step)
     _atomic_write(out, lambda f: pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL))
     return FitResult(family=step.family, artifact=out, summary=model.summary(),
                      val_pred=model.val_pred)
+
+
+def _fit_step(fs: FeatureSet, step: PlanStep, budget_s: float | None, seed: int,
+              params: dict[str, Any] | None) -> FittedModel:
+    if not step.quick:
+        return fit_family(step.family, fs, budget_s=budget_s, seed=seed, params=params)
+    n = len(fs.y)
+    rows = np.sort(np.random.default_rng(seed).choice(n, step.rows, replace=False)) \
+        if step.rows < n else np.arange(n)
+    try:
+        sub_fold = make_folds(fs.y[rows], seed)
+    except ValueError:
+        sub_fold = np.full(len(rows), -1)
+    sub = FeatureSet(Z=fs.Z[rows], y=fs.y[rows], n_classes=fs.n_classes, fold=sub_fold,
+                     reducer=fs.reducer)
+    model = fit_family(step.family, sub, params={}, seed=seed)
+    Zv = fs.Z[fs.val_rows]
+    Xv = fs.reducer(Zv) if model.reduced and fs.reducer is not None else Zv
+    model.val_pred = np.asarray(model.estimator.predict(Xv))
+    model.val_accuracy = float((model.val_pred == fs.y[fs.val_rows]).mean())
+    return model
+
+
+def _artifact_path(out_dir: Path, step: PlanStep) -> Path:
+    return out_dir / f"{step.family}{'-quick' if step.quick else ''}.pkl"
+
+
+# -- the Dask backend -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShippedFit:
+    """What :func:`dask_fit_job` returns: the pickled :class:`FittedModel` and its summary."""
+
+    step: PlanStep
+    model: bytes
+    summary: dict[str, Any]
+    val_pred: np.ndarray
+
+
+class WorkerMismatch(RuntimeError):
+    """A Dask worker runs other library versions than the daemon: its models would not load,
+    or not behave, where they are served."""
+
+
+def compatible_versions() -> dict[str, str]:
+    """The versions a worker must share with the daemon: every library the fitted models
+    are pickled with, and Python's minor version."""
+    versions = library_versions()
+    versions["python"] = ".".join(versions["python"].split(".")[:2])
+    return versions
+
+
+def load_features(prepared_dir: Path) -> FeatureSet:
+    """The prepared features without the shared PCA: what a run ships to the cluster once."""
+    fs = FeatureSet.load(prepared_dir / "features.npz")
+    fs.reducer = None
+    return fs
+
+
+def load_reducer(prepared_dir: Path) -> Reducer | None:
+    """The shared PCA ``reduce_job`` added, if any (small: it travels with each fit)."""
+    with np.load(prepared_dir / "features.npz", allow_pickle=False) as d:
+        if "pca_mean" not in d:
+            return None
+        return Reducer(d["pca_mean"], d["pca_components"])
+
+
+def dask_fit_job(features: FeatureSet, reducer: Reducer | None, step: PlanStep,
+                 budget_s: float | None, seed: int, params: dict[str, Any] | None,
+                 versions: dict[str, str]) -> ShippedFit:
+    """Dask worker entry point: :func:`fit_job` on features received rather than read.
+
+    ``features`` is the run's scattered :class:`FeatureSet`, shared by the fits on this worker,
+    so it is not modified; ``versions`` are the daemon's :func:`compatible_versions`.
+    Estimators use one thread (``n_jobs=1``, one BLAS thread), as in the local pool: a worker
+    runs ``--nthreads`` fits at a time.
+    """
+    mine = compatible_versions()
+    if mine != versions:
+        diff = {k: (mine.get(k), v) for k, v in versions.items() if mine.get(k) != v}
+        raise WorkerMismatch("this Dask worker's versions differ from the daemon's "
+                             f"(worker, daemon): {diff}; install the same mliot there")
+    fs = FeatureSet(Z=features.Z, y=features.y, n_classes=features.n_classes,
+                    fold=features.fold, reducer=reducer)
+    model = _fit_step(fs, step, budget_s, seed, params)
+    return ShippedFit(step=step, model=pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL),
+                      summary=model.summary(), val_pred=model.val_pred)
+
+
+def save_shipped(shipped: ShippedFit, out_dir: Path) -> FitResult:
+    """Write a model fitted on the cluster where ``fit_job`` would have (in the daemon, in a
+    thread); the bytes come from our own cluster, see the README on trusting it."""
+    out = _artifact_path(out_dir, shipped.step)
+    _atomic_write(out, lambda f: f.write(shipped.model))
+    return FitResult(family=shipped.step.family, artifact=out, summary=shipped.summary,
+                     val_pred=shipped.val_pred)
 
 
 def assemble_job(prepared_dir: Path, candidates: list[Path], policy: Policy,
