@@ -164,7 +164,7 @@ class _ClusterFits:
                     self._data = await self._client.scatter(features, hash=False)
             except (OSError, TimeoutError) as exc:
                 raise ClusterUnavailable(f"no worker of the Dask cluster at {self._address} "
-                                         f"took the training data: {exc or 'timed out'}") from exc
+                                         f"took the training data: {str(exc) or 'timed out'}") from exc
         reducer = await asyncio.to_thread(jobs.load_reducer, directory)
         future = self._client.submit(
             jobs.dask_fit_job, self._data, reducer, step, None, 0, params, self._versions,
