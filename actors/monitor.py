@@ -1,7 +1,13 @@
-"""The monitor actor: CPU and memory of this process and machine, event-loop lag, mailboxes.
+"""The monitor actor: CPU and memory of this daemon and machine, event-loop lag, mailboxes.
 
 It samples once a second (psutil calls that read /proc, cheap enough for the loop) and runs a
 ticker whose oversleep is the loop lag. Other actors ask it for the latest `MachineLoad`.
+
+CPU is measured per daemon (its process and its pool workers), not for the host, so two
+daemons on one box are told apart; the cores it may use honour a cgroup CPU quota (cgroup v2
+``cpu.max`` or v1 ``cpu.cfs_quota_us``), as container-aware runtimes do. ``busy`` is the share
+of the daemon's serving capacity in use: the larger of its event loop's share of one core and
+the whole daemon's share of its usable cores.
 """
 
 from __future__ import annotations
@@ -10,15 +16,19 @@ import asyncio
 import os
 import time
 from collections import deque
+from pathlib import Path
 from typing import assert_never
 
 import numpy as np
 import psutil
+import structlog
 
-from mliot_daemon.learn.plan import machine_speed
+from mliot_daemon.learn.plan import measure_speed
 from mliot_daemon.messages import GetLoad, MachineLoad, MonitorMsg
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.runtime import Actor, ActorRef
+
+log = structlog.get_logger("mliot.monitor")
 
 TICK_S = 0.05
 LAG_WINDOW = 1200  # ticks: about the last minute
@@ -43,10 +53,13 @@ class Monitor(Actor[MonitorMsg]):
 
     async def on_start(self) -> None:
         # A short standard fit (the learning core's cost reference): model latencies measured
-        # on one machine scale to another by the ratio of their speeds.
-        self._speed = await asyncio.to_thread(machine_speed)
+        # on one machine scale to another by the ratio of their speeds. The daemon's speed is
+        # the CPU's, times the share of one core a CPU quota leaves it.
+        self._cpu_speed = await asyncio.to_thread(measure_speed)
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)  # the first reading is a meaningless 0.0: prime it
+        self._children: dict[int, psutil.Process] = {}
+        self._cores = usable_cores()
         psutil.cpu_percent(None)
         self._sample()
 
@@ -73,6 +86,10 @@ class Monitor(Actor[MonitorMsg]):
     async def _sampler(self) -> None:
         while True:
             await asyncio.sleep(self._every)
+            cores = usable_cores()
+            if cores != self._cores:  # a CPU quota was set or changed
+                log.info("cpu_quota_changed", cores_before=self._cores, cores=cores)
+                self._cores = cores
             self._sample()
 
     def _sample(self) -> MachineLoad:
@@ -80,16 +97,19 @@ class Monitor(Actor[MonitorMsg]):
         with self._proc.oneshot():
             cpu = self._proc.cpu_percent(None)
             rss = self._proc.memory_info().rss
+        tree = cpu + self._children_cpu()
         vm = psutil.virtual_memory()
         lags = np.fromiter(self._lags, float) if self._lags else np.zeros(1)
         p50, p99 = np.percentile(lags, [50, 99]) * 1000
         boxes = tuple((r.name, r.qsize()) for r in self._watched)
+        busy = max(cpu / (100.0 * min(1.0, self._cores)), tree / (100.0 * self._cores))
         load = MachineLoad(
             process_cpu_percent=cpu, process_rss_mib=rss / 2**20,
+            daemon_cpu_percent=round(tree, 1), busy=round(min(1.0, busy), 3),
             cpu_percent=psutil.cpu_percent(None), memory_percent=vm.percent,
-            cores=psutil.cpu_count() or 1, memory_mib=vm.total / 2**20,
+            cores=self._cores, memory_mib=vm.total / 2**20,
             loop_lag_p50_ms=float(p50), loop_lag_p99_ms=float(p99), mailboxes=boxes,
-            speed=self._speed)
+            speed=self._cpu_speed * min(1.0, self._cores))
         m.process_cpu.set(cpu)
         m.process_rss.set(rss)
         m.machine_cpu.set(load.cpu_percent)
@@ -99,3 +119,51 @@ class Monitor(Actor[MonitorMsg]):
             m.mailbox_dropped.labels(ref.name).set(ref.dropped)
         self._load = load
         return load
+
+    def _children_cpu(self) -> float:
+        """CPU percent of the pool workers (and the forkserver) since the last sample."""
+        total = 0.0
+        seen: dict[int, psutil.Process] = {}
+        try:
+            children = self._proc.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            proc = self._children.get(child.pid, child)
+            try:
+                total += proc.cpu_percent(None)  # 0.0 on a new child's first reading
+            except psutil.Error:
+                continue
+            seen[child.pid] = proc
+        self._children = seen
+        return total
+
+
+def usable_cores() -> float:
+    """Cores this process may use: the host's, or its cgroup's CPU quota when lower."""
+    host = float(len(os.sched_getaffinity(0)) or psutil.cpu_count() or 1)
+    quota = _cgroup_quota_cores()
+    return min(host, quota) if quota else host
+
+
+def _cgroup_quota_cores() -> float | None:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        try:
+            if controllers == "":  # cgroup v2: "max 100000" or "50000 100000"
+                quota, period = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max"
+                                 ).read_text().split()
+                if quota != "max":
+                    return int(quota) / int(period)
+            elif "cpu" in controllers.split(","):
+                base = Path("/sys/fs/cgroup") / controllers / path.lstrip("/")
+                quota = (base / "cpu.cfs_quota_us").read_text().strip()
+                if int(quota) > 0:
+                    return int(quota) / int((base / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+    return None

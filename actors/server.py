@@ -8,10 +8,13 @@ are read with a size limit that follows the live config; big ones are parsed in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar, assert_never
 
 import numpy as np
@@ -19,23 +22,30 @@ import orjson
 import structlog
 from aiohttp import WSCloseCode, web
 
-from mliot_daemon import oip
+from mliot_daemon import oip, signing
 from mliot_daemon.catalog import AppEntry, Catalog
 from mliot_daemon.config import ConfigError, ConfigStore, Rejected, Settings, parse_app
 from mliot_daemon.learn.fast import single_thread_blas
 from mliot_daemon.learn.persist import load_model
+from mliot_daemon.hosting import HostedModels
 from mliot_daemon.messages import (
+    AppFacts,
     ApplyConfig,
     AppsChanged,
     FeedbackAdded,
     GetLoad,
     GetServerStatus,
+    GetServingFacts,
     GetTrainerStatus,
     IngestSamples,
     LoadFailed,
     MachineLoad,
+    PeerFailed,
+    Placed,
     Predict,
     Predicted,
+    RemotePredict,
+    Route,
     SubmitFeedback,
     SamplesAdded,
     ServerMsg,
@@ -50,9 +60,10 @@ from mliot_daemon.payloads import (
     label_text,
     parse_json,
     parse_samples,
+    peer_instance,
 )
 from mliot_daemon.registry import Registry
-from mliot_daemon.runtime import Actor, ActorRef, reply_to
+from mliot_daemon.runtime import Actor, ActorRef, ActorStopped, reply_to
 from mliot_daemon.serving import Answer, ServedApp, ServedModel
 from mliot_daemon.store import NotFound, PredictionRecord, Store, StoreError, StoreFull, new_prediction_id
 
@@ -64,6 +75,8 @@ QUERY_ROUTES = frozenset({"/v1/apps/{app}/predict", "/v2/models/{app}/infer"})  
 WS_QUEUE = 1024  # messages waiting for one WebSocket client; a client that lets it fill is cut
 WS_IN_FLIGHT = 256  # predictions one WebSocket client may have pending
 MAX_INSTANCES = 10_000
+MAX_MODEL_ARCHIVE = 4 * 2**30  # a peer's model version (a KNN keeps its training rows)
+REMOTE_TIMEOUT_S = 3.0  # the peers actor gives up after 2 s; this only guards the mailbox
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,7 +94,8 @@ class Server(Actor[ServerMsg]):
 
     name = "server"
     config_keys = frozenset({"daemon.token", "daemon.token_file", "daemon.protect_reads",
-                             "daemon.max_body_mb", "daemon.name", "apps"})
+                             "daemon.max_body_mb", "daemon.name", "apps",
+                             "training.backend", "training.dask_scheduler"})
 
     def __init__(self, config: ConfigStore, store: Store, metrics: Metrics, registry: Registry,
                  monitor: ActorRef[Any], started_at: float, ready: asyncio.Event,
@@ -95,6 +109,10 @@ class Server(Actor[ServerMsg]):
         self._monitor = monitor
         self.trainer: ActorRef[Any] | None = None  # wired by the daemon
         self.mqtt: ActorRef[Any] | None = None  # wired by the daemon when MQTT is on
+        self.peers: ActorRef[Any] | None = None  # wired by the daemon
+        self._routes: dict[str, Route] = {}  # from the scheduler; none yet: serve here
+        self._machines: list[dict[str, Any]] = []  # as the scheduler last saw them
+        self._hosted = HostedModels(self._settings.daemon.data_path / "hosted")
         self._registry = registry
         self._served: dict[str, ServedApp] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -170,6 +188,18 @@ class Server(Actor[ServerMsg]):
             case GetServerStatus(reply=reply):
                 if not reply.done():
                     reply.set_result(self._apps_status())
+            case GetServingFacts(reply=reply):
+                if not reply.done():
+                    reply.set_result(self._serving_facts())
+            case Placed(routes=routes, machines=machines):
+                self._routes = {r.app: r for r in routes}
+                self._machines = [dict(m) for m in machines]
+                for m in self._machines:
+                    self._metrics.machine_up.labels(m["name"]).set(1 if m["up"] else 0)
+                    self._metrics.machine_busy.labels(m["name"]).set(m["busy"] or 0.0)
+                for r in routes:
+                    if (served := self._served.get(r.app)) is not None:
+                        served.members = r.members if r.serving == self._me else None
             case _:
                 assert_never(msg)
 
@@ -210,6 +240,9 @@ class Server(Actor[ServerMsg]):
         r.add_get("/v2/models/{app}", self._oip_metadata)
         r.add_get("/v2/models/{app}/ready", self._oip_ready)
         r.add_post("/v2/models/{app}/infer", self._oip_infer)
+        r.add_get("/v1/peer/profile", self._peer_profile)
+        r.add_put("/v1/peer/models/{origin}/{app}/{version}", self._peer_install)
+        r.add_post("/v1/peer/models/{origin}/{app}/predict", self._peer_predict)
         return app
 
     @web.middleware
@@ -264,8 +297,8 @@ class Server(Actor[ServerMsg]):
             return True
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else ""
-        if route == "/v1/apps/{app}/stream":
-            return True  # a stream carries samples and feedback: writes
+        if route == "/v1/apps/{app}/stream" or route.startswith("/v1/peer/"):
+            return True  # a stream carries samples and feedback: writes; peers always show it
         return request.method not in ("GET", "HEAD", "OPTIONS") and route not in QUERY_ROUTES
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -328,6 +361,10 @@ class Server(Actor[ServerMsg]):
         for name, app in apps.items():
             app["training"] = training.get(name, {})
         me = d.machine_name
+        machines = self._machines or [{  # before the scheduler's first plan
+            "name": me, "local": True, "up": True, "cpu_percent": load.daemon_cpu_percent,
+            "memory_percent": load.memory_percent, "cores": load.cores, "busy": load.busy,
+            "rtt_ms": 0.0, "speed": round(load.speed, 3), "placed": []}]
         return json_response({
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "version": _version(),
@@ -335,15 +372,11 @@ class Server(Actor[ServerMsg]):
             "restart_required": bool(self._config.restart_required),
             "restart_keys": sorted(self._config.restart_required),
             "apps": apps,
-            "machines": [{
-                "name": me, "local": True, "up": True,
-                "cpu_percent": load.cpu_percent, "memory_percent": load.memory_percent,
-                "cores": load.cores, "memory_mib": round(load.memory_mib),
-                "rtt_ms": 0.0, "speed": round(load.speed, 3),
-                "placed": sorted(n for n, a in apps.items() if a["placement"]["serving"] == me),
-            }],
+            "machines": machines,
             "process": {"cpu_percent": load.process_cpu_percent,
-                        "rss_mib": round(load.process_rss_mib, 1)},
+                        "rss_mib": round(load.process_rss_mib, 1),
+                        "host_cpu_percent": load.cpu_percent,
+                        "host_memory_mib": round(load.memory_mib)},
             "mailboxes": dict(load.mailboxes),
             "loop_lag_ms": {"p50": round(load.loop_lag_p50_ms, 3),
                             "p99": round(load.loop_lag_p99_ms, 3)},
@@ -493,6 +526,11 @@ class Server(Actor[ServerMsg]):
             if await asyncio.to_thread(self._registry.current, app) != version:
                 return  # another version became current meanwhile: it is loaded after us
             self._swap(app, served)
+            # The speed its latencies were measured at (the pool measured them moments ago):
+            # the scheduler scales them by it to other machines, and keeps it after a quota.
+            with contextlib.suppress(TimeoutError, ActorStopped):
+                load: MachineLoad = await self._monitor.ask(lambda f: GetLoad(reply=f), 5.0)
+                self._served[app].measured_speed = load.speed
 
     def _swap(self, app: str, served: ServedModel) -> None:
         current = self._served.get(app)
@@ -519,11 +557,37 @@ class Server(Actor[ServerMsg]):
             return False
         return float(served.current.model.selection.val_accuracy) >= entry.spec.policy.min_accuracy
 
+    @property
+    def _me(self) -> str:
+        return self._settings.daemon.machine_name
+
     def _placement(self, app: str) -> dict[str, Any]:
-        me = self._settings.daemon.machine_name
+        t = self._settings.training
+        training = f"dask:{t.dask_scheduler}" if t.backend == "dask" else self._me
+        route = self._routes.get(app)
         if app not in self._served:
-            return {"serving": None, "training": me, "reason": "no model yet"}
-        return {"serving": me, "training": me, "reason": "local"}
+            return {"serving": None, "training": training, "reason": "no model yet"}
+        if route is None:
+            return {"serving": self._me, "training": training,
+                    "reason": "local (not planned yet)"}
+        return {"serving": route.serving, "training": training, "reason": route.reason,
+                "members": route.members, "predicted_ms": dict(route.predicted_ms)}
+
+    def _serving_facts(self) -> tuple[AppFacts, ...]:
+        facts = []
+        for name, served in self._served.items():
+            entry = self.catalog.get(name)
+            if entry is None:
+                continue
+            policy = entry.spec.policy
+            model = served.current
+            facts.append(AppFacts(
+                name=name, version=model.version, mode=policy.mode,
+                budget_ms=float(policy.latency_ms or 0.0), latencies_ms=model.latencies_ms(),
+                measured_speed=served.measured_speed,
+                predictions=served.predictions,
+                directory=str(self._registry.version_path(name, model.version))))
+        return tuple(facts)
 
     def _serving(self, entry: AppEntry) -> ServedApp:
         served = self._served.get(entry.name)
@@ -544,7 +608,7 @@ class Server(Actor[ServerMsg]):
     async def _answer(self, entry: AppEntry, samples: list[Any], probabilities: bool = False
                       ) -> list[dict[str, Any]]:
         """Predict, record the predictions (group-committed off the hot path), shape the JSON."""
-        answers: list[Answer] = await self._serving(entry).predict(samples, probabilities)
+        answers = await self._route(entry, samples, probabilities)
         ids = [new_prediction_id() for _ in answers]
         self._store.record_predictions(
             PredictionRecord(id=i, app=entry.name, label=a.label, confidence=a.confidence,
@@ -568,6 +632,33 @@ class Server(Actor[ServerMsg]):
                 for item in out:
                     client.put({"type": "prediction", "ref": None, **item})
         return out
+
+    async def _route(self, entry: AppEntry, samples: list[Any], probabilities: bool
+                     ) -> list[Answer]:
+        """Answer where the scheduler placed the app: here, on a peer, or refuse (503). A peer
+        that fails is asked no more until the next plan, and the request is answered here."""
+        served = self._serving(entry)
+        served.predictions += len(samples)
+        route = self._routes.get(entry.name)
+        if route is not None and route.serving is None:
+            raise BadInput(503, f"placement refused for {entry.name!r}: {route.reason}")
+        if route is None or route.serving == self._me or self.peers is None:
+            return await served.predict(samples, probabilities)
+        try:
+            remote = await self.peers.ask(lambda f: RemotePredict(
+                peer=route.serving, app=entry.name, members=route.members,
+                instances=tuple(samples), reply=f), REMOTE_TIMEOUT_S)
+            return [Answer(str(p["label"]), float(p["confidence"]), int(p["stage"]),
+                           int(p["model_version"]), p.get("probabilities")) for p in remote]
+        except (Exception, ActorStopped) as exc:  # any failure: answered here instead
+            log.warning("remote_predict_failed", app=entry.name, peer=route.serving,
+                        error=str(exc))
+            self._metrics.remote_failures.labels(route.serving).inc()
+            self._routes[entry.name] = Route(
+                app=entry.name, serving=self._me, members=None,
+                reason=f"{route.serving} failed ({exc}); served locally until the next plan")
+            self.peers.offer(PeerFailed(peer=route.serving, error=str(exc)))
+            return await served.predict(samples, probabilities)
 
     async def _predict(self, request: web.Request) -> web.Response:
         entry = self._entry(request)
@@ -688,6 +779,68 @@ class Server(Actor[ServerMsg]):
         return web.Response(body=payload, headers=headers,
                             content_type="application/octet-stream" if json_len is not None
                             else "application/json")
+
+    # -- the peer API: models other daemons place here ------------------------------------------
+
+    async def _peer_profile(self, request: web.Request) -> web.Response:
+        load: MachineLoad = await self._monitor.ask(lambda f: GetLoad(reply=f), timeout=5.0)
+        return json_response({
+            "name": self._me, "speed": load.speed, "busy": load.busy, "cores": load.cores,
+            "cpu_percent": load.daemon_cpu_percent, "memory_percent": load.memory_percent,
+            "hosted": self._hosted.versions()})
+
+    async def _peer_install(self, request: web.Request) -> web.Response:
+        """A signed model version from a peer: verified as it arrives, unpacked, loaded."""
+        origin, app = request.match_info["origin"], request.match_info["app"]
+        try:
+            version = int(request.match_info["version"])
+        except ValueError:
+            raise BadInput(404, "a version is a number") from None
+        if not self._token:
+            raise BadInput(422, "this daemon has no token (daemon.token), so it cannot verify "
+                                "a signed model: set the same token here and in the sender's "
+                                "[[peers]] entry")
+        mac = signing.signer(self._token, origin, app, version)
+        size = 0
+        with tempfile.NamedTemporaryFile(dir=self._hosted.root.parent, prefix=".incoming-",
+                                         ) as archive:
+            async for chunk in request.content.iter_chunked(signing.CHUNK):
+                size += len(chunk)
+                if size > MAX_MODEL_ARCHIVE:
+                    raise BadInput(413, f"model archive larger than {MAX_MODEL_ARCHIVE} bytes")
+                mac.update(chunk)
+                archive.write(chunk)
+            archive.flush()
+            try:
+                signing.check(mac, request.headers.get(signing.HEADER))
+            except signing.BadSignature as exc:
+                log.warning("peer_model_rejected", origin=origin, app=app, version=version,
+                            error=str(exc))
+                raise BadInput(422, str(exc)) from None
+            try:
+                served = await asyncio.to_thread(self._hosted.install, origin, app, version,
+                                                 Path(archive.name))
+            except Exception as exc:
+                raise BadInput(422, f"model version not loadable: {exc}") from None
+        self._hosted.put(origin, app, served)
+        log.info("peer_model_loaded", origin=origin, app=app, version=version, bytes=size)
+        return json_response({"loaded": version})
+
+    async def _peer_predict(self, request: web.Request) -> web.Response:
+        origin, app = request.match_info["origin"], request.match_info["app"]
+        served = self._hosted.get(origin, app)
+        if served is None:
+            raise BadInput(404, f"no model of {origin}/{app} is hosted here")
+        payload = await self._read_json(request)
+        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+            raise BadInput(422, 'expected {"instances": [...], "members"?: int}')
+        members = payload.get("members")
+        samples = [peer_instance(x) for x in payload["instances"]]
+        served.members = members if isinstance(members, int) and members > 0 else None
+        answers = await served.predict(samples)
+        return json_response({"predictions": [
+            {"label": a.label, "confidence": a.confidence, "stage": a.stage,
+             "model_version": a.version} for a in answers]})
 
     # -- WebSocket streams ----------------------------------------------------------------------
 

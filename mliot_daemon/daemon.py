@@ -1,8 +1,8 @@
 """The composition root: builds the store and the actors, runs them, handles signals and reload.
 
-Start order is monitor, trainer, mqtt, server (ingress opens last, once everything behind it
-runs); stop order is the reverse, so ingress closes first and in-flight requests still find
-the rest.
+Start order is monitor, trainer, scheduler, peers, mqtt, server (ingress opens last, once
+everything behind it runs); stop order is the reverse, so ingress closes first and in-flight
+requests still find the rest.
 The store closes after every actor has stopped.
 """
 
@@ -22,6 +22,8 @@ import structlog
 
 from actors.monitor import Monitor
 from actors.mqtt import MqttBridge
+from actors.peers import Peers
+from actors.scheduler import Scheduler
 from actors.server import Server
 from actors.trainer import Trainer
 from mliot_daemon.config import ConfigError, ConfigStore, Settings, load_file, parse_settings
@@ -70,8 +72,14 @@ class Daemon:
         # The bridge asks the server; the server only offers it Predicted telemetry.
         self.bridge = MqttBridge(settings, self.server.ref, self.metrics)
         self.server.mqtt = self.bridge.ref
-        self.actors: list[Actor[Any]] = [self.monitor, self.trainer, self.bridge,
-                                         self.server]  # start order
+        # The scheduler asks the monitor, peers and server; the peers actor only offers it
+        # Replan, and the server asks the peers actor for remote predictions.
+        self.peers = Peers(settings)
+        self.scheduler = Scheduler(settings, self.monitor.ref, self.peers.ref, self.server.ref)
+        self.peers.scheduler = self.scheduler.ref
+        self.server.peers = self.peers.ref
+        self.actors: list[Actor[Any]] = [self.monitor, self.trainer, self.scheduler,
+                                         self.peers, self.bridge, self.server]  # start order
         self.monitor.watch([a.ref for a in self.actors])
         config.subscribe(self._apply)
         self.metrics.config_version.set(config.version)

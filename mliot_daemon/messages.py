@@ -32,11 +32,13 @@ class ApplyConfig:
 class MachineLoad:
     """This process and this machine, as the monitor last sampled them."""
 
-    process_cpu_percent: float
+    process_cpu_percent: float  # the daemon's main process (its event loop)
     process_rss_mib: float
-    cpu_percent: float
+    daemon_cpu_percent: float  # the daemon and its pool workers
+    busy: float  # share of this daemon's serving capacity in use, 0-1 (see monitor)
+    cpu_percent: float  # the whole host
     memory_percent: float
-    cores: int
+    cores: float  # usable by this daemon: the host's, or fewer under a cgroup CPU quota
     memory_mib: float
     loop_lag_p50_ms: float
     loop_lag_p99_ms: float
@@ -173,8 +175,123 @@ class SubmitFeedback:
     reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppFacts:
+    """What the scheduler needs of one app the server serves."""
+
+    name: str
+    version: int
+    mode: str
+    budget_ms: float
+    latencies_ms: tuple[float, ...]  # trimmed to 1..n members, as measured on this machine
+    measured_speed: float | None  # this machine's speed when it measured them
+    predictions: int  # served so far (the scheduler derives the request rate)
+    directory: str  # the version's folder, for shipping it to a peer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetServingFacts:
+    """Query: an AppFacts per app with a loaded model."""
+
+    reply: asyncio.Future[tuple[AppFacts, ...]] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """Where an app's predictions go: this machine, a peer, or nowhere (refused)."""
+
+    app: str
+    serving: str | None  # a machine name
+    members: int | None  # serve the best k members (None: all)
+    reason: str
+    predicted_ms: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placed:
+    """The scheduler's current plan, and the machines it was made for (for /v1/status)."""
+
+    routes: tuple[Route, ...]
+    machines: tuple[tuple[tuple[str, Any], ...], ...]  # each machine's status fields
+
+
 ServerMsg: TypeAlias = (ApplyConfig | VersionPublished | TrainingEvent | GetServerStatus
-                        | IngestSamples | Predict | SubmitFeedback)
+                        | IngestSamples | Predict | SubmitFeedback | GetServingFacts | Placed)
+
+
+# -- peers --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerProfile:
+    """A peer daemon as last polled."""
+
+    name: str
+    url: str
+    up: bool
+    rtt_ms: float | None = None
+    speed: float | None = None
+    busy: float | None = None
+    cores: float | None = None
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    hosted: tuple[tuple[str, int], ...] = ()  # "origin/app" -> version held there
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetPeers:
+    """Query: every configured peer's latest profile."""
+
+    reply: asyncio.Future[tuple[PeerProfile, ...]] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShipModel:
+    """Query: send one model version to a peer, signed; the reply comes once it is loaded
+    there (or is the error)."""
+
+    peer: str
+    app: str
+    version: int
+    directory: str
+    reply: asyncio.Future[None] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemotePredict:
+    """Query: predictions from the app's model on a peer (the HTTP API's prediction fields,
+    without ids)."""
+
+    peer: str
+    app: str
+    members: int | None
+    instances: tuple[Any, ...]  # JSON-ready samples
+    reply: asyncio.Future[list[dict[str, Any]]] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerFailed:
+    """A request to a peer failed: poll it now rather than at the next tick."""
+
+    peer: str
+    error: str
+
+
+PeersMsg: TypeAlias = ApplyConfig | GetPeers | ShipModel | RemotePredict | PeerFailed
+
+
+# -- scheduler ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Replan:
+    """Something placement depends on changed (a peer up or down, a model loaded)."""
+
+    reason: str
+
+
+SchedulerMsg: TypeAlias = ApplyConfig | Replan
 
 
 # -- mqtt ---------------------------------------------------------------------------------------

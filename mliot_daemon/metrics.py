@@ -21,6 +21,13 @@ class Metrics:
                                         ["app", "source"], registry=r)
         self.predictions = Counter("mliot_predictions", "Predictions answered", ["app"],
                                    registry=r)
+        self.remote_failures = Counter("mliot_remote_predict_failures", "Forwarded prediction "
+                                       "batches a peer failed (answered locally)", ["peer"],
+                                       registry=r)
+        self.machine_busy = Gauge("mliot_machine_busy", "Share of serving capacity in use, "
+                                  "per machine (the scheduler's view)", ["machine"], registry=r)
+        self.machine_up = Gauge("mliot_machine_up", "1 when the machine answers", ["machine"],
+                                registry=r)
         self.mailbox_depth = Gauge("mliot_mailbox_depth", "Messages waiting per actor",
                                    ["actor"], registry=r)
         self.mailbox_dropped = Gauge("mliot_mailbox_dropped", "Telemetry messages dropped "

@@ -78,6 +78,17 @@ def check_features(value: Any, spec: AppSpec, shape: tuple[int, ...] | None,
     return x
 
 
+def peer_instance(value: Any) -> np.ndarray:
+    """A sample a peer forwards (its origin checked it against the app): finite float32."""
+    try:
+        x = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise BadInput(422, f"instances: must be (nested) lists of numbers: {exc}") from exc
+    if x.size == 0 or x.ndim > 3 or not np.isfinite(x).all():
+        raise BadInput(422, "instances: an empty, over-deep or non-finite sample")
+    return x
+
+
 def _check_shape(x: np.ndarray, spec: AppSpec, shape: tuple[int, ...] | None, path: str) -> None:
     rank_ok = {"vector": x.ndim == 1, "image": x.ndim in (2, 3), "sensor": x.ndim == 2,
                "audio": x.ndim == 1 or x.shape == PATCH_SHAPE}[spec.data_type]

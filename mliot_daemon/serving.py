@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mliot_daemon.learn.fast import FastEnsemble
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -27,14 +29,50 @@ class Answer:
 
 
 class ServedModel:
-    """A loaded model version, ready to answer."""
+    """A loaded model version, ready to answer; ``fast`` may be a trimmed ensemble."""
 
-    def __init__(self, version: int, model: Any) -> None:
+    def __init__(self, version: int, model: Any, fast: FastEnsemble | None = None) -> None:
         self.version = version
         self.model = model
         self.classes: list[str] = list(model.classes)
-        self.fast = model.fast()
+        self.fast = fast or model.fast()
         self.gate = model.gate
+        self._trims: dict[int, ServedModel] = {}
+
+    @property
+    def n_members(self) -> int:
+        return len(self.model.members)
+
+    def _by_weight(self) -> list[int]:
+        weights = self.model.selection.weights
+        return sorted(range(len(weights)), key=lambda i: -weights[i])
+
+    def trimmed(self, k: int | None) -> ServedModel:
+        """This version served by its ``k`` highest-weighted members (the scheduler trims an
+        ensemble when that is what makes it meet its budget); built once per size."""
+        if k is None or k >= self.n_members:
+            return self
+        if k not in self._trims:
+            members, weights = self.model.members, self.model.selection.weights
+            keep = self._by_weight()[:max(k, 1)]
+            fast = FastEnsemble(self.model.front_end, [members[i].fast for i in keep],
+                                [weights[i] for i in keep], self.classes, self.model.reducer)
+            self._trims[k] = ServedModel(self.version, self.model, fast)
+        return self._trims[k]
+
+    def latencies_ms(self) -> tuple[float, ...]:
+        """Latency of one prediction with the best 1..n members, on the machine that trained
+        it: the measured whole, split between front end and members by the members' own
+        profiled latencies."""
+        metrics = self.model.metrics
+        members = self.model.members
+        front = float(metrics.get("front_end_ms", 0.0))
+        whole = float(metrics.get("measured_latency_ms")
+                      or front + sum(m.latency_ms for m in members))
+        own = [max(float(members[i].latency_ms), 1e-6) for i in self._by_weight()]
+        total = sum(own)
+        return tuple(front + (whole - front) * sum(own[:k]) / total
+                     for k in range(1, len(own) + 1))
 
     def predict(self, samples: Sequence[np.ndarray] | np.ndarray,
                 probabilities: bool = False) -> list[Answer]:
@@ -83,6 +121,9 @@ class ServedApp:
 
     def __init__(self, served: ServedModel) -> None:
         self.current = served
+        self.members: int | None = None  # the scheduler's trim: serve the best k members
+        self.predictions = 0  # asked for so far, wherever answered (the server counts)
+        self.measured_speed: float | None = None  # this machine's speed at load time
         self._queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]] = []
         self._scheduled = False
 
@@ -102,7 +143,7 @@ class ServedApp:
     def _drain(self) -> None:
         self._scheduled = False
         queue, self._queue = self._queue, []
-        model = self.current  # the whole batch uses the model it started with
+        model = self.current.trimmed(self.members)  # the whole batch uses this model
         samples = [x for s, _, _ in queue for x in s]
         want_probs = any(p for _, p, _ in queue)
         try:  # BLAS is limited to one thread once, at server start: here it would cost ~2 ms

@@ -135,3 +135,44 @@ def wait_for(predicate: Any, timeout: float = 15.0, every: float = 0.1) -> Any:
             return value
         time.sleep(every)
     raise AssertionError(f"not met within {timeout} s")
+
+
+class CpuQuota:
+    """A cgroup with a CPU quota, to make a daemon a slower machine on this box.
+
+    Pinning to a core does not slow a single-threaded daemon; a quota does (cgroup v2
+    ``cpu.max``, else v1 ``cpu.cfs_quota_us``; needs root, as CI has). The period is shorter than
+    the default 100 ms, so that throttling shows evenly within a fraction of a second.
+    """
+
+    PERIOD_US = 50_000  # the kernel's smallest quota is 1 ms: this allows down to 0.02 cores
+
+    def __init__(self, name: str, cores: float) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        if v2.exists() and "cpu" in v2.read_text().split():
+            self.path = Path("/sys/fs/cgroup") / name
+            self.path.mkdir(exist_ok=True)
+            (self.path / "cpu.max").write_text(f"{int(cores * self.PERIOD_US)} {self.PERIOD_US}")
+        else:
+            self.path = Path("/sys/fs/cgroup/cpu") / name
+            self.path.mkdir(exist_ok=True)
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(int(cores * self.PERIOD_US)))
+
+    def add_tree(self, pid: int) -> None:
+        """Move a process and all its descendants (a daemon and its pool) into the group."""
+        import psutil
+
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            (self.path / "cgroup.procs").write_text(str(p.pid))
+
+    def remove(self) -> None:
+        """Move every process back to the root group and delete the group."""
+        parent = self.path.parent / "cgroup.procs"
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                parent.write_text(pid)
+            except OSError:
+                pass  # it exited meanwhile
+        self.path.rmdir()

@@ -37,6 +37,6 @@ async def test_status_metrics_and_sigterm(tmp_path: Path) -> None:
         signal.raise_signal(signal.SIGTERM)
         assert await asyncio.wait_for(task, 30) == 0
     stopped = [e["actor"] for e in logs if e["event"] == "actor_stopped"]
-    assert stopped == ["server", "mqtt", "trainer", "monitor"]
+    assert stopped == ["server", "mqtt", "peers", "scheduler", "trainer", "monitor"]
     leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert leftover == []

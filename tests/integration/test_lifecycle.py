@@ -72,7 +72,7 @@ def test_sigterm_during_ingest_exits_0_with_every_acknowledged_sample_on_disk(
     assert set(on_disk) <= set(sent)
     assert all(n == BATCH for n in on_disk.values())
     stops = [e["actor"] for e in daemon.events("actor_stopped")]
-    assert stops == ["server", "mqtt", "trainer", "monitor"]  # ingress first
+    assert stops == ["server", "mqtt", "peers", "scheduler", "trainer", "monitor"]  # ingress first
 
 
 def test_kill_9_during_a_stream_loses_nothing_acknowledged(daemon: DaemonProcess) -> None:

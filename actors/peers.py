@@ -1,0 +1,296 @@
+"""The peers actor: the other mliot daemons this one may place serving on (aiohttp client).
+
+With the server, the only module that speaks HTTP. For every ``[[peers]]`` entry it polls
+``GET /v1/peer/profile`` once a second (speed, busy share, cores, memory, the models it holds;
+the round trip of that call is the RTT), and it carries the scheduler's and the server's
+requests to a peer: signed model versions and batches of predictions.
+
+A peer is down after ``DOWN_AFTER_S`` without a successful poll, or at once when a forwarded
+request cannot reach it (refused, reset, timed out); one good poll brings it back. Every
+change of state asks the scheduler to plan again. Calls carry the peer's token (``[[peers]]
+token``), which is also the key its model archives are signed with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, assert_never
+
+import aiohttp
+import orjson
+import structlog
+
+from mliot_daemon import signing
+from mliot_daemon.config import PeerSettings, Settings
+from mliot_daemon.messages import (
+    ApplyConfig,
+    GetPeers,
+    PeerFailed,
+    PeerProfile,
+    PeersMsg,
+    RemotePredict,
+    Replan,
+    ShipModel,
+)
+from mliot_daemon.runtime import Actor, ActorRef
+
+log = structlog.get_logger("mliot.peers")
+
+POLL_S = 1.0
+POLL_TIMEOUT_S = 2.0
+DOWN_AFTER_S = 3.0  # so a dead peer is marked down well within the promised 10 s
+PREDICT_TIMEOUT_S = 2.0
+SHIP_TIMEOUT_S = 300.0
+RTT_WINDOW = 5  # the RTT is the smallest of the last few polls: the network, not the peer's load
+
+
+class PeerError(Exception):
+    """A peer could not answer; ``unreachable`` when the request did not get through."""
+
+    def __init__(self, message: str, unreachable: bool) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+@dataclass
+class _Peer:
+    settings: PeerSettings
+    profile: PeerProfile
+    last_ok: float = 0.0
+    rtts: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_WINDOW))
+    # predictions waiting for the next batch, per (app, members)
+    batches: dict[tuple[str, int | None], list[RemotePredict]] = field(default_factory=dict)
+
+
+class Peers(Actor[PeersMsg]):
+    """Profiles of the peer daemons, and the client side of the peer API."""
+
+    name = "peers"
+    config_keys = frozenset({"peers", "daemon.name"})
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(mailbox_size=1024)
+        self._settings = settings
+        self.scheduler: ActorRef[Any] | None = None  # wired by the daemon
+        self._peers: dict[str, _Peer] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def on_start(self) -> None:
+        self._session = aiohttp.ClientSession(json_serialize=lambda o: orjson.dumps(
+            o, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+        self._configure(self._settings.peers)
+
+    async def on_stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def background(self) -> list:
+        return [self._poll_forever()]
+
+    async def handle(self, msg: PeersMsg) -> None:
+        match msg:
+            case ApplyConfig(settings=settings):
+                self._settings = settings
+                self._configure(settings.peers)
+                self._replan("peers reconfigured")
+            case GetPeers(reply=reply):
+                if not reply.done():
+                    reply.set_result(tuple(p.profile for p in self._peers.values()))
+            case ShipModel():
+                self._spawn(self._ship(msg))
+            case RemotePredict(peer=name):
+                peer = self._peers.get(name)
+                if peer is None:
+                    _fail(msg, PeerError(f"no peer named {name!r}", unreachable=True))
+                    return
+                queue = peer.batches.setdefault((msg.app, msg.members), [])
+                queue.append(msg)
+                if len(queue) == 1:  # the first of a batch: send it on the next loop turn
+                    asyncio.get_running_loop().call_soon(self._flush, peer, msg.app, msg.members)
+            case PeerFailed(peer=name, error=error):
+                peer = self._peers.get(name)
+                if peer is not None and peer.profile.up:
+                    self._mark(peer, up=False, error=error)
+            case _:
+                assert_never(msg)
+
+    # -- membership and polling -----------------------------------------------------------------
+
+    def _configure(self, entries: tuple[PeerSettings, ...]) -> None:
+        """Add and remove peers (a reload); an unchanged entry keeps its state."""
+        old = self._peers
+        self._peers = {}
+        for entry in entries:
+            kept = old.get(entry.name)
+            if kept is not None and kept.settings == entry:
+                self._peers[entry.name] = kept
+            else:
+                self._peers[entry.name] = _Peer(entry, PeerProfile(
+                    name=entry.name, url=entry.url, up=False, error="not polled yet"))
+        for gone in set(old) - set(self._peers):
+            log.info("peer_removed", peer=gone)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            peers = list(self._peers.values())
+            await asyncio.gather(*(self._poll(p) for p in peers))
+            await asyncio.sleep(POLL_S)
+
+    async def _poll(self, peer: _Peer) -> None:
+        assert self._session is not None
+        url = peer.settings.url.rstrip("/") + "/v1/peer/profile"
+        start = time.perf_counter()
+        try:
+            async with self._session.get(url, headers=_auth(peer.settings),
+                                         timeout=aiohttp.ClientTimeout(POLL_TIMEOUT_S)) as resp:
+                body = await resp.json(loads=orjson.loads) if resp.status == 200 else None
+                if resp.status != 200:
+                    raise PeerError(f"HTTP {resp.status}{_hint(resp.status)}", False)
+        except (aiohttp.ClientError, TimeoutError, ValueError, PeerError) as exc:
+            error = str(exc) or type(exc).__name__
+            if self._peers.get(peer.settings.name) is not peer:
+                return  # removed by a reload meanwhile
+            if peer.profile.up and time.monotonic() - peer.last_ok < DOWN_AFTER_S:
+                return  # one missed poll is not yet a dead peer
+            if peer.profile.up or peer.profile.error != error:
+                self._mark(peer, up=False, error=error)
+            return
+        peer.rtts.append((time.perf_counter() - start) * 1000)
+        peer.last_ok = time.monotonic()
+        was_up = peer.profile.up
+        try:
+            peer.profile = PeerProfile(
+                name=peer.settings.name, url=peer.settings.url, up=True,
+                rtt_ms=round(min(peer.rtts), 3), speed=float(body["speed"]),
+                busy=float(body["busy"]), cores=float(body["cores"]),
+                cpu_percent=float(body["cpu_percent"]),
+                memory_percent=float(body["memory_percent"]),
+                hosted=tuple((str(k), int(v)) for k, v in body.get("hosted", {}).items()))
+        except (KeyError, TypeError, ValueError) as exc:
+            self._mark(peer, up=False, error=f"bad profile: {exc!r}")
+            return
+        if not was_up:
+            log.info("peer_up", peer=peer.settings.name, rtt_ms=peer.profile.rtt_ms,
+                     speed=peer.profile.speed)
+            self._replan(f"peer {peer.settings.name} up")
+
+    def _mark(self, peer: _Peer, up: bool, error: str | None) -> None:
+        peer.profile = replace(peer.profile, up=up, error=error)
+        log.warning("peer_down", peer=peer.settings.name, error=error)
+        self._replan(f"peer {peer.settings.name} down: {error}")
+
+    def _replan(self, reason: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.offer(Replan(reason=reason))
+
+    # -- requests to peers ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _flush(self, peer: _Peer, app: str, members: int | None) -> None:
+        batch = peer.batches.pop((app, members), [])
+        batch = [m for m in batch if not m.reply.done()]  # the asker gave up
+        if batch:
+            self._spawn(self._predict(peer, app, members, batch))
+
+    async def _predict(self, peer: _Peer, app: str, members: int | None,
+                       batch: list[RemotePredict]) -> None:
+        assert self._session is not None
+        instances = [x for m in batch for x in m.instances]
+        try:
+            body = await self._call(
+                peer, "POST", f"/v1/peer/models/{self._origin}/{app}/predict",
+                PREDICT_TIMEOUT_S, json={"instances": instances, "members": members})
+            predictions = body["predictions"]
+            if len(predictions) != len(instances):
+                raise PeerError("the peer answered a different number of predictions", False)
+        except PeerError as exc:
+            for m in batch:
+                _fail(m, exc)
+            return
+        i = 0
+        for m in batch:
+            part, i = predictions[i:i + len(m.instances)], i + len(m.instances)
+            if not m.reply.done():
+                m.reply.set_result(part)
+
+    async def _ship(self, msg: ShipModel) -> None:
+        peer = self._peers.get(msg.peer)
+        try:
+            if peer is None:
+                raise PeerError(f"no peer named {msg.peer!r}", unreachable=True)
+            archive, size = await asyncio.to_thread(signing.pack, Path(msg.directory))
+            with archive:
+                signature = await asyncio.to_thread(
+                    signing.sign_file, peer.settings.token, self._origin, msg.app, msg.version,
+                    archive)
+                await self._call(peer, "PUT",
+                                 f"/v1/peer/models/{self._origin}/{msg.app}/{msg.version}",
+                                 SHIP_TIMEOUT_S, data=archive,
+                                 headers={signing.HEADER: signature,
+                                          "Content-Length": str(size),
+                                          "Content-Type": "application/x-tar"})
+            log.info("model_shipped", peer=msg.peer, app=msg.app, version=msg.version,
+                     bytes=size)
+        except (PeerError, OSError) as exc:
+            _fail(msg, exc)
+            return
+        if not msg.reply.done():
+            msg.reply.set_result(None)
+
+    @property
+    def _origin(self) -> str:
+        return self._settings.daemon.machine_name
+
+    async def _call(self, peer: _Peer, method: str, path: str, timeout: float,
+                    headers: dict[str, str] | None = None, **kw: Any) -> Any:
+        """One request to a peer; its JSON answer, or PeerError. A request that does not get
+        through marks the peer down at once."""
+        assert self._session is not None
+        url = peer.settings.url.rstrip("/") + path
+        try:
+            async with self._session.request(
+                    method, url, headers={**_auth(peer.settings), **(headers or {})},
+                    timeout=aiohttp.ClientTimeout(timeout), **kw) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = str(exc) or type(exc).__name__
+            if peer.profile.up and self._peers.get(peer.settings.name) is peer:
+                self._mark(peer, up=False, error=error)
+            raise PeerError(f"{peer.settings.name}: {error}", unreachable=True) from exc
+        try:
+            data = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            data = None
+        if status >= 400:
+            message = data.get("error") if isinstance(data, dict) else body[:200].decode(
+                errors="replace")
+            raise PeerError(f"{peer.settings.name}: HTTP {status}{_hint(status)}: {message}",
+                            unreachable=False)
+        return data
+
+
+def _auth(peer: PeerSettings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
+
+
+def _hint(status: int) -> str:
+    return " (the peer refused our token: check [[peers]] token)" if status == 401 else ""
+
+
+def _fail(msg: Any, exc: BaseException) -> None:
+    if not msg.reply.done():
+        msg.reply.set_exception(exc)
