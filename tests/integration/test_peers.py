@@ -86,6 +86,25 @@ def test_peers_see_each_other_and_refuse_wrong_tokens(fleet: Any) -> None:
     assert status == 200 and profile["name"] == "a" and profile["speed"] > 0
 
 
+def test_reload_adds_and_removes_peers(fleet: Any) -> None:
+    a, b = fleet(2)
+    configure(a, "a", "ta")
+    configure(b, "b", "tb")
+    for d in (a, b):
+        d.start()
+    assert set(machines(a, "ta")) == {"a"}
+    configure(a, "a", "ta", peer_block("b", b, "tb"))
+    assert a.request("POST", "/v1/reload", token="ta")[0] == 200
+    wait_for(lambda: machines(a, "ta").get("b", {}).get("up"), 15)
+    configure(a, "a", "ta")
+    assert a.request("POST", "/v1/reload", token="ta")[0] == 200
+    wait_for(lambda: set(machines(a, "ta")) == {"a"}, 15)
+    # A peer entry that is not a URL is rejected, and the old config stays.
+    configure(a, "a", "ta", '[[peers]]\nname = "x"\nurl = "ftp://x"\n')
+    status, answer = a.request("POST", "/v1/reload", token="ta")
+    assert status == 422 and any("peers[0].url" in e for e in answer["details"])
+
+
 def _archive(files: dict[str, bytes]) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
