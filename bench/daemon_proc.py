@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -13,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -80,3 +82,66 @@ def quantile_between(before: list[tuple[float, float]], after: list[tuple[float,
             return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-9)
         prev_le, prev_c = le, c
     return prev_le
+
+
+DASK = Path(sys.executable).with_name("dask")  # this venv's: its workers import this mliot
+
+
+class DaskCluster:
+    """`dask scheduler` and ``workers`` single-threaded `dask worker` processes on 127.0.0.1,
+    each command in its own process group (a nanny starts the worker processes), logs in files.
+    The Dask-backend tests and `bench scale` use it."""
+
+    def __init__(self, workdir: Path, workers: int = 1) -> None:
+        self.workdir = workdir
+        self.workers = workers
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self, name: str, *args: str) -> None:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            self.procs.append(subprocess.Popen(
+                [str(DASK), *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                start_new_session=True))
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _until(self, done: Any, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"dask exited: {self.log('scheduler')}{self.log('worker')}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dask {what} not ready after {timeout} s")
+            time.sleep(0.1)
+
+    def start(self) -> DaskCluster:
+        self._spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--no-dashboard")
+        self._until(self._listening, "scheduler")
+        self._spawn("worker", "worker", self.address, "--nthreads", "1",
+                    "--nworkers", str(self.workers), "--no-dashboard", "--host", "127.0.0.1",
+                    "--local-directory", str(self.workdir / "worker"))
+        self._until(lambda: self.log("worker").count("Registered to:") >= self.workers,
+                    "workers")
+        return self
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):  # the workers first: a scheduler gone makes them linger
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        for p in self.procs:  # a nanny's worker process, should it have outlived the nanny
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)

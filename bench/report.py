@@ -421,24 +421,34 @@ def sec_scale(r: dict[str, Any]) -> list[str]:
     one = {p["n"]: p["training_s"] for p in r["points"] if p["workers"] == 1}
     two = {p["n"]: p["training_s"] for p in r["points"] if p["workers"] == 2}
     both = sorted(set(one) & set(two))
-    ratio_note = ("Two workers against one at the same size (training time ratio): " + ", ".join(
-        f"{n}: {two[n] / one[n]:.2f}" for n in both) + ". A single app gains nothing from the "
-        "second worker: the trainer awaits its fit jobs one after another "
-        "(`actors/trainer.py`, `_fit_steps`), so a second worker only helps when several apps "
-        "train at once. (The 60k one-worker figure comes from `lazy`, which also polls 500 "
-        "predictions a second, so it is not a like-for-like pair.)") if both else ""
-    out += ["| Dask, 2 local workers | — | — | not measured | — | — |", "", ratio_note, "",
-            f"Dask: {r['dask']['reason']}.",
+    dask = r["dask"].get("points", [])
+    for p in dask:
+        out.append(f"| Dask, {r['dask']['workers']} local workers | {p['n']} | "
+                   f"{p['first_serve_s']} | {p['training_s']} | {p['versions']} | "
+                   f"{p['loop_lag_p50_ms']} / {p['loop_lag_p99_ms']} |")
+    on_dask = {p["n"]: p["training_s"] for p in dask}
+    ratio_note = ("Training time ratio at the same size, two pool workers against one: "
+                  + ", ".join(f"{n}: {two[n] / one[n]:.2f}" for n in both)
+                  + ("; Dask with two workers against one pool worker: " + ", ".join(
+                      f"{n}: {on_dask[n] / one[n]:.2f}" for n in sorted(on_dask) if n in one)
+                     if on_dask else "; Dask: not measured in this run")
+                  + ". " + r.get("note", "")
+                  + " (The 60k one-worker figure comes from `lazy`, which also polls 500 "
+                  "predictions a second, so it is not a like-for-like pair.)") if both else ""
+    out += ["", ratio_note, "",
             f"Worst loop-lag p99 during training: {r['max_loop_lag_p99_ms']} ms (target "
             f"{r['targets']['loop_lag_p99_ms']} ms: "
             f"{verdict(r['max_loop_lag_p99_ms'] <= r['targets']['loop_lag_p99_ms'])}).", ""]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for w in sorted({p["workers"] for p in r["points"]}):
-        pts = [p for p in r["points"] if p["workers"] == w]
+    series = [(f"{w} pool worker(s)", [p for p in r["points"] if p["workers"] == w])
+              for w in sorted({p["workers"] for p in r["points"]})]
+    if dask:
+        series.append((f"Dask, {r['dask']['workers']} workers", dask))
+    for label, pts in series:
         axes[0].plot([p["n"] for p in pts], [p["training_s"] for p in pts], marker="o",
-                     label=f"{w} worker(s)")
+                     label=label)
         axes[1].plot([p["n"] for p in pts], [p["loop_lag_p99_ms"] for p in pts], marker="o",
-                     label=f"{w} worker(s)")
+                     label=label)
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("training images")

@@ -3,9 +3,6 @@ here as subprocesses, and a real daemon with `[training] backend = "dask"`."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,68 +15,12 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from support import DaemonProcess, free_port, wait_for
 
+from bench.daemon_proc import DaskCluster as Cluster
+
 pytestmark = pytest.mark.timeout(180)
-DASK = Path(sys.executable).with_name("dask")  # the venv's: its workers import this mliot
-
-
-class Cluster:
-    """`dask scheduler` and one single-threaded `dask worker` on 127.0.0.1, each in its own
-    process group (the worker's nanny starts the worker process), logs in files."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def _spawn(self, name: str, *args: str) -> None:
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            self.procs.append(subprocess.Popen(
-                [str(DASK), *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                start_new_session=True))
-
-    def log(self, name: str) -> str:
-        path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def start(self) -> Cluster:
-        self._spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-                    "--no-dashboard")
-        wait_for(self._listening, 30, 0.1)
-        self._spawn("worker", "worker", self.address, "--nthreads", "1", "--nworkers", "1",
-                    "--no-dashboard", "--host", "127.0.0.1",
-                    "--local-directory", str(self.workdir / "worker"))
-        wait_for(lambda: "Registered to:" in self.log("worker") or self._died(), 60, 0.1)
-        assert not self._died(), self.log("scheduler") + self.log("worker")
-        return self
-
-    def _listening(self) -> bool:
-        assert not self._died(), self.log("scheduler")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def _died(self) -> bool:
-        return any(p.poll() is not None for p in self.procs)
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):  # the worker first: a scheduler gone makes it linger
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
-        for p in self.procs:  # the nanny's worker process, should it have outlived the nanny
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("dask"))
+    c = Cluster(tmp_path_factory.mktemp("dask"), workers=1)
     try:
         yield c.start()
     finally:
