@@ -1,10 +1,15 @@
 """The trainer actor: lazy training, retraining on growth, adaptation to feedback.
 
 It owns the process pool (forkserver, workers at lower priority) and runs at most one training
-run per app, as a task the app's state holds (on_stop cancels and awaits them all). A run prepares features in the pool, fits the
-plan's steps cheapest first, and after each fit assembles and publishes a version, so the first
-model serves within seconds and the rest join as they finish. Runs report back to the mailbox
-(`RunFinished`); versions go to the server (`VersionPublished`), progress as `TrainingEvent`s.
+run per app, as a task the app's state holds (on_stop cancels and awaits them all). A run
+for an app with nothing to serve (no version yet, or the current one failed to load) first
+publishes a quick version (`jobs.quick_job`: a subsample read from the store, the quick model,
+a one-member model folder; within 2 s even on MNIST-60k); then it prepares features from all
+rows in the pool, fits the plan's steps cheapest first, and after each fit assembles and
+publishes a version, so the rest join as they finish. A run for an app that serves a version
+already (more data, a new policy) skips the quick version rather than replace a better model
+with it. Runs report back to the mailbox (`RunFinished`); versions go to the server
+(`VersionPublished`), progress as `TrainingEvent`s.
 
 Adaptation: every piece of feedback updates a Page-Hinkley test on the error stream. After
 `retrain_after` corrections, or when the test fires, the app is retrained with corrections
@@ -14,14 +19,15 @@ the newest corrections, which are held out of its training.
 
 Fit backend: with ``[training] backend = "dask"`` a run's fit jobs go to a Dask cluster through
 one ``distributed.Client(asynchronous=True)`` per scheduler address, connected when a run first
-needs it (before it prepares anything, so an unreachable cluster fails the run at once). The run
-scatters its prepared features once and gets each fitted model back as bytes, written where the
-pool would have written it; prepare, reduce, assemble and score stay in the local pool (they
-read the local store and write local model folders). A run keeps the backend it started with;
-a reload that changes the backend or the address takes effect for the next run, retires the
-old client (closed when its last run ends) and retries at once the apps whose last run failed.
-A run failed because the cluster was unreachable (or lost) is retried after
-``CLUSTER_RETRY_S`` even without new data; other failed runs wait for more data, as before.
+needs it (before the quick version or anything else, so an unreachable cluster fails the run at
+once). The run scatters its prepared features once and gets each fitted model back as bytes,
+written where the pool would have written it; the quick version, prepare, reduce, assemble and
+score stay in the local pool (they read the local store and write local model folders). A run
+keeps the backend it started with; a reload that changes the backend or the address takes
+effect for the next run, retires the old client (closed when its last run ends) and retries at
+once the apps whose last run failed. A run failed because the cluster was unreachable (or lost)
+is retried after ``CLUSTER_RETRY_S`` even without new data; other failed runs wait for more
+data, as before.
 `distributed` is imported only then: it is an optional extra (``mliot[dask]``).
 """
 
@@ -204,6 +210,7 @@ class AppState:
     last_error: str | None = None  # why the last run failed; None from a run's start
     fitting_on: str | None = None  # where the run in flight fits: machine name or dask:address
     running: asyncio.Task[None] | None = None
+    unloadable: int | None = None  # a version the server failed to load
     generation: int = 0  # bumped when the policy changes: a run under the old one is outdated
     val_accuracy: float = 0.0
     detector: PageHinkley | None = None
@@ -384,6 +391,7 @@ class Trainer(Actor[TrainerMsg]):
                 state = self._apps.get(app)
                 if state is not None:
                     log.warning("retraining_unloadable_version", app=app, version=version)
+                    state.unloadable = version
                     state.trained_on = 0
                     await self._maybe_train(app)
             case GetTrainerStatus(reply=reply):
@@ -536,12 +544,13 @@ class Trainer(Actor[TrainerMsg]):
         return Policy.for_mode(p.mode, p.latency_ms, p.max_models, p.min_accuracy)
 
     async def _fit_steps(self, state: AppState, data: jobs.TrainingData, run_dir: Path,
-                         reason: str, n: int, refit: dict[str, dict[str, Any]] | None = None
-                         ) -> tuple[Path | None, dict[str, Any]]:
-        """Prepare, then fit; assemble and publish after each fit (lazy), or, with ``refit``
-        (family -> params of the served members), refit just those and assemble once without
-        publishing. Returns the unpublished model's staging path and its summary. Fits go to
-        the configured backend, taken at the start: the local pool or the Dask cluster."""
+                         reason: str, n: int, refit: dict[str, dict[str, Any]] | None = None,
+                         quick: bool = False) -> tuple[Path | None, dict[str, Any]]:
+        """The quick version first (``quick``), then prepare and fit; assemble and publish
+        after each fit (lazy), or, with ``refit`` (family -> params of the served members),
+        refit just those and assemble once without publishing. Returns the unpublished
+        model's staging path and its summary. Fits go to the configured backend, taken at the
+        start: the local pool or the Dask cluster (the quick version is always local)."""
         link = self._take_link()
         state.fitting_on = link.where if link is not None else self._machine
         try:
@@ -555,47 +564,80 @@ class Trainer(Actor[TrainerMsg]):
                 fits = _ClusterFits(client, link, state.spec.name, run_dir / "fits",
                                     self._settings.training.fit_timeout_s, self._versions)
             try:
-                return await self._fit_steps_with(fits, state, data, run_dir, reason, n, refit)
+                if quick:
+                    state.fitting_on = self._machine
+                    quick = await self._quick(state, data, reason, n)
+                    state.fitting_on = fits.where
+                return await self._fit_steps_with(fits, state, data, run_dir, reason, n, refit,
+                                                  quick)
             finally:
                 fits.release()
         finally:
             if link is not None:
                 await asyncio.shield(self._drop_link(link))
 
+    async def _quick(self, state: AppState, data: jobs.TrainingData, reason: str, n: int
+                     ) -> bool:
+        """Publish the quick version; True when it was. A failure is logged and the run goes
+        on: the quick version only brings the first one forward."""
+        spec = state.spec
+        app = spec.name
+        started = time.perf_counter()
+        staging = await asyncio.to_thread(self._registry.staging_path, app)
+        extra = {"reason": reason, "n_samples": n, "complete": False,
+                 "stale_before_id": state.stale_before_id,
+                 "stale_labels": sorted(state.stale_labels)}
+        try:
+            info = await self._pool_call(
+                jobs.quick_job, data, spec.data_type, spec.sample_rate or 16000,
+                self._policy(spec), spec.background_class, staging, extra, self._machine)
+        except Exception as exc:  # the full run below still makes a version (or fails)
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            log.warning("quick_version_failed", app=app, error=f"{type(exc).__name__}: {exc}")
+            return False
+        job_s = time.perf_counter() - started
+        accuracy = info.summary.get("val_accuracy")
+        self._event(app, "model_fitted", family=info.family, quick=True, accuracy=accuracy,
+                    rows=info.rows, of=info.n, seconds=info.seconds)
+        await self._publish(state, staging, reason, info.summary)
+        log.info("quick_version", app=app, family=info.family, rows=info.rows, of=info.n,
+                 val_accuracy=accuracy, seconds={**info.seconds, "job": round(job_s, 3),
+                 "publish": round(time.perf_counter() - started - job_s, 3)})
+        return True
+
     async def _fit_steps_with(self, fits: _PoolFits | _ClusterFits, state: AppState,
                               data: jobs.TrainingData, run_dir: Path, reason: str, n: int,
-                              refit: dict[str, dict[str, Any]] | None
+                              refit: dict[str, dict[str, Any]] | None, published: bool = False
                               ) -> tuple[Path | None, dict[str, Any]]:
         spec = state.spec
         app = spec.name
+        started = time.perf_counter()
         info = await self._pool_call(jobs.prepare_job, data, spec.data_type,
                                      spec.sample_rate or 16000, run_dir / "prepared")
+        log.info("features_prepared", app=app, n=info.n, d=info.d,
+                 seconds=round(time.perf_counter() - started, 3))
         if refit is None:
             steps = info.plan
         else:
             steps = [PlanStep(family, info.n, 0.0) for family in refit]
         pca_decided = False
         fitted: dict[str, jobs.FitResult] = {}
-        quick: jobs.FitResult | None = None
         policy = self._policy(spec)
         staging: Path | None = None
         summary: dict[str, Any] = {}
         for i, step in enumerate(steps):
-            if not step.quick and not pca_decided:  # after the quick model has been served
+            if not pca_decided:  # not before: the quick version may wait for nothing
                 await self._pool_call(jobs.reduce_job, info.directory)
                 pca_decided = True
             params = refit.get(step.family) if refit else None
             result = await fits.fit(info.directory, step, params)
-            if step.quick:
-                quick = result
-            else:
-                fitted[step.family] = result
-            self._event(app, "model_fitted", family=step.family, quick=step.quick,
+            fitted[step.family] = result
+            self._event(app, "model_fitted", family=step.family, quick=False,
                         accuracy=result.summary.get("val_accuracy"))
             last = i == len(steps) - 1
             if refit is not None and not last:
                 continue
-            candidates = list(fitted.values()) or ([quick] if quick else [])
+            candidates = list(fitted.values())
             staging = await asyncio.to_thread(self._registry.staging_path, app)
             extra = {"reason": reason, "n_samples": n, "complete": last,
                      "fitted_on": {r.family: fits.where for r in candidates},
@@ -605,7 +647,8 @@ class Trainer(Actor[TrainerMsg]):
                 jobs.assemble_job, info.directory, [r.artifact for r in candidates], policy,
                 spec.background_class, staging, extra)
             if refit is None:
-                await self._publish(state, staging, reason if i == 0 else "lazy", summary)
+                first = i == 0 and not published
+                await self._publish(state, staging, reason if first else "lazy", summary)
                 staging = None
         return staging, summary
 
@@ -613,7 +656,10 @@ class Trainer(Actor[TrainerMsg]):
         app = state.spec.name
         upto = await self._store.last_sample_id(app)
         self._event(app, "retraining_started", reason=reason)
-        await self._fit_steps(state, self._data(state, upto), run_dir, reason, n)
+        # nothing to serve: no version yet, or the current one does not load
+        current = await asyncio.to_thread(self._registry.current, app)
+        quick = current is None or current == state.unloadable
+        await self._fit_steps(state, self._data(state, upto), run_dir, reason, n, quick=quick)
         self._event(app, "retraining_finished", ok=True, reason=reason)
 
     async def _adapt(self, state: AppState, run_dir: Path, n: int) -> None:

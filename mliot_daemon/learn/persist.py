@@ -54,14 +54,32 @@ def library_versions() -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The file's sha256, read in chunks: a KNN member holds its training rows (MNIST-60k:
+    hundreds of MB), which must not be read into memory whole just to be hashed."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _dump(obj: Any, path: Path) -> None:
+class _HashingWriter:
+    """A file that hashes what is written to it, so a saved artifact is not read back."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.hash = hashlib.sha256()
+
+    def write(self, b: Any) -> int:
+        self.hash.update(b)
+        return int(self._f.write(b))
+
+
+def _dump(obj: Any, path: Path) -> str:
+    """Pickle ``obj`` to ``path`` (fsynced); returns its sha256."""
     with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        out = _HashingWriter(f)
+        pickle.dump(obj, out, protocol=pickle.HIGHEST_PROTOCOL)
         f.flush()
         os.fsync(f.fileno())
+    return out.hash.hexdigest()
 
 
 def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None) -> Path:
@@ -75,8 +93,7 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
         artifacts: dict[str, str] = {}
 
         def put(name: str, obj: Any) -> None:
-            _dump(obj, tmp / name)
-            artifacts[name] = _sha256(tmp / name)
+            artifacts[name] = _dump(obj, tmp / name)
 
         put("front_end.pkl", model.front_end)
         if model.reducer is not None:

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from mliot_daemon.learn.ensemble import Policy, Selection, select_ensemble
+from mliot_daemon.learn.ensemble import Policy, Selection, member_weight, select_ensemble
 from mliot_daemon.learn.errors import DataError
-from mliot_daemon.learn.families import FAMILIES, check_family
-from mliot_daemon.learn.fast import FastEnsemble
+from mliot_daemon.learn.families import FAMILIES, check_family, make_estimator
+from mliot_daemon.learn.fast import FastEnsemble, compile_member
 from mliot_daemon.learn.fit import (
     FeatureSet,
     FittedModel,
@@ -138,7 +138,7 @@ def fit_all(prep: Prepared, families: Sequence[str] = FAMILIES, *, budget_s: flo
     for f in families:
         check_family(f)
     n, d = prep.features.Z.shape
-    order = [s.family for s in lazy_plan(n, d, tuple(families)) if not s.quick]
+    order = [s.family for s in lazy_plan(n, d, tuple(families), quick=False)]
     done: list[FittedModel] = []
     if workers <= 1:
         for i, fam in enumerate(order):
@@ -160,17 +160,17 @@ def fit_all(prep: Prepared, families: Sequence[str] = FAMILIES, *, budget_s: flo
     return done
 
 
-def front_end_latency_ms(front_end: FrontEnd, X_rows: Any) -> float:
+def front_end_latency_ms(front_end: FrontEnd, X_rows: Any, repeats: int = 100) -> float:
     """Median single-sample front end time on this machine."""
     rows = X_rows[:50] if not isinstance(X_rows, list) else X_rows[:50]
     if isinstance(rows, list):
         times = []
-        for i in range(60):
+        for i in range(max(repeats * 3 // 5, 1)):
             t = time.perf_counter()
             front_end.transform([rows[i % len(rows)]])
             times.append(time.perf_counter() - t)
         return float(np.median(times) * 1e3)
-    return median_latency_ms(front_end.transform, np.asarray(rows), repeats=100)
+    return median_latency_ms(front_end.transform, np.asarray(rows), repeats=repeats)
 
 
 def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
@@ -203,6 +203,58 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
         if background_class not in prep.classes:
             raise DataError(f"background class {background_class!r} is not among the labels")
         model.gate = fit_gate(fs.Z, fs.y, prep.classes.index(background_class), fs.fold)
+    return model
+
+
+QUICK_LATENCY_REPEATS = 30
+
+
+def fit_quick(family: str, Z: np.ndarray, y: np.ndarray, Z_val: np.ndarray, y_val: np.ndarray,
+              n_classes: int, seed: int = 0) -> FittedModel:
+    """The quick first model: ``family`` with default parameters fitted once on ``Z``, scored
+    by its compiled form on a held-out slice ``Z_val`` (``y_val`` -1: a class it never saw),
+    its single-row latency timed briefly. No search, no folds, no refit: it serves until the
+    full preparation's models replace it.
+
+    ``y`` must hold every class 0..n_classes-1 (the compiled members answer in that range).
+    """
+    from threadpoolctl import threadpool_limits
+
+    if len(np.unique(y)) != n_classes:
+        raise DataError("the quick model's training rows miss a class")
+    started = time.perf_counter()
+    with threadpool_limits(limits=1):
+        est = make_estimator(family, seed=seed).fit(Z, y)
+        fast = compile_member(family, est, False, Z)
+        fitted = time.perf_counter()
+        val_pred = fast.predict(Z_val) if len(Z_val) else np.empty(0, dtype=np.intp)
+        latency = median_latency_ms(fast.predict, Z_val if len(Z_val) else Z,
+                                    repeats=QUICK_LATENCY_REPEATS, warmup=3)
+    accuracy = float((val_pred == y_val).mean()) if len(y_val) else 0.0
+    # the rows and coefficients are the artifact (pickling it to measure cost a copy)
+    size = sum(int(v.nbytes) for v in vars(est).values() if isinstance(v, np.ndarray))
+    return FittedModel(family=family, params={}, estimator=est, fast=fast, reduced=False,
+                       reduced_dims=None, val_accuracy=accuracy, val_pred=val_pred,
+                       fit_seconds=fitted - started, latency_ms=latency, size_bytes=size,
+                       notes={"rows": len(y), "val_rows": len(y_val),
+                              "score_s": round(time.perf_counter() - fitted, 4)})
+
+
+def quick_model(front_end: FrontEnd, classes: list[str], member: FittedModel, policy: Policy,
+                *, front_end_ms: float, data_hash: str = "", gate: Gate | None = None
+                ) -> TrainedModel:
+    """A one-member version of the quick model, without :func:`assemble`'s selection and
+    ensemble timing: its latency is the front end's plus the member's, both measured."""
+    latency = front_end_ms + member.latency_ms
+    within = latency <= policy.latency_ms
+    sel = Selection(members=[0], weights=[member_weight(member.val_accuracy, len(classes))],
+                    val_accuracy=member.val_accuracy, latency_ms=latency, within_budget=within,
+                    families=[member.family])
+    model = TrainedModel(front_end, classes, [member], sel, policy, None, gate=gate,
+                         data_hash=data_hash)
+    model.metrics = {"val_accuracy": member.val_accuracy, "estimated_latency_ms": latency,
+                     "measured_latency_ms": latency, "front_end_ms": front_end_ms,
+                     "within_budget": within, "quick": dict(member.notes)}
     return model
 
 

@@ -1,10 +1,15 @@
 """Lazy-training plan: the order in which to fit families so a first model is served early.
 
 The order is cheapest-first by estimated fit time on this machine (``families.FIT_COST`` scaled
-by :func:`machine_speed`, a short ridge fit timed once). The first step must be ready within
-``first_deadline_s`` (2 s): ridge on all rows when that fits, otherwise KNN on the largest
-subsample that does (KNN "fitting" is storing rows; its cost is the search-free validation).
-Every later step fits on all rows with the normal search budget.
+by :func:`machine_speed`, a short ridge fit timed once). The first step, :func:`quick_step`, is
+the quick first version (``jobs.quick_job``): fitted before anything else on rows of its own,
+read from the store, and served within ``FIRST_DEADLINE_S`` of the training data's arrival.
+Ridge on all rows when that fits, otherwise KNN (whose "fitting" is storing rows) on the
+largest subsample that does. Its cost is more than the fit: every row is read from SQLite and
+goes through the front end (``row_s``, measured on a probe by the job) into fresh arrays, and
+a KNN version carries its rows as model bytes, which are copied, validated against, saved
+(fsync) and loaded by the server (``QUICK_KNN_SECONDS_PER_VALUE``). Every later step fits on
+all rows with the normal search budget.
 """
 
 from __future__ import annotations
@@ -18,7 +23,22 @@ from sklearn.linear_model import RidgeClassifier
 
 from mliot_daemon.learn.families import FAMILIES, estimated_fit_seconds
 
+FIRST_DEADLINE_S = 2.0  # the first version serves within this of the data's arrival
+# Of that, for what does not grow with the quick model's rows: the trainer's hops, the probe,
+# publishing (renames, fsyncs, the event commit) and the server's swap (measured: ~0.3 s).
+QUICK_FIXED_S = 0.5
+# Every row of the quick sample becomes fresh float64 arrays (the stacked input, the features):
+# first-touch page faults, ~1.8 ns per byte on the bench machine, ~3e-8 s per value.
+QUICK_MEMORY_SECONDS_PER_VALUE = 3e-8
+# A quick KNN's rows are also its model: per value, the compiled copies (float64 and float32),
+# the held-out validation against them, pickling with sha256 and fsync, then the server's
+# read, sha256 and unpickle (measured on MNIST, 784-d, 12,000 rows: with the above, 1.2 s,
+# ~1e-7 s per value at speed 1.0; mostly memory and disk, not arithmetic).
+QUICK_KNN_SECONDS_PER_VALUE = 7e-8
+# Reading a row from SQLite and the front end, per value, when not measured (image/vector).
 DATA_SECONDS_PER_VALUE = 2e-8
+QUICK_MARGIN = 1.5  # estimates x this must fit the deadline (the daemon serves meanwhile)
+QUICK_MIN_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -62,24 +82,39 @@ def measure_speed(seconds: float = 0.2) -> float:
     return float(np.clip(expected / max(cpu, 1e-6), 0.01, 20.0))
 
 
-def lazy_plan(n_samples: int, n_features: int, families: tuple[str, ...] = FAMILIES,
-              speed: float | None = None, first_deadline_s: float = 2.0) -> list[PlanStep]:
-    """Cheapest-first fitting order; the first step is sized to finish within the deadline."""
+def quick_step(n_samples: int, n_features: int, families: tuple[str, ...] = FAMILIES,
+               speed: float | None = None, deadline_s: float = FIRST_DEADLINE_S,
+               row_s: float | None = None) -> PlanStep:
+    """The quick first version: ``family`` with default parameters on ``rows`` rows (read and
+    held-out validation rows included), sized so that reading them, the front end, fitting,
+    validating, saving and loading fit ``deadline_s`` on this machine.
+
+    ``row_s`` is the measured time to read one row and put it through the front end (a probe
+    in the job); without it, ``DATA_SECONDS_PER_VALUE`` per feature.
+    """
     sp = machine_speed() if speed is None else speed
-    steps = sorted(((estimated_fit_seconds(f, n_samples, n_features, sp), f) for f in families))
-    plan: list[PlanStep] = []
-    first_family = "ridge" if "ridge" in families else steps[0][1]
-    # quick first model: default parameters plus one validation fit on the rows (x 2.5 margin)
-    first_cost = 2.5 * estimated_fit_seconds(first_family, n_samples, n_features, sp)
-    if first_cost <= first_deadline_s:
-        plan.append(PlanStep(first_family, n_samples, first_cost, quick=True))
-    else:
-        fam = "knn" if "knn" in families else first_family
-        # besides the fit: the front end's float64 copy of the rows and the fast predictor's
-        # float32 copy (measured on MNIST: ~2e-8 s per value, mostly first-touch page faults)
-        per_row = (estimated_fit_seconds(fam, 1000, n_features, sp) / 1000
-                   + DATA_SECONDS_PER_VALUE * n_features / sp) * 2.5
-        rows = int(min(n_samples, max(100, first_deadline_s / max(per_row, 1e-9))))
-        plan.append(PlanStep(fam, rows, per_row * rows, quick=True))
+    budget = max(deadline_s - QUICK_FIXED_S, 0.1 * deadline_s) / QUICK_MARGIN
+    per_data = (DATA_SECONDS_PER_VALUE * n_features / sp if row_s is None else row_s) \
+        + QUICK_MEMORY_SECONDS_PER_VALUE * n_features / sp
+    first = "ridge" if "ridge" in families else min(
+        families, key=lambda f: estimated_fit_seconds(f, n_samples, n_features, sp))
+    # ridge: one fit, the validation on the held-out slice, and the rows' data
+    ridge_cost = 1.5 * estimated_fit_seconds(first, n_samples, n_features, sp) \
+        + per_data * n_samples
+    if ridge_cost <= budget or "knn" not in families:
+        return PlanStep(first, n_samples, ridge_cost * QUICK_MARGIN, quick=True)
+    per_row = (estimated_fit_seconds("knn", 1000, n_features, sp) / 1000 + per_data
+               + QUICK_KNN_SECONDS_PER_VALUE * n_features / sp)
+    rows = int(min(n_samples, max(QUICK_MIN_ROWS, budget / max(per_row, 1e-12))))
+    return PlanStep("knn", rows, per_row * rows * QUICK_MARGIN, quick=True)
+
+
+def lazy_plan(n_samples: int, n_features: int, families: tuple[str, ...] = FAMILIES,
+              speed: float | None = None, first_deadline_s: float = FIRST_DEADLINE_S,
+              quick: bool = True) -> list[PlanStep]:
+    """Cheapest-first fitting order on all rows, after the quick first step (``quick``)."""
+    sp = machine_speed() if speed is None else speed
+    steps = sorted((estimated_fit_seconds(f, n_samples, n_features, sp), f) for f in families)
+    plan = [quick_step(n_samples, n_features, families, sp, first_deadline_s)] if quick else []
     plan.extend(PlanStep(f, n_samples, est) for est, f in steps)
     return plan

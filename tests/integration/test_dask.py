@@ -59,6 +59,19 @@ def current_version(d: DaemonProcess, app: str) -> dict[str, Any] | None:
     return next((v for v in models["versions"] if v["version"] == models["current"]), None)
 
 
+def lazy_version(d: DaemonProcess, app: str) -> dict[str, Any] | None:
+    """The served version once the run's fitted families serve: the quick first version
+    before them is always fitted in the local pool."""
+    version = current_version(d, app)
+    return version if version is not None and version["reason"] == "lazy" else None
+
+
+def quick_version_fitted_here(d: DaemonProcess, app: str) -> bool:
+    first = [v for v in d.request("GET", f"/v1/apps/{app}/models")[1]["versions"]
+             if v["version"] == 1]
+    return bool(first) and {c["fitted_on"] for c in first[0]["candidates"]} == {"here"}
+
+
 def app_training(d: DaemonProcess, app: str) -> dict[str, Any]:
     return d.request("GET", "/v1/status")[1]["apps"][app]["training"]
 
@@ -75,9 +88,10 @@ def test_training_on_a_dask_cluster_serves_a_version_fitted_there(
     X_train, X_test, y_train, y_test = digits
     d = make_daemon(daemon_factory, "on-dask", dask_training(cluster.address))
     feed(d, "digits", X_train, y_train)
-    version = wait_for(lambda: current_version(d, "digits"), 45, 0.1)
+    version = wait_for(lambda: lazy_version(d, "digits"), 45, 0.1)
     where = {c["fitted_on"] for c in version["candidates"]}
     assert where == {f"dask:{cluster.address}"}, version["candidates"]
+    assert quick_version_fitted_here(d, "digits")
     assert all(w.startswith("dask:tcp://127.0.0.1:") for w in where)
     assert accuracy(d, "digits", X_test, y_test) >= 0.85
     assert [e["address"] for e in d.events("dask_connected")] == [cluster.address]
@@ -110,8 +124,9 @@ def test_reloads_switch_the_backend_and_an_unreachable_scheduler_fails_the_run(
     # at once, not by the timed retry (30 s after the failure): hence the 20 s here
     d.write_config(dask_training(cluster.address), daemon_extra='name = "here"')
     assert d.request("POST", "/v1/reload")[0] == 200
-    version = wait_for(lambda: current_version(d, "first"), 20, 0.1)
+    version = wait_for(lambda: lazy_version(d, "first"), 20, 0.1)
     assert {c["fitted_on"] for c in version["candidates"]} == {f"dask:{cluster.address}"}
+    assert quick_version_fitted_here(d, "first")
     assert accuracy(d, "first", X_test, y_test) >= 0.85
     assert app_training(d, "first")["last_error"] is None
 

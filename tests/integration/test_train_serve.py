@@ -73,6 +73,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory, digits: tuple[np.ndarray, 
     streamer.start()
 
     def all_fitted() -> bool:
+        # the run on every sample has ended (the first run, on the first batches, may have
+        # fitted all families while a run on more data is still on its way)
+        training = d.request("GET", "/v1/status")[1]["apps"]["digits"]["training"]
+        if training["training"] or training["trained_on"] < len(X_train):
+            return False
         models = d.request("GET", "/v1/apps/digits/models")[1]
         current = [v for v in models["versions"] if v["version"] == models["current"]]
         return bool(current) and {c["family"] for c in current[0]["candidates"]} == FAMILIES \
