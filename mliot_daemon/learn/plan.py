@@ -24,8 +24,9 @@ from sklearn.linear_model import RidgeClassifier
 from mliot_daemon.learn.families import FAMILIES, estimated_fit_seconds
 
 FIRST_DEADLINE_S = 2.0  # the first version serves within this of the data's arrival
-# Of that, for what does not grow with the quick model's rows: the trainer's hops, the probe,
-# publishing (renames, fsyncs, the event commit) and the server's swap (measured: ~0.3 s).
+# Of that, for what does not grow with the quick model's rows: the trainer's hops, the ids and
+# the probe, publishing (renames, fsyncs, the event's commit), the server's swap (measured on
+# MNIST-60k: ~0.1 s), and a reserve for a busy machine.
 QUICK_FIXED_S = 0.5
 # Every row of the quick sample becomes fresh float64 arrays (the stacked input, the features):
 # first-touch page faults, ~1.8 ns per byte on the bench machine, ~3e-8 s per value.

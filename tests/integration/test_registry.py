@@ -44,3 +44,6 @@ def test_unloadable_version_is_retrained_from_stored_samples(daemon_factory: Any
         time.sleep(0.5)
     assert answer["predictions"][0]["model_version"] > current
     assert answer["predictions"][0]["label"] == y[0]
+    # nothing to serve meanwhile: the retraining started with a quick version (the log file
+    # holds both runs of the daemon)
+    assert len(d.events("quick_version")) == 2
