@@ -6,13 +6,16 @@ ticker whose oversleep is the loop lag. Other actors ask it for the latest `Mach
 CPU is measured per daemon (its process and its pool workers), not for the host, so two
 daemons on one box are told apart; the cores it may use honour a cgroup CPU quota (cgroup v2
 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), as container-aware runtimes do. ``busy`` is the share
-of the daemon's serving capacity in use: the larger of its event loop's share of one core and
-the whole daemon's share of its usable cores.
+of the daemon's serving capacity in use, smoothed over a few seconds: the event loop's share
+of the core it may use; under a CPU quota, the larger of that and the whole daemon's share of
+the quota (the niced pool workers then take from the same quota; without one they only use
+cores the loop does not need).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import deque
@@ -31,6 +34,7 @@ from mliot_daemon.runtime import Actor, ActorRef
 log = structlog.get_logger("mliot.monitor")
 
 TICK_S = 0.05
+BUSY_TIME_CONSTANT_S = 3.0
 LAG_WINDOW = 1200  # ticks: about the last minute
 
 
@@ -60,6 +64,7 @@ class Monitor(Actor[MonitorMsg]):
         self._proc.cpu_percent(None)  # the first reading is a meaningless 0.0: prime it
         self._children: dict[int, psutil.Process] = {}
         self._cores = usable_cores()
+        self._busy = 0.0
         psutil.cpu_percent(None)
         self._sample()
 
@@ -102,10 +107,14 @@ class Monitor(Actor[MonitorMsg]):
         lags = np.fromiter(self._lags, float) if self._lags else np.zeros(1)
         p50, p99 = np.percentile(lags, [50, 99]) * 1000
         boxes = tuple((r.name, r.qsize()) for r in self._watched)
-        busy = max(cpu / (100.0 * min(1.0, self._cores)), tree / (100.0 * self._cores))
+        busy = cpu / (100.0 * min(1.0, self._cores))
+        if self._cores < _host_cores():
+            busy = max(busy, tree / (100.0 * self._cores))
+        keep = math.exp(-self._every / BUSY_TIME_CONSTANT_S)
+        self._busy = keep * self._busy + (1 - keep) * min(1.0, busy)
         load = MachineLoad(
             process_cpu_percent=cpu, process_rss_mib=rss / 2**20,
-            daemon_cpu_percent=round(tree, 1), busy=round(min(1.0, busy), 3),
+            daemon_cpu_percent=round(tree, 1), busy=round(self._busy, 3),
             cpu_percent=psutil.cpu_percent(None), memory_percent=vm.percent,
             cores=self._cores, memory_mib=vm.total / 2**20,
             loop_lag_p50_ms=float(p50), loop_lag_p99_ms=float(p99), mailboxes=boxes,
@@ -139,31 +148,46 @@ class Monitor(Actor[MonitorMsg]):
         return total
 
 
+def _host_cores() -> float:
+    return float(len(os.sched_getaffinity(0)) or psutil.cpu_count() or 1)
+
+
 def usable_cores() -> float:
     """Cores this process may use: the host's, or its cgroup's CPU quota when lower."""
-    host = float(len(os.sched_getaffinity(0)) or psutil.cpu_count() or 1)
+    host = _host_cores()
     quota = _cgroup_quota_cores()
     return min(host, quota) if quota else host
 
 
-def _cgroup_quota_cores() -> float | None:
+def _cgroup_quota_cores(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The tightest CPU quota on this process's cgroup or any of its ancestors, in cores."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
+    quotas: list[float] = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        try:
-            if controllers == "":  # cgroup v2: "max 100000" or "50000 100000"
-                quota, period = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max"
-                                 ).read_text().split()
-                if quota != "max":
-                    return int(quota) / int(period)
-            elif "cpu" in controllers.split(","):
-                base = Path("/sys/fs/cgroup") / controllers / path.lstrip("/")
-                quota = (base / "cpu.cfs_quota_us").read_text().strip()
-                if int(quota) > 0:
-                    return int(quota) / int((base / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
+        if controllers == "":  # cgroup v2: cpu.max is "max 100000" or "50000 100000"
+            base = root
+        elif "cpu" in controllers.split(","):  # v1: cpu.cfs_quota_us is -1 when unlimited
+            base = root / controllers
+        else:
             continue
-    return None
+        group = base / path.lstrip("/")
+        for d in [group, *group.parents]:
+            if not d.is_relative_to(base):
+                break
+            quotas.extend(_quota_in(d))
+    return min(quotas) if quotas else None
+
+
+def _quota_in(d: Path) -> list[float]:
+    try:
+        if (d / "cpu.max").exists():
+            quota, period = (d / "cpu.max").read_text().split()
+            return [] if quota == "max" else [int(quota) / int(period)]
+        quota = int((d / "cpu.cfs_quota_us").read_text())
+        return [quota / int((d / "cpu.cfs_period_us").read_text())] if quota > 0 else []
+    except (OSError, ValueError):
+        return []

@@ -29,7 +29,6 @@ from mliot_daemon.config import PeerSettings, Settings
 from mliot_daemon.messages import (
     ApplyConfig,
     GetPeers,
-    PeerFailed,
     PeerProfile,
     PeersMsg,
     RemotePredict,
@@ -46,6 +45,8 @@ DOWN_AFTER_S = 3.0  # so a dead peer is marked down well within the promised 10 
 PREDICT_TIMEOUT_S = 2.0
 SHIP_TIMEOUT_S = 300.0
 RTT_WINDOW = 5  # the RTT is the smallest of the last few polls: the network, not the peer's load
+BATCH_BYTES = 4 * 2**20  # forwarded batches stay well under a peer's default max_body_mb
+JSON_BYTES_PER_VALUE = 12  # a float32 as JSON text, roughly
 
 
 class PeerError(Exception):
@@ -62,8 +63,9 @@ class _Peer:
     profile: PeerProfile
     last_ok: float = 0.0
     rtts: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_WINDOW))
-    # predictions waiting for the next batch, per (app, members)
-    batches: dict[tuple[str, int | None], list[RemotePredict]] = field(default_factory=dict)
+    # predictions waiting for the next batch, per (app, members, probabilities)
+    batches: dict[tuple[str, int | None, bool], list[RemotePredict]] = field(
+        default_factory=dict)
 
 
 class Peers(Actor[PeersMsg]):
@@ -112,14 +114,11 @@ class Peers(Actor[PeersMsg]):
                 if peer is None:
                     _fail(msg, PeerError(f"no peer named {name!r}", unreachable=True))
                     return
-                queue = peer.batches.setdefault((msg.app, msg.members), [])
+                key = (msg.app, msg.members, msg.probabilities)
+                queue = peer.batches.setdefault(key, [])
                 queue.append(msg)
                 if len(queue) == 1:  # the first of a batch: send it on the next loop turn
-                    asyncio.get_running_loop().call_soon(self._flush, peer, msg.app, msg.members)
-            case PeerFailed(peer=name, error=error):
-                peer = self._peers.get(name)
-                if peer is not None and peer.profile.up:
-                    self._mark(peer, up=False, error=error)
+                    asyncio.get_running_loop().call_soon(self._flush, peer, key)
             case _:
                 assert_never(msg)
 
@@ -162,7 +161,7 @@ class Peers(Actor[PeersMsg]):
             if peer.profile.up and time.monotonic() - peer.last_ok < DOWN_AFTER_S:
                 return  # one missed poll is not yet a dead peer
             if peer.profile.up or peer.profile.error != error:
-                self._mark(peer, up=False, error=error)
+                self._mark_down(peer, error)
             return
         peer.rtts.append((time.perf_counter() - start) * 1000)
         peer.last_ok = time.monotonic()
@@ -174,17 +173,17 @@ class Peers(Actor[PeersMsg]):
                 busy=float(body["busy"]), cores=float(body["cores"]),
                 cpu_percent=float(body["cpu_percent"]),
                 memory_percent=float(body["memory_percent"]),
-                hosted=tuple((str(k), int(v)) for k, v in body.get("hosted", {}).items()))
-        except (KeyError, TypeError, ValueError) as exc:
-            self._mark(peer, up=False, error=f"bad profile: {exc!r}")
+                hosted=tuple((str(k), str(v)) for k, v in dict(body["hosted"]).items()))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._mark_down(peer, f"bad profile: {exc!r}")
             return
         if not was_up:
             log.info("peer_up", peer=peer.settings.name, rtt_ms=peer.profile.rtt_ms,
                      speed=peer.profile.speed)
             self._replan(f"peer {peer.settings.name} up")
 
-    def _mark(self, peer: _Peer, up: bool, error: str | None) -> None:
-        peer.profile = replace(peer.profile, up=up, error=error)
+    def _mark_down(self, peer: _Peer, error: str) -> None:
+        peer.profile = replace(peer.profile, up=False, error=error)
         log.warning("peer_down", peer=peer.settings.name, error=error)
         self._replan(f"peer {peer.settings.name} down: {error}")
 
@@ -199,26 +198,40 @@ class Peers(Actor[PeersMsg]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _flush(self, peer: _Peer, app: str, members: int | None) -> None:
-        batch = peer.batches.pop((app, members), [])
-        batch = [m for m in batch if not m.reply.done()]  # the asker gave up
-        if batch:
-            self._spawn(self._predict(peer, app, members, batch))
+    def _flush(self, peer: _Peer, key: tuple[str, int | None, bool]) -> None:
+        batch = [m for m in peer.batches.pop(key, []) if not m.reply.done()]  # askers left
+        chunk: list[RemotePredict] = []
+        size = 0
+        for m in batch:  # split so that no request exceeds a peer's body limit
+            n = sum(x.size for x in m.instances) * JSON_BYTES_PER_VALUE
+            if chunk and size + n > BATCH_BYTES:
+                self._spawn(self._predict(peer, key, chunk))
+                chunk, size = [], 0
+            chunk.append(m)
+            size += n
+        if chunk:
+            self._spawn(self._predict(peer, key, chunk))
 
-    async def _predict(self, peer: _Peer, app: str, members: int | None,
+    async def _predict(self, peer: _Peer, key: tuple[str, int | None, bool],
                        batch: list[RemotePredict]) -> None:
-        assert self._session is not None
+        app, members, probabilities = key
         instances = [x for m in batch for x in m.instances]
         try:
             body = await self._call(
                 peer, "POST", f"/v1/peer/models/{self._origin}/{app}/predict",
-                PREDICT_TIMEOUT_S, json={"instances": instances, "members": members})
-            predictions = body["predictions"]
+                PREDICT_TIMEOUT_S, json={"instances": instances, "members": members,
+                                         "probabilities": probabilities})
+            try:
+                predictions = list(body["predictions"])
+            except (KeyError, TypeError) as exc:
+                raise PeerError(f"{peer.settings.name}: a malformed answer", False) from exc
             if len(predictions) != len(instances):
                 raise PeerError("the peer answered a different number of predictions", False)
-        except PeerError as exc:
+        except BaseException as exc:  # cancelled too: no asker may wait for its timeout
             for m in batch:
-                _fail(m, exc)
+                _fail(m, exc if isinstance(exc, Exception) else PeerError("stopped", False))
+            if not isinstance(exc, Exception):
+                raise
             return
         i = 0
         for m in batch:
@@ -231,21 +244,25 @@ class Peers(Actor[PeersMsg]):
         try:
             if peer is None:
                 raise PeerError(f"no peer named {msg.peer!r}", unreachable=True)
-            archive, size = await asyncio.to_thread(signing.pack, Path(msg.directory))
+            archive, size = await asyncio.to_thread(
+                signing.pack, Path(msg.directory), self._settings.daemon.data_path)
             with archive:
                 signature = await asyncio.to_thread(
                     signing.sign_file, peer.settings.token, self._origin, msg.app, msg.version,
-                    archive)
+                    msg.model_id, archive)
                 await self._call(peer, "PUT",
                                  f"/v1/peer/models/{self._origin}/{msg.app}/{msg.version}",
                                  SHIP_TIMEOUT_S, data=archive,
                                  headers={signing.HEADER: signature,
+                                          signing.MODEL_HEADER: msg.model_id,
                                           "Content-Length": str(size),
                                           "Content-Type": "application/x-tar"})
             log.info("model_shipped", peer=msg.peer, app=msg.app, version=msg.version,
                      bytes=size)
-        except (PeerError, OSError) as exc:
-            _fail(msg, exc)
+        except BaseException as exc:  # any failure, cancellation too, answers the asker
+            _fail(msg, exc if isinstance(exc, Exception) else PeerError("stopped", False))
+            if not isinstance(exc, Exception):
+                raise
             return
         if not msg.reply.done():
             msg.reply.set_result(None)
@@ -269,7 +286,7 @@ class Peers(Actor[PeersMsg]):
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = str(exc) or type(exc).__name__
             if peer.profile.up and self._peers.get(peer.settings.name) is peer:
-                self._mark(peer, up=False, error=error)
+                self._mark_down(peer, error)
             raise PeerError(f"{peer.settings.name}: {error}", unreachable=True) from exc
         try:
             data = orjson.loads(body) if body else None

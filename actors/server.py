@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar, assert_never
 
 import numpy as np
@@ -25,9 +23,9 @@ from aiohttp import WSCloseCode, web
 from mliot_daemon import oip, signing
 from mliot_daemon.catalog import AppEntry, Catalog
 from mliot_daemon.config import ConfigError, ConfigStore, Rejected, Settings, parse_app
+from mliot_daemon.hosting import HostedModels, HostError
 from mliot_daemon.learn.fast import single_thread_blas
 from mliot_daemon.learn.persist import load_model
-from mliot_daemon.hosting import HostedModels
 from mliot_daemon.messages import (
     AppFacts,
     ApplyConfig,
@@ -40,15 +38,14 @@ from mliot_daemon.messages import (
     IngestSamples,
     LoadFailed,
     MachineLoad,
-    PeerFailed,
     Placed,
     Predict,
     Predicted,
     RemotePredict,
     Route,
-    SubmitFeedback,
     SamplesAdded,
     ServerMsg,
+    SubmitFeedback,
     TrainingEvent,
     VersionPublished,
 )
@@ -65,7 +62,14 @@ from mliot_daemon.payloads import (
 from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import Actor, ActorRef, ActorStopped, reply_to
 from mliot_daemon.serving import Answer, ServedApp, ServedModel
-from mliot_daemon.store import NotFound, PredictionRecord, Store, StoreError, StoreFull, new_prediction_id
+from mliot_daemon.store import (
+    NotFound,
+    PredictionRecord,
+    Store,
+    StoreError,
+    StoreFull,
+    new_prediction_id,
+)
 
 log = structlog.get_logger("mliot.server")
 
@@ -111,6 +115,8 @@ class Server(Actor[ServerMsg]):
         self.mqtt: ActorRef[Any] | None = None  # wired by the daemon when MQTT is on
         self.peers: ActorRef[Any] | None = None  # wired by the daemon
         self._routes: dict[str, Route] = {}  # from the scheduler; none yet: serve here
+        self._failed_peers: dict[str, float] = {}  # peer -> when a forwarded request failed
+        self._uploads = asyncio.Semaphore(1)  # model archives received one at a time
         self._machines: list[dict[str, Any]] = []  # as the scheduler last saw them
         self._hosted = HostedModels(self._settings.daemon.data_path / "hosted")
         self._registry = registry
@@ -131,6 +137,7 @@ class Server(Actor[ServerMsg]):
 
     async def on_start(self) -> None:
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="parser")
+        await asyncio.to_thread(self._hosted.reset)
         api_apps = await self._store.list_apps()
         names = {a.name for a in self._settings.apps} | set(api_apps)
         shapes = {n: await self._store.sample_shape(n) for n in names}
@@ -191,8 +198,12 @@ class Server(Actor[ServerMsg]):
             case GetServingFacts(reply=reply):
                 if not reply.done():
                     reply.set_result(self._serving_facts())
-            case Placed(routes=routes, machines=machines):
-                self._routes = {r.app: r for r in routes}
+            case Placed(routes=routes, machines=machines, planned_at=planned_at):
+                # A peer that failed after the plan's inputs were read stays unused.
+                failed = {p for p, t in self._failed_peers.items() if t > planned_at}
+                self._routes = {r.app: r if r.serving not in failed else self._local_route(
+                    r.app, f"{r.serving} failed; served locally until the next plan")
+                    for r in routes}
                 self._machines = [dict(m) for m in machines]
                 for m in self._machines:
                     self._metrics.machine_up.labels(m["name"]).set(1 if m["up"] else 0)
@@ -463,6 +474,7 @@ class Server(Actor[ServerMsg]):
             await self._store.delete_app(entry.name)
             self.catalog.remove(entry.name)
             self._served.pop(entry.name, None)
+            self._routes.pop(entry.name, None)
             # The trainer deletes the app's models, after stopping a run that could write more.
             await self._apps_changed()
         self._broadcast(entry.name, None)
@@ -516,7 +528,8 @@ class Server(Actor[ServerMsg]):
         path = self._registry.version_path(app, version)
         async with self._load_locks.setdefault(app, asyncio.Lock()):  # publish vs. activate
             try:
-                served = await asyncio.to_thread(lambda: ServedModel(version, load_model(path)))
+                served = await asyncio.to_thread(lambda: ServedModel(
+                    version, load_model(path), self._registry.model_id(app, version)))
             except Exception as exc:  # e.g. pickles of an older library: the trainer retrains
                 log.error("model_load_failed", app=app, version=version, error=repr(exc))
                 await self._tell_trainer().send(LoadFailed(app=app, version=version))
@@ -530,7 +543,7 @@ class Server(Actor[ServerMsg]):
             # the scheduler scales them by it to other machines, and keeps it after a quota.
             with contextlib.suppress(TimeoutError, ActorStopped):
                 load: MachineLoad = await self._monitor.ask(lambda f: GetLoad(reply=f), 5.0)
-                self._served[app].measured_speed = load.speed
+                served.measured_speed = load.speed
 
     def _swap(self, app: str, served: ServedModel) -> None:
         current = self._served.get(app)
@@ -584,7 +597,7 @@ class Server(Actor[ServerMsg]):
             facts.append(AppFacts(
                 name=name, version=model.version, mode=policy.mode,
                 budget_ms=float(policy.latency_ms or 0.0), latencies_ms=model.latencies_ms(),
-                measured_speed=served.measured_speed,
+                measured_speed=model.measured_speed, model_id=model.model_id,
                 predictions=served.predictions,
                 directory=str(self._registry.version_path(name, model.version))))
         return tuple(facts)
@@ -644,21 +657,25 @@ class Server(Actor[ServerMsg]):
             raise BadInput(503, f"placement refused for {entry.name!r}: {route.reason}")
         if route is None or route.serving == self._me or self.peers is None:
             return await served.predict(samples, probabilities)
+        peer = route.serving
         try:
             remote = await self.peers.ask(lambda f: RemotePredict(
-                peer=route.serving, app=entry.name, members=route.members,
+                peer=peer, app=entry.name, members=route.members, probabilities=probabilities,
                 instances=tuple(samples), reply=f), REMOTE_TIMEOUT_S)
             return [Answer(str(p["label"]), float(p["confidence"]), int(p["stage"]),
                            int(p["model_version"]), p.get("probabilities")) for p in remote]
         except (Exception, ActorStopped) as exc:  # any failure: answered here instead
-            log.warning("remote_predict_failed", app=entry.name, peer=route.serving,
-                        error=str(exc))
-            self._metrics.remote_failures.labels(route.serving).inc()
-            self._routes[entry.name] = Route(
-                app=entry.name, serving=self._me, members=None,
-                reason=f"{route.serving} failed ({exc}); served locally until the next plan")
-            self.peers.offer(PeerFailed(peer=route.serving, error=str(exc)))
+            log.warning("remote_predict_failed", app=entry.name, peer=peer, error=str(exc))
+            self._metrics.remote_failures.labels(peer).inc()
+            self._failed_peers[peer] = time.monotonic()
+            for app, r in list(self._routes.items()):  # every app it served, not just this one
+                if r.serving == peer:
+                    self._routes[app] = self._local_route(
+                        app, f"{peer} failed ({exc}); served locally until the next plan")
             return await served.predict(samples, probabilities)
+
+    def _local_route(self, app: str, reason: str) -> Route:
+        return Route(app=app, serving=self._me, members=None, reason=reason)
 
     async def _predict(self, request: web.Request) -> web.Response:
         entry = self._entry(request)
@@ -784,10 +801,12 @@ class Server(Actor[ServerMsg]):
 
     async def _peer_profile(self, request: web.Request) -> web.Response:
         load: MachineLoad = await self._monitor.ask(lambda f: GetLoad(reply=f), timeout=5.0)
+        for origin, app in self._hosted.evict_idle():
+            log.info("peer_model_evicted", origin=origin, app=app)
         return json_response({
             "name": self._me, "speed": load.speed, "busy": load.busy, "cores": load.cores,
             "cpu_percent": load.daemon_cpu_percent, "memory_percent": load.memory_percent,
-            "hosted": self._hosted.versions()})
+            "hosted": self._hosted.ids()})
 
     async def _peer_install(self, request: web.Request) -> web.Response:
         """A signed model version from a peer: verified as it arrives, unpacked, loaded."""
@@ -795,34 +814,36 @@ class Server(Actor[ServerMsg]):
         try:
             version = int(request.match_info["version"])
         except ValueError:
-            raise BadInput(404, "a version is a number") from None
+            raise BadInput(422, "the version must be a number") from None
         if not self._token:
             raise BadInput(422, "this daemon has no token (daemon.token), so it cannot verify "
                                 "a signed model: set the same token here and in the sender's "
                                 "[[peers]] entry")
-        mac = signing.signer(self._token, origin, app, version)
+        signature = request.headers.get(signing.HEADER)
+        model = request.headers.get(signing.MODEL_HEADER, "")
+        if not signature or not model:
+            raise BadInput(422, f"missing {signing.HEADER} or {signing.MODEL_HEADER}: model "
+                                "archives must be signed")
+        if (request.content_length or 0) > MAX_MODEL_ARCHIVE:
+            raise BadInput(413, f"model archive larger than {MAX_MODEL_ARCHIVE} bytes")
+        mac = signing.signer(self._token, origin, app, version, model)
         size = 0
-        with tempfile.NamedTemporaryFile(dir=self._hosted.root.parent, prefix=".incoming-",
-                                         ) as archive:
-            async for chunk in request.content.iter_chunked(signing.CHUNK):
-                size += len(chunk)
-                if size > MAX_MODEL_ARCHIVE:
-                    raise BadInput(413, f"model archive larger than {MAX_MODEL_ARCHIVE} bytes")
-                mac.update(chunk)
-                archive.write(chunk)
-            archive.flush()
-            try:
-                signing.check(mac, request.headers.get(signing.HEADER))
-            except signing.BadSignature as exc:
-                log.warning("peer_model_rejected", origin=origin, app=app, version=version,
-                            error=str(exc))
-                raise BadInput(422, str(exc)) from None
-            try:
-                served = await asyncio.to_thread(self._hosted.install, origin, app, version,
-                                                 Path(archive.name))
-            except Exception as exc:
-                raise BadInput(422, f"model version not loadable: {exc}") from None
-        self._hosted.put(origin, app, served)
+        async with self._uploads:
+            with self._hosted.incoming() as archive:
+                async for chunk in request.content.iter_chunked(signing.CHUNK):
+                    size += len(chunk)
+                    if size > MAX_MODEL_ARCHIVE:
+                        raise BadInput(413, f"model archive larger than {MAX_MODEL_ARCHIVE} "
+                                            "bytes")
+                    mac.update(chunk)
+                    await asyncio.to_thread(archive.write, chunk)
+                try:
+                    signing.check(mac, signature)
+                    await self._hosted.receive(origin, app, version, model, archive)
+                except (signing.BadSignature, HostError) as exc:
+                    log.warning("peer_model_rejected", origin=origin, app=app, version=version,
+                                error=str(exc))
+                    raise BadInput(422, str(exc)) from None
         log.info("peer_model_loaded", origin=origin, app=app, version=version, bytes=size)
         return json_response({"loaded": version})
 
@@ -833,14 +854,15 @@ class Server(Actor[ServerMsg]):
             raise BadInput(404, f"no model of {origin}/{app} is hosted here")
         payload = await self._read_json(request)
         if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-            raise BadInput(422, 'expected {"instances": [...], "members"?: int}')
+            raise BadInput(422, 'expected {"instances": [...], "members"?: int, '
+                                '"probabilities"?: bool}')
         members = payload.get("members")
         samples = [peer_instance(x) for x in payload["instances"]]
-        served.members = members if isinstance(members, int) and members > 0 else None
-        answers = await served.predict(samples)
+        served.members = members if type(members) is int and members > 0 else None
+        answers = await served.predict(samples, payload.get("probabilities") is True)
         return json_response({"predictions": [
             {"label": a.label, "confidence": a.confidence, "stage": a.stage,
-             "model_version": a.version} for a in answers]})
+             "model_version": a.version, "probabilities": a.probabilities} for a in answers]})
 
     # -- WebSocket streams ----------------------------------------------------------------------
 

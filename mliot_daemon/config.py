@@ -29,6 +29,8 @@ log = structlog.get_logger("mliot.config")
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "config" / "mliot.toml"
 APP_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+# A daemon's name among peers: it is part of peer URLs and folder names (no "/", no "..").
+MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 DATA_TYPES = ("image", "audio", "sensor", "vector")
 MODES = ("best_effort", "low_latency")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -337,10 +339,15 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
             if item.name in seen:
                 errors.append(f"{kind}[{i}].name: duplicate name {item.name!r}")
             seen.add(item.name)
+    d, t = settings.daemon, settings.training
+    names = [("daemon.name", d.name)] if d.name else []
+    names += [(f"peers[{i}].name", p.name) for i, p in enumerate(settings.peers)]
+    for path, name in names:
+        if not MACHINE_NAME.fullmatch(name):
+            errors.append(f"{path}: must match {MACHINE_NAME.pattern}")
     for i, peer in enumerate(settings.peers):
         if not peer.url.startswith(("http://", "https://")):
             errors.append(f"peers[{i}].url: must start with http:// or https://")
-    d, t = settings.daemon, settings.training
     if d.token and d.token_file:
         errors.append("daemon.token_file: set either token or token_file, not both")
     token = ""

@@ -1,61 +1,113 @@
 """Models this daemon serves for its peers (the peer API's state; the server actor owns it).
 
-A peer that places an app here sends a signed archive of one model version. It is verified
-while it is received (see ``signing``), unpacked under ``<data_dir>/hosted/<origin>/<app>/``
-and loaded; only the newest version of each hosted app is kept, on disk and in memory. Hosted
-models are a cache: after a restart the origin's scheduler sees them missing from this
-daemon's profile and sends them again.
+A peer that places an app here sends a signed archive of one model version. The server checks
+the signature while it receives it (see ``signing``); this module unpacks it under
+``<data_dir>/hosted/<origin>/<app>/`` and loads it. Only the newest version of each hosted app
+is kept, on disk and in memory, and one left unused for ``IDLE_EVICT_S`` is dropped. Hosted
+models are a cache: after a restart or an eviction the origin's scheduler sees them missing
+from this daemon's profile and sends them again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import tempfile
+import time
 import uuid
 from pathlib import Path
+from typing import IO
 
+from mliot_daemon.config import APP_NAME, MACHINE_NAME
 from mliot_daemon.learn.persist import load_model
 from mliot_daemon.serving import ServedApp, ServedModel
 from mliot_daemon.signing import unpack
 
+IDLE_EVICT_S = 1800.0
+
+
+class HostError(ValueError):
+    """The request names an impossible origin, app or version, or the archive is no model."""
+
 
 class HostedModels:
-    """(origin, app) -> the served model a peer placed here. Blocking methods: call in a thread."""
+    """(origin, app) -> the served model a peer placed here."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._served: dict[tuple[str, str], ServedApp] = {}
-        shutil.rmtree(root, ignore_errors=True)  # a cache: the origins send them again
+        self._ids: dict[tuple[str, str], str] = {}
+        self._used: dict[tuple[str, str], float] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    def install(self, origin: str, app: str, version: int, archive: Path) -> ServedModel:
-        """Unpack a verified archive and load it (blocking)."""
-        home = self.root / origin / app
+    def reset(self) -> None:
+        """Start empty (blocking: call in a thread at start)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def incoming(self) -> IO[bytes]:
+        """An anonymous file for an archive being received (gone with the process)."""
+        return tempfile.TemporaryFile(dir=self.root)  # noqa: SIM115 - the caller closes it
+
+    async def receive(self, origin: str, app: str, version: int, model: str,
+                      archive: IO[bytes]) -> None:
+        """Unpack a verified archive of model ``model`` (the origin's id for it), load it and
+        serve it; one install per app at a time."""
+        key = _checked(origin, app)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            served = await asyncio.to_thread(self._install, key, version, archive)
+            current = self._served.get(key)
+            if current is None:
+                self._served[key] = ServedApp(served)
+            else:
+                current.swap(served)
+            self._ids[key] = model
+            self._used[key] = time.monotonic()
+
+    def _install(self, key: tuple[str, str], version: int, archive: IO[bytes]) -> ServedModel:
+        home = self.root / key[0] / key[1]
         staging = home / f".staging-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
         try:
+            archive.seek(0)
             unpack(archive, staging)
             served = ServedModel(version, load_model(staging))
-        except BaseException:
+        except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
+            raise HostError(f"model version not loadable: {exc}") from exc
         final = home / f"{version:06d}"
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         for old in home.iterdir():
-            if old != final:
+            if old != final and not old.name.startswith(".staging-"):
                 shutil.rmtree(old, ignore_errors=True)
         return served
 
-    def put(self, origin: str, app: str, served: ServedModel) -> None:
-        """Serve ``served`` from now on (on the loop: a swap, in-flight batches finish)."""
-        current = self._served.get((origin, app))
-        if current is None:
-            self._served[(origin, app)] = ServedApp(served)
-        else:
-            current.swap(served)
-
     def get(self, origin: str, app: str) -> ServedApp | None:
-        return self._served.get((origin, app))
+        key = (origin, app)
+        served = self._served.get(key)
+        if served is not None:
+            self._used[key] = time.monotonic()
+        return served
 
-    def versions(self) -> dict[str, int]:
-        """``"origin/app"`` -> the version held, for the profile."""
-        return {f"{o}/{a}": s.current.version for (o, a), s in self._served.items()}
+    def evict_idle(self) -> list[tuple[str, str]]:
+        """Forget hosted apps unused for ``IDLE_EVICT_S`` (their folders go at the next
+        install or start); returns them."""
+        now = time.monotonic()
+        gone = [k for k, t in self._used.items() if now - t > IDLE_EVICT_S]
+        for key in gone:
+            for d in (self._served, self._ids, self._used, self._locks):
+                d.pop(key, None)
+        return gone
+
+    def ids(self) -> dict[str, str]:
+        """``"origin/app"`` -> the model id held, for the profile."""
+        return {f"{o}/{a}": ident for (o, a), ident in self._ids.items()}
+
+
+def _checked(origin: str, app: str) -> tuple[str, str]:
+    if not MACHINE_NAME.fullmatch(origin):
+        raise HostError(f"origin {origin!r} is not a daemon name")
+    if not APP_NAME.fullmatch(app):
+        raise HostError(f"app {app!r} is not an app name")
+    return origin, app

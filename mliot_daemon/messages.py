@@ -12,7 +12,6 @@ from typing import Any, TypeAlias
 
 from mliot_daemon.config import AppSpec, Settings
 
-
 # -- sent to every actor ------------------------------------------------------------------------
 
 
@@ -187,6 +186,7 @@ class AppFacts:
     measured_speed: float | None  # this machine's speed when it measured them
     predictions: int  # served so far (the scheduler derives the request rate)
     directory: str  # the version's folder, for shipping it to a peer
+    model_id: str  # registry.model_id: "<lineage>:<manifest hash>"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,6 +213,7 @@ class Placed:
 
     routes: tuple[Route, ...]
     machines: tuple[tuple[tuple[str, Any], ...], ...]  # each machine's status fields
+    planned_at: float  # time.monotonic() when the plan's inputs were read
 
 
 ServerMsg: TypeAlias = (ApplyConfig | VersionPublished | TrainingEvent | GetServerStatus
@@ -235,7 +236,7 @@ class PeerProfile:
     cores: float | None = None
     cpu_percent: float | None = None
     memory_percent: float | None = None
-    hosted: tuple[tuple[str, int], ...] = ()  # "origin/app" -> version held there
+    hosted: tuple[tuple[str, str], ...] = ()  # ("origin/app", model id) held there
     error: str | None = None
 
 
@@ -254,6 +255,7 @@ class ShipModel:
     peer: str
     app: str
     version: int
+    model_id: str
     directory: str
     reply: asyncio.Future[None] = field(compare=False, repr=False)
 
@@ -266,19 +268,12 @@ class RemotePredict:
     peer: str
     app: str
     members: int | None
-    instances: tuple[Any, ...]  # JSON-ready samples
+    probabilities: bool
+    instances: tuple[Any, ...]  # samples (numpy arrays)
     reply: asyncio.Future[list[dict[str, Any]]] = field(compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PeerFailed:
-    """A request to a peer failed: poll it now rather than at the next tick."""
-
-    peer: str
-    error: str
-
-
-PeersMsg: TypeAlias = ApplyConfig | GetPeers | ShipModel | RemotePredict | PeerFailed
+PeersMsg: TypeAlias = ApplyConfig | GetPeers | ShipModel | RemotePredict
 
 
 # -- scheduler ----------------------------------------------------------------------------------

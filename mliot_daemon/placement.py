@@ -11,11 +11,12 @@ plus what the apps placed there by this plan add: request rate x service time). 
 answers in twice its idle latency, at 90 % in ten times.
 
 An app goes where its budget holds. ``best_effort`` keeps the most members first (the whole
-ensemble on a peer beats a trimmed one here) and then prefers this machine (no network in
-the way), then where it is now, then the fastest; ``low_latency`` takes the fastest, staying where it is when that is
-within 10 % of the fastest (no flapping between near-equal machines). Admission control: a
-machine takes an app only if every app already on it still meets its budget with the added
-load. When nothing holds, the app is refused with the numbers that say why.
+ensemble on a peer beats a trimmed one here) and then prefers this machine (no network in the
+way), then where it is now, then the fastest; ``low_latency`` takes the fastest. Both stay
+where they are unless the move gains more than 10 % (no flapping on noisy measurements).
+Admission control: a machine takes an app only if every app already on it still meets its
+budget with the added load. When nothing holds, the app is refused with the numbers that say
+why.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class AppDemand:
     latency_ref_ms: tuple[float, ...]
     rate_hz: float = 0.0
     current: str | None = None
+    exclude: frozenset[str] = frozenset()  # machines it may not use now (no model there yet)
 
     @property
     def n_members(self) -> int:
@@ -85,7 +87,8 @@ def plan(apps: Iterable[AppDemand], machines: Sequence[MachineView]) -> dict[str
     out: dict[str, Decision] = {}
     for app in sorted(apps, key=lambda a: (a.budget_ms, a.name)):
         whole = {m.name: round(predicted_ms(app, app.n_members, m, busy[m.name]), 3) for m in up}
-        decision = _choose(app, up, busy, placed, whole)
+        usable = [m for m in up if m.name not in app.exclude]
+        decision = _choose(app, usable, busy, placed, whole)
         out[app.name] = decision
         if decision.serving is not None:
             m = next(x for x in up if x.name == decision.serving)
@@ -103,18 +106,19 @@ def _added_load(app: AppDemand, k: int, m: MachineView) -> float:
 
 
 def _fits(app: AppDemand, k: int, m: MachineView, busy: dict[str, float],
-          placed: dict[str, list[tuple[AppDemand, int]]]) -> tuple[float, str | None]:
-    """(predicted latency, None) when ``app`` with ``k`` members may go on ``m``, else a reason."""
+          placed: dict[str, list[tuple[AppDemand, int]]]) -> tuple[float, bool, str | None]:
+    """(predicted latency, whether ``app`` with ``k`` members may go on ``m``, and the reason
+    when admission control says no)."""
     after = busy[m.name] + _added_load(app, k, m)
     mine = predicted_ms(app, k, m, after)
     if mine > app.budget_ms:
-        return mine, None
+        return mine, False, None
     for other, members in placed[m.name]:
         theirs = predicted_ms(other, members, m, after)
         if theirs > other.budget_ms:
-            return mine, (f"{m.name} is full: {other.name} would take {theirs:.3g} ms "
-                          f"(budget {other.budget_ms:g} ms)")
-    return mine, ""
+            return mine, False, (f"{m.name} is full: {other.name} would take {theirs:.3g} ms "
+                                 f"(budget {other.budget_ms:g} ms)")
+    return mine, True, None
 
 
 def _choose(app: AppDemand, up: list[MachineView], busy: dict[str, float],
@@ -128,8 +132,8 @@ def _choose(app: AppDemand, up: list[MachineView], busy: dict[str, float],
     for k in range(app.n_members, 0, -1):  # the whole ensemble first, then trimmed
         ok: list[tuple[float, MachineView]] = []
         for m in up:
-            ms, why = _fits(app, k, m, busy, placed)
-            if why == "":
+            ms, fits, why = _fits(app, k, m, busy, placed)
+            if fits:
                 ok.append((ms, m))
             elif why:
                 full.append(why)
@@ -139,6 +143,7 @@ def _choose(app: AppDemand, up: list[MachineView], busy: dict[str, float],
             reason = (f"{'local' if m.local else 'peer'} {m.name}: {ms:.3g} ms predicted, "
                       f"budget {app.budget_ms:g} ms{trimmed}")
             return Decision(app.name, m.name, k, reason, whole)
+
     def with_own_load(m: MachineView) -> float:
         return predicted_ms(app, 1, m, busy[m.name] + _added_load(app, 1, m))
 
@@ -163,4 +168,7 @@ def _pick(app: AppDemand, ok: list[tuple[float, MachineView]]) -> tuple[float, M
             return current
         return fastest
     local = next((t for t in ok if t[1].local), None)
+    if current is not None and not current[1].local and local is not None \
+            and local[0] * STAY_MARGIN > app.budget_ms:
+        return current  # back home only with a margin: noise must not move it to and fro
     return local or current or fastest

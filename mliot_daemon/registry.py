@@ -13,6 +13,7 @@ naming a complete version. All methods block (file system): call them in a threa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -125,6 +126,22 @@ class Registry:
             return json.loads((self.version_path(app, version) / META).read_text())
         except (OSError, ValueError):
             return {}
+
+    def model_id(self, app: str, version: int) -> str:
+        """What a version is, on any machine: ``<lineage>:<manifest hash>``. The lineage is
+        drawn once per app folder, so an app deleted and created again (whose version numbers
+        restart at 1) is never taken for its predecessor; the manifest holds every artifact's
+        sha256. Peers compare it before serving an app's model."""
+        lineage_file = self._app(app) / "lineage"
+        try:
+            lineage = lineage_file.read_text().strip()
+        except FileNotFoundError:
+            lineage = uuid.uuid4().hex[:16]
+            tmp = lineage_file.with_name(f".lineage.{uuid.uuid4().hex}")
+            tmp.write_text(lineage + "\n")
+            os.replace(tmp, lineage_file)
+        manifest = (self.version_path(app, version) / "manifest.json").read_bytes()
+        return f"{lineage}:{hashlib.sha256(manifest).hexdigest()[:16]}"
 
     def delete_app(self, app: str) -> None:
         shutil.rmtree(self._app(app), ignore_errors=True)

@@ -31,9 +31,12 @@ class Answer:
 class ServedModel:
     """A loaded model version, ready to answer; ``fast`` may be a trimmed ensemble."""
 
-    def __init__(self, version: int, model: Any, fast: FastEnsemble | None = None) -> None:
+    def __init__(self, version: int, model: Any, model_id: str = "",
+                 fast: FastEnsemble | None = None) -> None:
         self.version = version
         self.model = model
+        self.model_id = model_id  # registry.model_id, for peers
+        self.measured_speed: float | None = None  # this machine's speed when it was loaded
         self.classes: list[str] = list(model.classes)
         self.fast = fast or model.fast()
         self.gate = model.gate
@@ -57,7 +60,7 @@ class ServedModel:
             keep = self._by_weight()[:max(k, 1)]
             fast = FastEnsemble(self.model.front_end, [members[i].fast for i in keep],
                                 [weights[i] for i in keep], self.classes, self.model.reducer)
-            self._trims[k] = ServedModel(self.version, self.model, fast)
+            self._trims[k] = ServedModel(self.version, self.model, self.model_id, fast)
         return self._trims[k]
 
     def latencies_ms(self) -> tuple[float, ...]:
@@ -123,7 +126,6 @@ class ServedApp:
         self.current = served
         self.members: int | None = None  # the scheduler's trim: serve the best k members
         self.predictions = 0  # asked for so far, wherever answered (the server counts)
-        self.measured_speed: float | None = None  # this machine's speed at load time
         self._queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]] = []
         self._scheduled = False
 

@@ -1,9 +1,9 @@
 """Model versions that cross the network: packed as a tar, signed with HMAC-SHA256.
 
 The key is the receiving peer's token, which both ends hold. The signature covers the origin
-daemon's name, the app and the version as well as the bytes, so a signed archive cannot be
-replayed as another app's model. The receiver checks the signature over the whole body before
-it unpacks (let alone unpickles) anything.
+daemon's name, the app, the version and the model id as well as the bytes, so a signed
+archive cannot be replayed as another app's model. The receiver checks the signature over the
+whole body before it unpacks (let alone unpickles) anything.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 HEADER = "X-Mliot-Signature"
+MODEL_HEADER = "X-Mliot-Model"  # the origin's model id (registry.model_id), signed too
 PREFIX = "hmac-sha256="
 CHUNK = 1 << 20
 
@@ -24,28 +25,34 @@ class BadSignature(Exception):
     """The archive is unsigned, or signed with another key, or for another model."""
 
 
-def signer(key: str, origin: str, app: str, version: int) -> hmac.HMAC:
+def signer(key: str, origin: str, app: str, version: int, model: str) -> hmac.HMAC:
     """An HMAC already fed with what the archive is for; feed it the body's bytes."""
     mac = hmac.new(key.encode(), digestmod=hashlib.sha256)
-    mac.update(f"mliot-model\n{origin}\n{app}\n{version}\n".encode())
+    mac.update(f"mliot-model\n{origin}\n{app}\n{version}\n{model}\n".encode())
     return mac
 
 
-def pack(directory: Path) -> tuple[IO[bytes], int]:
-    """A model version folder as an uncompressed tar in an anonymous temp file (pickles and
-    npz files hardly compress), rewound; and its size."""
-    out = tempfile.TemporaryFile()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for path in sorted(directory.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+def pack(directory: Path, scratch: Path) -> tuple[IO[bytes], int]:
+    """A model version folder as an uncompressed tar (pickles and npz files hardly compress)
+    in an anonymous temp file under ``scratch`` (not /tmp, often RAM on small boards),
+    rewound; and its size."""
+    out = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 - the caller closes it
+    try:
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for path in sorted(directory.rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+    except BaseException:
+        out.close()
+        raise
     size = out.tell()
     out.seek(0)
     return out, size
 
 
-def sign_file(key: str, origin: str, app: str, version: int, f: IO[bytes]) -> str:
+def sign_file(key: str, origin: str, app: str, version: int, model: str, f: IO[bytes]
+              ) -> str:
     """The signature header value for the archive in ``f`` (rewound afterwards)."""
-    mac = signer(key, origin, app, version)
+    mac = signer(key, origin, app, version, model)
     while chunk := f.read(CHUNK):
         mac.update(chunk)
     f.seek(0)
@@ -56,12 +63,13 @@ def check(mac: hmac.HMAC, header: str | None) -> None:
     """Raise BadSignature unless ``header`` is the digest ``mac`` computed."""
     if not header or not header.startswith(PREFIX):
         raise BadSignature(f"missing {HEADER}: model archives must be signed")
-    if not hmac.compare_digest(header[len(PREFIX):], mac.hexdigest()):
+    if not hmac.compare_digest(header[len(PREFIX):].encode(errors="replace"),
+                               mac.hexdigest().encode()):
         raise BadSignature("bad signature: not signed with this daemon's token for this model")
 
 
-def unpack(archive: Path, dest: Path) -> None:
+def unpack(archive: IO[bytes], dest: Path) -> None:
     """Extract a verified archive; the ``data`` filter still refuses links and paths that
     would leave ``dest``."""
-    with tarfile.open(archive, mode="r") as tar:
+    with tarfile.open(fileobj=archive, mode="r") as tar:
         tar.extractall(dest, filter="data")

@@ -6,10 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import json
 import signal
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from sklearn.datasets import load_digits
 from support import CpuQuota, DaemonProcess, http, wait_for
 
 pytestmark = pytest.mark.timeout(600)
+MODEL = "0123456789abcdef:fedcba9876543210"
 
 
 def peer_block(name: str, d: DaemonProcess, token: str) -> str:
@@ -115,27 +120,25 @@ def _archive(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def _signature(key: str, origin: str, app: str, version: int, body: bytes) -> str:
-    mac = hmac.new(key.encode(), f"mliot-model\n{origin}\n{app}\n{version}\n".encode(),
+def _signature(key: str, origin: str, app: str, version: int, body: bytes,
+               model: str = MODEL) -> str:
+    mac = hmac.new(key.encode(), f"mliot-model\n{origin}\n{app}\n{version}\n{model}\n".encode(),
                    hashlib.sha256)
     mac.update(body)
     return "hmac-sha256=" + mac.hexdigest()
 
 
-def _put_model(d: DaemonProcess, token: str, path: str, body: bytes, signature: str | None
-               ) -> tuple[int, Any]:
-    import urllib.request
-
+def _put_model(d: DaemonProcess, token: str, path: str, body: bytes, signature: str | None,
+               model: str = MODEL) -> tuple[int, Any]:
     req = urllib.request.Request(f"{d.url}{path}", data=body, method="PUT")
     req.add_header("Authorization", f"Bearer {token}")
+    req.add_header("X-Mliot-Model", model)
     if signature is not None:
         req.add_header("X-Mliot-Signature", signature)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            import json
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        import json
         return exc.code, json.loads(exc.read())
 
 
@@ -153,7 +156,9 @@ def test_model_with_a_bad_signature_is_rejected_and_nothing_loaded(fleet: Any) -
         "wrong key": _signature("not-the-token", "a", "kitchen", 3, body),
         "other app": _signature("tb", "a", "garage", 3, body),
         "other version": _signature("tb", "a", "kitchen", 4, body),
+        "other model": _signature("tb", "a", "kitchen", 3, body, model="other:1"),
         "tampered": _signature("tb", "a", "kitchen", 3, body[:-1] + b"\x01"),
+        "not ascii": "hmac-sha256=\u00e9",
     }
     for case, signature in cases.items():
         status, answer = _put_model(b, "tb", path, body, signature)
@@ -162,13 +167,25 @@ def test_model_with_a_bad_signature_is_rejected_and_nothing_loaded(fleet: Any) -
     assert not trap.exists()
     assert http("GET", f"{b.url}/v1/peer/profile", token="tb")[1]["hosted"] == {}
     hosted = b.data_dir / "hosted"
-    assert not hosted.exists() or not any(hosted.rglob("*.pkl"))
+    assert not any(hosted.rglob("*.pkl"))
     # Correctly signed but not a model: still refused (422), still nothing loaded.
     status, answer = _put_model(b, "tb", path, body, _signature("tb", "a", "kitchen", 3, body))
     assert status == 422 and "not loadable" in answer["error"]
     assert http("GET", f"{b.url}/v1/peer/profile", token="tb")[1]["hosted"] == {}
     assert b.request("POST", "/v1/peer/models/a/kitchen/predict", {"instances": [[1.0]]},
                      token="tb")[0] == 404
+    # Names that would leave the hosted folder are refused even when correctly signed.
+    outside = b.workdir / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    for origin, app in (("..", "kitchen"), ("a", ".."), (str(outside), "x")):
+        quoted = "/".join(urllib.parse.quote(p, safe="") for p in (origin, app))
+        status, answer = _put_model(b, "tb", f"/v1/peer/models/{quoted}/3", body,
+                                    _signature("tb", origin, app, 3, body))
+        assert status in (404, 422), (origin, app, answer)
+    assert (outside / "keep").read_text() == "mine"
+    assert sorted(p.name for p in b.workdir.iterdir()) == sorted(
+        ["daemon.log", "data", "mliot.toml", "outside"])
 
 
 BUDGET_MS = 12.0  # 2 s clips: the audio front end takes a few ms, well above a round trip
@@ -258,6 +275,7 @@ def test_placement_follows_budget_speed_load_and_survives_a_dead_peer(fleet: Any
                                {"instances": [X[0].tolist()]}, token="ta")
     assert status == 503 and "no machine meets" in answer["error"]
     # Every machine meets the audio budget: it stays here.
+    wait_for(lambda: machines(a, "ta")["a"]["busy"] < 0.1, 60, 0.5)  # training is over
     here = wait_for(lambda: (p := placement(a, "sounds", "ta"))["serving"] == "a" and p, 30)
     local_ms = here["predicted_ms"]["a"]
     assert local_ms < BUDGET_MS / 1.5, f"the ensemble is too slow for this test: {here}"

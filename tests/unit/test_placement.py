@@ -89,3 +89,17 @@ def test_low_latency_stays_put_unless_another_machine_is_clearly_faster() -> Non
     assert stay["a"].serving == "nuc"  # 10 ms against 9.1 ms: within 10 %
     move = plan([app(mode="low_latency", current="nuc")], [HERE, replace(near, speed=2.0)])
     assert move["a"].serving == "vm"
+
+
+def test_best_effort_returns_home_only_with_a_margin() -> None:
+    # 10 ms here against a 10.5 ms budget: it fits, but not by 10 %: stay on the peer.
+    on_peer = app(budget=10.5, current="vm")
+    assert plan([on_peer], [HERE, FAST])["a"].serving == "vm"
+    assert plan([replace(on_peer, budget_ms=12.0)], [HERE, FAST])["a"].serving == "nuc"
+
+
+def test_excluded_machines_are_not_used_for_that_app() -> None:
+    out = plan([app(budget=8.0, lat=(4.0, 10.0)), app("b", budget=8.0)], [HERE, FAST])
+    assert out["a"].serving == "vm"
+    out = plan([replace(app(budget=8.0), exclude=frozenset({"vm"}))], [HERE, FAST])
+    assert out["a"].serving == "nuc" and out["a"].members == 1
