@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import urlsplit
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -137,6 +138,13 @@ class Peers(Actor[PeersMsg]):
                     name=entry.name, url=entry.url, up=False, error="not polled yet"))
         for gone in set(old) - set(self._peers):
             log.info("peer_removed", peer=gone)
+        for entry in entries:
+            host = urlsplit(entry.url).hostname or ""
+            if entry.url.startswith("http://") and host not in ("127.0.0.1", "::1", "localhost"):
+                # The token is also the key model archives are signed with.
+                log.warning("peer_token_in_clear", peer=entry.name, url=entry.url,
+                            advice="use https:// (a TLS proxy in front of the peer) or a "
+                                   "trusted network")
 
     async def _poll_forever(self) -> None:
         while True:

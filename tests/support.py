@@ -148,6 +148,11 @@ class CpuQuota:
     PERIOD_US = 50_000  # the kernel's smallest quota is 1 ms: this allows down to 0.02 cores
 
     def __init__(self, name: str, cores: float) -> None:
+        import pytest
+
+        if not os.access("/sys/fs/cgroup", os.W_OK) and not os.access("/sys/fs/cgroup/cpu",
+                                                                        os.W_OK):
+            pytest.skip("making a daemon slower needs a writable cgroup (root), as CI has")
         v2 = Path("/sys/fs/cgroup/cgroup.controllers")
         if v2.exists() and "cpu" in v2.read_text().split():
             self.path = Path("/sys/fs/cgroup") / name
