@@ -18,9 +18,10 @@ from typing import Any, TypeVar, assert_never
 import numpy as np
 import orjson
 import structlog
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import CIMultiDict
 
-from mliot_daemon import oip, signing
+from mliot_daemon import logs, oip, signing
 from mliot_daemon.catalog import AppEntry, Catalog
 from mliot_daemon.config import ConfigError, ConfigStore, Rejected, Settings, parse_app
 from mliot_daemon.hosting import HostedModels, HostError
@@ -85,12 +86,21 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_JSON_HEADERS = CIMultiDict({"Content-Type": "application/json"})  # aiohttp copies it
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    return web.Response(body=orjson.dumps(data), status=status, headers=_JSON_HEADERS)
 
 
 def error_response(status: int, message: str, details: list[str] | None = None) -> web.Response:
     return json_response({"error": message, "details": details or []}, status)
+
+
+def _too_big(limit: int, size: int) -> web.HTTPRequestEntityTooLarge:
+    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size,
+                                         text=f"body larger than {limit} bytes "
+                                              "(daemon.max_body_mb)")
 
 
 class Server(Actor[ServerMsg]):
@@ -108,6 +118,7 @@ class Server(Actor[ServerMsg]):
         self._config = config
         self._settings: Settings = config.current
         self._token = self._settings.token
+        self._machine_name = self._settings.daemon.machine_name
         self._store = store
         self._metrics = metrics
         self._monitor = monitor
@@ -176,6 +187,7 @@ class Server(Actor[ServerMsg]):
             case ApplyConfig(settings=settings, changed=changed):
                 self._settings = settings
                 self._token = settings.token
+                self._machine_name = settings.daemon.machine_name
                 if "apps" in changed:
                     async with self._catalog_lock:
                         for name in self.catalog.set_file_apps(settings.apps):
@@ -229,7 +241,7 @@ class Server(Actor[ServerMsg]):
         """The aiohttp application with every route and middleware (tests call this too)."""
         # aiohttp's own limit is set high: `_read_body` enforces the live max_body_mb.
         app = web.Application(client_max_size=2**40,
-                              middlewares=[self._observe, self._errors, self._auth])
+                              middlewares=[self._front])
         r = app.router
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
@@ -257,51 +269,46 @@ class Server(Actor[ServerMsg]):
         return app
 
     @web.middleware
-    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _front(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request's wrapper, in one layer (each layer is a coroutine more on the
+        prediction path): the bearer token, errors as JSON answers, metrics, a debug line."""
         start = time.perf_counter()
-        status = 500
+        response: web.StreamResponse | None = None
         try:
-            response = await handler(request)
-            status = response.status
-            return response
-        finally:
-            info = request.match_info.route.resource
-            route = info.canonical if info is not None else "unmatched"
-            elapsed = time.perf_counter() - start
-            self._metrics.http_requests.labels(request.method, route, str(status)).inc()
-            self._metrics.http_seconds.labels(route).observe(elapsed)
-            log.debug("http_request", method=request.method, route=route, status=status,
-                      ms=round(elapsed * 1000, 3), app=request.match_info.get("app"))
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
+            token = self._token
+            if token and request.path not in OPEN_PATHS and self._needs_token(request):
+                given = request.headers.get("Authorization", "")
+                given = given[7:] if given.startswith("Bearer ") else request.query.get(
+                    "token", "")
+                if not hmac.compare_digest(given.encode(), token.encode()):
+                    response = error_response(401, "missing or wrong bearer token")
+            if response is None:
+                response = await handler(request)
         except BadInput as exc:
-            return error_response(exc.status, exc.message, exc.details)
+            response = error_response(exc.status, exc.message, exc.details)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(exc.status, exc.text or exc.reason)
+            response = error_response(exc.status, exc.text or exc.reason)
         except StoreFull as exc:
-            return error_response(503, str(exc))
+            response = error_response(503, str(exc))
         except StoreError as exc:
-            return error_response(503, f"store unavailable: {exc}")
+            response = error_response(503, f"store unavailable: {exc}")
         except TimeoutError:
-            return error_response(503, "timed out waiting for the daemon; try again")
+            response = error_response(503, "timed out waiting for the daemon; try again")
         except Exception:  # the daemon keeps serving; the bug is in the log
             log.exception("http_handler_failed", path=request.path)
-            return error_response(500, "internal error; see the daemon log")
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = self._token
-        if token and request.path not in OPEN_PATHS and self._needs_token(request):
-            given = request.headers.get("Authorization", "")
-            given = given[7:] if given.startswith("Bearer ") else request.query.get("token", "")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return error_response(401, "missing or wrong bearer token")
-        return await handler(request)
+            response = error_response(500, "internal error; see the daemon log")
+        finally:
+            status = response.status if response is not None else 500
+            info = request.match_info.route.resource
+            route = info.canonical if info is not None else "unmatched"
+            elapsed = time.perf_counter() - start
+            self._metrics.observe_http(request.method, route, status, elapsed)
+            if logs.DEBUG:
+                log.debug("http_request", method=request.method, route=route, status=status,
+                          ms=round(elapsed * 1000, 3), app=request.match_info.get("app"))
+        return response
 
     def _needs_token(self, request: web.Request) -> bool:
         if self._settings.daemon.protect_reads:
@@ -314,19 +321,16 @@ class Server(Actor[ServerMsg]):
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = int(self._settings.daemon.max_body_mb * 2**20)
-        too_big = web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length
-                                                or limit + 1,
-                                                text=f"body larger than {limit} bytes "
-                                                     "(daemon.max_body_mb)")
-        if request.content_length is not None:
-            if request.content_length > limit:
-                raise too_big
+        length = request.content_length
+        if length is not None:
+            if length > limit:
+                raise _too_big(limit, length)
             return await request.read()  # aiohttp's own cap is off; the length is checked
         body = bytearray()  # chunked: count as it arrives
         async for chunk in request.content.iter_chunked(256 * 1024):
             body += chunk
             if len(body) > limit:
-                raise too_big
+                raise _too_big(limit, len(body))
         return bytes(body)
 
     async def _read_json(self, request: web.Request) -> Any:
@@ -572,7 +576,7 @@ class Server(Actor[ServerMsg]):
 
     @property
     def _me(self) -> str:
-        return self._settings.daemon.machine_name
+        return self._machine_name  # the setting asks the OS for the host name every time
 
     def _placement(self, app: str) -> dict[str, Any]:
         t = self._settings.training
@@ -615,26 +619,30 @@ class Server(Actor[ServerMsg]):
             raise BadInput(422, "instances: a non-empty list of samples is expected")
         if len(items) > MAX_INSTANCES:
             raise BadInput(422, f"instances: at most {MAX_INSTANCES} per request")
-        return [check_features(x, entry.spec, entry.shape, f"instances[{i}]")
-                for i, x in enumerate(items)]
+        spec, shape = entry.spec, entry.shape
+        if len(items) == 1:
+            return [check_features(items[0], spec, shape, "instances[0]")]
+        return [check_features(x, spec, shape, f"instances[{i}]") for i, x in enumerate(items)]
 
     async def _answer(self, entry: AppEntry, samples: list[Any], probabilities: bool = False
                       ) -> list[dict[str, Any]]:
         """Predict, record the predictions (group-committed off the hot path), shape the JSON."""
         answers = await self._route(entry, samples, probabilities)
-        ids = [new_prediction_id() for _ in answers]
-        self._store.record_predictions(
-            PredictionRecord(id=i, app=entry.name, label=a.label, confidence=a.confidence,
-                             stage=a.stage, model_version=a.version, features=x)
-            for i, a, x in zip(ids, answers, samples, strict=True))
+        app = entry.name
+        records = []
         out = []
-        for i, a in zip(ids, answers, strict=True):
+        for a, x in zip(answers, samples, strict=True):
+            i = new_prediction_id()
+            records.append(PredictionRecord(id=i, app=app, label=a.label,
+                                            confidence=a.confidence, stage=a.stage,
+                                            model_version=a.version, features=x))
             item = {"id": i, "label": a.label, "confidence": round(a.confidence, 6),
                     "stage": a.stage, "model_version": a.version}
             if a.probabilities is not None:
                 item["probabilities"] = a.probabilities
             out.append(item)
-        self._metrics.predictions.labels(entry.name).inc(len(out))
+        self._store.record_predictions(records)
+        self._metrics.predicted(app, len(out))
         if self.mqtt is not None and out:  # Home Assistant shows the last label, any channel
             last = out[-1]
             self.mqtt.offer(Predicted(app=entry.name, label=last["label"],
@@ -680,12 +688,14 @@ class Server(Actor[ServerMsg]):
     async def _predict(self, request: web.Request) -> web.Response:
         entry = self._entry(request)
         body = await self._read_body(request)
-        payload = await self._offload(len(body), lambda: parse_json(body))
+        small = len(body) <= PARSE_IN_THREAD_BYTES  # the usual case: no closures, no thread
+        payload = parse_json(body) if small else await self._offload(
+            len(body), lambda: parse_json(body))
         if not isinstance(payload, dict) or "instances" not in payload:
             raise BadInput(422, 'expected {"instances": [...], "probabilities"?: bool}')
         self._serving(entry)
-        samples = await self._offload(len(body),
-                                      lambda: self._instances(entry, payload["instances"]))
+        samples = self._instances(entry, payload["instances"]) if small else \
+            await self._offload(len(body), lambda: self._instances(entry, payload["instances"]))
         predictions = await self._answer(entry, samples, bool(payload.get("probabilities")))
         return json_response({"predictions": predictions})
 
@@ -970,7 +980,8 @@ class _Client:
     async def write_loop(self) -> None:
         while True:
             message = await self.queue.get()
-            await self.ws.send_str(orjson.dumps(message).decode())
+            # orjson's bytes are UTF-8 already: no decode here and encode in send_str
+            await self.ws.send_frame(orjson.dumps(message), WSMsgType.TEXT)
 
 
 def _version() -> str:

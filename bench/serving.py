@@ -14,6 +14,11 @@
    gets the same single-row keep-alive latency test, a throughput test (8 concurrent
    keep-alive clients, one row per request) and an RSS reading (server process plus its
    children) after the load.
+5. Where the time goes: the same clients against a transport floor (``bench/handmade_server.py
+   -``: uvloop + aiohttp answering a constant prediction, no model), and the served predictor
+   alone in a child process, one row at a time, back to back and with 0.3 ms idle between
+   rows as in the round trips (the core sleeps between requests and comes back to cold
+   caches).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import multiprocessing
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -34,7 +41,7 @@ import orjson
 
 from bench import competitors
 from bench.common import rss_mib, wait_quiet
-from bench.daemon_proc import histogram, quantile_between, running_daemon
+from bench.daemon_proc import free_port, histogram, quantile_between, running_daemon
 from bench.datasets import digits
 
 CONCURRENCY = 8
@@ -83,9 +90,17 @@ async def http_latency(url: str, app: str, rows: np.ndarray, n: int) -> list[flo
             start = time.perf_counter()
             async with s.post(f"{url}/v1/apps/{app}/predict", data=body) as r:
                 await r.read()
-                assert r.status == 200
+                assert r.status == 200, await r.text()
             times.append(time.perf_counter() - start)
     return times[n // 10:]  # the first tenth warms connections and caches
+
+
+async def _prediction(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Wait for the next prediction; an error answer fails the run (waiting for a prediction
+    that will never come would hang it)."""
+    while (msg := await ws.receive_json())["type"] != "prediction":
+        if msg["type"] == "error":
+            raise RuntimeError(f"the daemon answered an error: {msg['message']}")
 
 
 async def ws_latency_and_throughput(url: str, app: str, rows: np.ndarray, n: int,
@@ -98,8 +113,7 @@ async def ws_latency_and_throughput(url: str, app: str, rows: np.ndarray, n: int
         for i in range(n):
             start = time.perf_counter()
             await ws.send_str(messages[i])
-            while (await ws.receive_json())["type"] != "prediction":
-                pass
+            await _prediction(ws)
             times.append(time.perf_counter() - start)
 
         async def sender() -> None:
@@ -108,10 +122,8 @@ async def ws_latency_and_throughput(url: str, app: str, rows: np.ndarray, n: int
 
         start = time.perf_counter()
         task = asyncio.create_task(sender())
-        got = 0
-        while got < pipelined:
-            if (await ws.receive_json())["type"] == "prediction":
-                got += 1
+        for _ in range(pipelined):
+            await _prediction(ws)
         elapsed = time.perf_counter() - start
         await task
     return times[n // 10:], pipelined / elapsed
@@ -145,6 +157,62 @@ async def http_generic(url: str, bodies: list[bytes], n: int, concurrency: int
         await asyncio.gather(*(client(s) for _ in range(concurrency)))
         rate = n / (time.perf_counter() - start)
     return times[n // 10:], rate
+
+
+def predictor_ms(data_dir: Path, apps: list[str], n: int) -> dict[str, dict[str, float]]:
+    """p50 of one served row through ``ServedModel.predict`` (front end, gate, fast vote),
+    in this (child) process: back to back, and with 0.3 ms of idle before each row."""
+    from mliot_daemon.learn.fast import single_thread_blas
+    from mliot_daemon.learn.persist import load_model
+    from mliot_daemon.registry import Registry
+    from mliot_daemon.serving import ServedModel
+
+    single_thread_blas()
+    registry = Registry(data_dir / "models")
+    _, X_test, _, _ = digits()
+    rows = X_test.astype(np.float32)
+    out = {}
+    for app in apps:
+        version = registry.current(app)
+        assert version is not None
+        model = ServedModel(version, load_model(registry.version_path(app, version)))
+        result = {}
+        for name, idle in (("back_to_back_ms", 0.0), ("idle_0.3ms_ms", 0.0003)):
+            times = []
+            for i in range(n):
+                if idle:
+                    time.sleep(idle)
+                start = time.perf_counter()
+                model.predict(rows[i % len(rows)][None])
+                times.append(time.perf_counter() - start)
+            result[name] = round(float(np.percentile(np.asarray(times[n // 10:]) * 1000, 50)), 4)
+        out[app] = result
+    return out
+
+
+def transport_floor(rows: np.ndarray, n: int, pipelined: int) -> dict[str, Any]:
+    """The same HTTP and WebSocket clients against a server that answers a constant."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.handmade_server", "-", str(port)],
+                            cwd=Path(__file__).resolve().parent.parent)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request(url, "POST", "/v1/apps/floor/predict", {"instances": [[0.0]]})
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the floor server did not start") from None
+                time.sleep(0.05)
+        http_t = asyncio.run(http_latency(url, "floor", rows, n))
+        ws_t, ws_rate = asyncio.run(ws_latency_and_throughput(url, "floor", rows, n, pipelined))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"http_ms": _percentiles(http_t), "ws_ms": _percentiles(ws_t),
+            "ws_pipelined_per_s": round(ws_rate)}
 
 
 def competitor(kind: str, model_file: Path, rows: np.ndarray, n: int) -> dict[str, Any]:
@@ -218,6 +286,7 @@ def run(quick: bool) -> dict[str, Any]:
             forest = pool.submit(competitors.train_forest, Path(tmp) / "rf" / "model.joblib"
                                  ).result()
             forest_ms = pool.submit(competitors.forest_inprocess_ms, forest).result()
+            predictor = pool.submit(predictor_ms, data, list(members), n).result()
         apps = "".join(f'[[apps]]\nname = "{a}"\ndata_type = "vector"\nshape = [64]\n'
                        for a in members)
         result: dict[str, Any] = {**env, "members": members}
@@ -235,6 +304,8 @@ def run(quick: bool) -> dict[str, Any]:
             loaded = rss_mib(proc.pid)
             result["mliot_rss"] = loaded
             result.update(first_serve(url))
+        result["floor"] = transport_floor(X_test, n, pipelined)
+        result["predictor"] = predictor
         result["mlserver"] = competitor("mlserver", forest, X_test, n)
         result["handmade"] = competitor("handmade", forest, X_test, n)
         result["forest_predict_inprocess_ms"] = forest_ms

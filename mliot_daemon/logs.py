@@ -7,6 +7,10 @@ import sys
 
 import structlog
 
+# Whether debug lines are written: hot paths test this before building a debug event (a
+# filtered call through the lazy module-level logger still costs a few microseconds).
+DEBUG = False
+
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and route stdlib loggers (aiohttp, asyncio) through it; idempotent."""
@@ -19,6 +23,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer())
     numeric = getattr(logging, level.upper())
+    global DEBUG
+    DEBUG = numeric <= logging.DEBUG
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info,
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -70,6 +72,29 @@ class Metrics:
         self.mqtt_ack_seconds = Histogram("mliot_mqtt_ack_seconds", "Receipt to PUBACK of a "
                                           "sample or correction (commit included)",
                                           buckets=LATENCY_BUCKETS, registry=r)
+
+        # Labelled children looked up once: ``labels()`` takes a lock and builds a key on every
+        # call, a few microseconds each on the prediction path.
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._prediction_children: dict[str, Any] = {}
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered HTTP request and its latency."""
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_seconds.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def predicted(self, app: str, n: int) -> None:
+        """Count ``n`` predictions answered for ``app``."""
+        child = self._prediction_children.get(app)
+        if child is None:
+            child = self._prediction_children[app] = self.predictions.labels(app)
+        child.inc(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

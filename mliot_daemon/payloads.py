@@ -90,8 +90,15 @@ def peer_instance(value: Any) -> np.ndarray:
 
 
 def _check_shape(x: np.ndarray, spec: AppSpec, shape: tuple[int, ...] | None, path: str) -> None:
-    rank_ok = {"vector": x.ndim == 1, "image": x.ndim in (2, 3), "sensor": x.ndim == 2,
-               "audio": x.ndim == 1 or x.shape == PATCH_SHAPE}[spec.data_type]
+    kind = spec.data_type
+    if kind == "vector":
+        rank_ok = x.ndim == 1
+    elif kind == "image":
+        rank_ok = x.ndim in (2, 3)
+    elif kind == "sensor":
+        rank_ok = x.ndim == 2
+    else:
+        rank_ok = x.ndim == 1 or x.shape == PATCH_SHAPE
     if not rank_ok or x.size == 0:
         want = {"vector": "(d,)", "image": "(h, w) or (h, w, c)", "sensor": "(channels, time)",
                 "audio": "(n,) raw samples or (96, 64) log-mel"}[spec.data_type]

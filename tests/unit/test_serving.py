@@ -1,0 +1,66 @@
+"""The micro-batcher: a lone request is answered at once, concurrent ones share one vote."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mliot_daemon.serving import Answer, ServedApp
+
+
+class SlowModel:
+    """Stands in for a ServedModel: records each call's batch; each call takes 20 ms, so
+    requests that arrive together are back-to-back load for the batcher."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def trimmed(self, k: int | None) -> SlowModel:
+        return self
+
+    def predict(self, X: Any, probabilities: bool = False) -> list[Answer]:
+        if any(float(x[0]) < 0 for x in X):
+            raise ValueError("negative")
+        self.calls.append(len(X))
+        time.sleep(0.02)
+        return [Answer(str(int(x[0])), 1.0, 2, 1, None) for x in X]
+
+
+def row(v: float) -> list[np.ndarray]:
+    return [np.array([v, 0.0], dtype=np.float32)]
+
+
+async def test_lone_requests_are_answered_one_call_each() -> None:
+    model = SlowModel()
+    app = ServedApp(model)  # type: ignore[arg-type]
+    for v in range(3):
+        (answer,) = await app.predict(row(v))
+        assert answer.label == str(v)
+        await asyncio.sleep(0.05)  # idle for longer than a call takes
+    assert model.calls == [1, 1, 1]
+
+
+async def test_concurrent_requests_share_a_batch() -> None:
+    model = SlowModel()
+    app = ServedApp(model)  # type: ignore[arg-type]
+    answers = await asyncio.gather(*(app.predict(row(v)) for v in range(6)))
+    assert [a[0].label for a in answers] == [str(v) for v in range(6)]
+    # the first found the app idle; the five that arrived behind it were voted together
+    assert model.calls == [1, 5]
+
+
+async def test_a_bad_sample_fails_only_its_request() -> None:
+    model = SlowModel()
+    app = ServedApp(model)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(app.predict(row(1)))
+    results = await asyncio.gather(first, app.predict(row(-1)), app.predict(row(2)),
+                                   return_exceptions=True)
+    assert results[0][0].label == "1"  # type: ignore[index]
+    assert isinstance(results[1], ValueError)
+    assert results[2][0].label == "2"  # type: ignore[index]
+    with pytest.raises(ValueError):
+        await app.predict(row(-3))  # a lone bad request raises straight away
