@@ -129,10 +129,12 @@ async def _close_client(client: Any) -> None:
 class _PoolFits:
     """A run's fits in the local process pool."""
 
-    def __init__(self, pool_call: Callable[..., Any], out_dir: Path, where: str) -> None:
+    def __init__(self, pool_call: Callable[..., Any], out_dir: Path, where: str,
+                 workers: int) -> None:
         self._pool_call = pool_call
         self._out_dir = out_dir
         self.where = where
+        self.width = workers  # fits of one run in flight at once
 
     async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
                   ) -> jobs.FitResult:
@@ -158,19 +160,16 @@ class _ClusterFits:
         self._timeout_s = timeout_s
         self._versions = versions  # the daemon's: a worker with others refuses the fit
         self._data: Any = None  # the scattered FeatureSet (a distributed.Future)
+        self._scatter = asyncio.Lock()  # concurrent first fits scatter once
         self.where = link.where
+        workers = client.scheduler_info().get("workers", {})
+        self.width = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
     async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
                   ) -> jobs.FitResult:
-        if self._data is None:
-            features = await asyncio.to_thread(jobs.load_features, directory)
-            try:
-                # distributed waits up to its connect timeout for a worker to take them
-                async with asyncio.timeout(self._timeout_s):
-                    self._data = await self._client.scatter(features, hash=False)
-            except (OSError, TimeoutError) as exc:
-                raise ClusterUnavailable(f"no worker of the Dask cluster at {self._address} "
-                                         f"took the training data: {str(exc) or 'timed out'}") from exc
+        async with self._scatter:
+            if self._data is None:
+                await self._scatter_features(directory)
         reducer = await asyncio.to_thread(jobs.load_reducer, directory)
         future = self._client.submit(
             jobs.dask_fit_job, self._data, reducer, step, None, 0, params, self._versions,
@@ -191,6 +190,16 @@ class _ClusterFits:
             # if it has not started, a worker cannot stop it once it has
             future.release()
         return await asyncio.to_thread(jobs.save_shipped, shipped, self._out_dir)
+
+    async def _scatter_features(self, directory: Path) -> None:
+        features = await asyncio.to_thread(jobs.load_features, directory)
+        try:
+            # distributed waits up to its connect timeout for a worker to take them
+            async with asyncio.timeout(self._timeout_s):
+                self._data = await self._client.scatter(features, hash=False)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterUnavailable(f"no worker of the Dask cluster at {self._address} took "
+                                     f"the training data: {str(exc) or 'timed out'}") from exc
 
     def release(self) -> None:
         if self._data is not None:
@@ -556,7 +565,8 @@ class Trainer(Actor[TrainerMsg]):
         try:
             fits: _PoolFits | _ClusterFits
             if link is None:
-                fits = _PoolFits(self._pool_call, run_dir / "fits", self._machine)
+                fits = _PoolFits(self._pool_call, run_dir / "fits", self._machine,
+                                 self._settings.training.pool_size)
             else:  # connect before any work: an unreachable cluster fails the run at once
                 client = await self._connect(link)
                 if self._versions is None:  # imports xgboost: not on the loop
@@ -625,28 +635,61 @@ class Trainer(Actor[TrainerMsg]):
         policy = self._policy(spec)
         staging: Path | None = None
         summary: dict[str, Any] = {}
-        for i, step in enumerate(steps):
-            params = refit.get(step.family) if refit else None
-            result = await fits.fit(info.directory, step, params)
-            fitted[step.family] = result
-            self._event(app, "model_fitted", family=step.family, quick=False,
-                        accuracy=result.summary.get("val_accuracy"))
-            last = i == len(steps) - 1
-            if refit is not None and not last:
-                continue
-            candidates = list(fitted.values())
-            staging = await asyncio.to_thread(self._registry.staging_path, app)
-            extra = {"reason": reason, "n_samples": n, "complete": last,
-                     "fitted_on": {r.family: fits.where for r in candidates},
-                     "stale_before_id": state.stale_before_id,
-                     "stale_labels": sorted(state.stale_labels)}
-            summary = await self._pool_call(
-                jobs.assemble_job, info.directory, [r.artifact for r in candidates], policy,
-                spec.background_class, staging, extra)
-            if refit is None:
-                first = i == 0 and not published
-                await self._publish(state, staging, reason if first else "lazy", summary)
-                staging = None
+        # As many fits in flight as the pool (or the cluster) has workers, cheapest first;
+        # each one that finishes is assembled and published at once (lazy), before the next
+        # fit takes the freed worker (assembly runs in the pool too).
+        todo = list(steps)
+        running: dict[asyncio.Task[jobs.FitResult], PlanStep] = {}
+
+        def start_next() -> None:
+            if todo:
+                step = todo.pop(0)
+                params = refit.get(step.family) if refit else None
+                running[asyncio.create_task(fits.fit(info.directory, step, params))] = step
+
+        try:
+            for _ in range(fits.width):
+                start_next()
+            i = 0
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    step = running.pop(task)
+                    fitted[step.family] = result = task.result()
+                    self._event(app, "model_fitted", family=step.family, quick=False,
+                                accuracy=result.summary.get("val_accuracy"))
+                last = not running and not todo
+                if refit is None or last:
+                    staging, summary = await self._assemble(
+                        fits, state, info.directory, fitted, reason, n, last, policy)
+                if refit is None:
+                    first = i == 0 and not published
+                    await self._publish(state, staging, reason if first else "lazy", summary)
+                    staging = None
+                i += 1
+                for _ in done:
+                    start_next()
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        return staging, summary
+
+    async def _assemble(self, fits: _PoolFits | _ClusterFits, state: AppState,
+                        directory: Path, fitted: dict[str, jobs.FitResult], reason: str,
+                        n: int, last: bool, policy: Policy) -> tuple[Path, dict[str, Any]]:
+        """Select the ensemble from what is fitted so far and save it to a staging path."""
+        spec = state.spec
+        app = spec.name
+        candidates = list(fitted.values())
+        staging = await asyncio.to_thread(self._registry.staging_path, app)
+        extra = {"reason": reason, "n_samples": n, "complete": last,
+                 "fitted_on": {r.family: fits.where for r in candidates},
+                 "stale_before_id": state.stale_before_id,
+                 "stale_labels": sorted(state.stale_labels)}
+        summary = await self._pool_call(
+            jobs.assemble_job, directory, [r.artifact for r in candidates], policy,
+            spec.background_class, staging, extra)
         return staging, summary
 
     async def _train(self, state: AppState, reason: str, run_dir: Path, n: int) -> None:
