@@ -75,9 +75,12 @@ def digits_part(budget: float) -> dict[str, Any]:
     fast, ref = full.fast().predict_features(Z), full.reference_predict_features(Z)
     single = latency_percentiles_ms(full.fast().predict, Xte, repeats=3000)
     big = np.tile(Xte, (20, 1))
-    t = time.perf_counter()
-    full.fast().predict(big)
-    rows_s = len(big) / (time.perf_counter() - t)
+    runs = []
+    for _ in range(3):  # best of three: one call of ~0.25 s is at the mercy of the neighbours
+        t = time.perf_counter()
+        full.fast().predict(big)
+        runs.append(time.perf_counter() - t)
+    rows_s = len(big) / min(runs)
 
     def naive(x):
         z = full.front_end.transform(x)
