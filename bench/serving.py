@@ -15,7 +15,9 @@
    keep-alive clients, one row per request) and an RSS reading (server process plus its
    children) after the load.
 5. Where the time goes: the same clients against a transport floor (``bench/handmade_server.py
-   -``: uvloop + aiohttp answering a constant prediction, no model), and the served predictor
+   -``: uvloop + aiohttp answering a constant prediction, no model; measured just before and
+   just after each of mliot's single-row runs, so both see the same machine), and the served
+   predictor
    alone in a child process, one row at a time, back to back and with 0.3 ms idle between
    rows as in the round trips (the core sleeps between requests and comes back to cold
    caches).
@@ -24,6 +26,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import multiprocessing
 import subprocess
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -190,8 +194,9 @@ def predictor_ms(data_dir: Path, apps: list[str], n: int) -> dict[str, dict[str,
     return out
 
 
-def transport_floor(rows: np.ndarray, n: int, pipelined: int) -> dict[str, Any]:
-    """The same HTTP and WebSocket clients against a server that answers a constant."""
+@contextlib.contextmanager
+def floor_server() -> Iterator[str]:
+    """The transport floor: a server that answers every prediction with a constant."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.handmade_server", "-", str(port)],
                             cwd=Path(__file__).resolve().parent.parent)
@@ -206,13 +211,23 @@ def transport_floor(rows: np.ndarray, n: int, pipelined: int) -> dict[str, Any]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the floor server did not start") from None
                 time.sleep(0.05)
-        http_t = asyncio.run(http_latency(url, "floor", rows, n))
-        ws_t, ws_rate = asyncio.run(ws_latency_and_throughput(url, "floor", rows, n, pipelined))
+        yield url
     finally:
         proc.terminate()
         proc.wait(30)
-    return {"http_ms": _percentiles(http_t), "ws_ms": _percentiles(ws_t),
-            "ws_pipelined_per_s": round(ws_rate)}
+
+
+def around(floor: str, rows: np.ndarray, n: int, measure: Any, times: dict[str, list[float]]
+           ) -> Any:
+    """Run ``measure()``, with the floor's single-row latencies taken just before and just
+    after it (n/2 requests each way), so floor and mliot see the same machine."""
+    for when in ("before", "after"):
+        if when == "after":
+            out = measure()
+        times["http"] += asyncio.run(http_latency(floor, "floor", rows, n // 2))
+        times["ws"] += asyncio.run(ws_latency_and_throughput(floor, "floor", rows, n // 2,
+                                                             0))[0]
+    return out
 
 
 def competitor(kind: str, model_file: Path, rows: np.ndarray, n: int) -> dict[str, Any]:
@@ -290,11 +305,14 @@ def run(quick: bool) -> dict[str, Any]:
         apps = "".join(f'[[apps]]\nname = "{a}"\ndata_type = "vector"\nshape = [64]\n'
                        for a in members)
         result: dict[str, Any] = {**env, "members": members}
-        with running_daemon(apps + "[training]\nworkers = 1\n", data_dir=data) as (url, proc):
+        floor_t: dict[str, list[float]] = {"http": [], "ws": []}
+        with floor_server() as floor, \
+                running_daemon(apps + "[training]\nworkers = 1\n", data_dir=data) as (url, proc):
             for app in members:
-                http_t = asyncio.run(http_latency(url, app, X_test, n))
-                ws_t, ws_rate = asyncio.run(ws_latency_and_throughput(url, app, X_test, n,
-                                                                      pipelined))
+                http_t = around(floor, X_test, n, lambda app=app: asyncio.run(
+                    http_latency(url, app, X_test, n)), floor_t)
+                ws_t, ws_rate = around(floor, X_test, n, lambda app=app: asyncio.run(
+                    ws_latency_and_throughput(url, app, X_test, n, pipelined)), floor_t)
                 bodies = [orjson.dumps({"instances": [r.tolist()]}) for r in X_test]
                 _, rate = asyncio.run(http_generic(f"{url}/v1/apps/{app}/predict", bodies, n,
                                                    CONCURRENCY))
@@ -304,7 +322,11 @@ def run(quick: bool) -> dict[str, Any]:
             loaded = rss_mib(proc.pid)
             result["mliot_rss"] = loaded
             result.update(first_serve(url))
-        result["floor"] = transport_floor(X_test, n, pipelined)
+            floor_rate = asyncio.run(ws_latency_and_throughput(floor, "floor", X_test, n // 10,
+                                                               pipelined))[1]
+        result["floor"] = {"http_ms": _percentiles(floor_t["http"]),
+                           "ws_ms": _percentiles(floor_t["ws"]),
+                           "ws_pipelined_per_s": round(floor_rate)}
         result["predictor"] = predictor
         result["mlserver"] = competitor("mlserver", forest, X_test, n)
         result["handmade"] = competitor("handmade", forest, X_test, n)
