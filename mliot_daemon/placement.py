@@ -15,8 +15,9 @@ ensemble on a peer beats a trimmed one here) and then prefers this machine (no n
 way), then where it is now, then the fastest; ``low_latency`` takes the fastest. Both stay
 where they are unless the move gains more than 10 % (no flapping on noisy measurements).
 Admission control: a machine takes an app only if every app already on it still meets its
-budget with the added load. When nothing holds, the app is refused with the numbers that say
-why.
+budget with the added load. When nothing holds, an app not yet placed is refused with the
+numbers that say why; one already placed stays (or fails over to this machine when its
+machine is gone) rather than be dropped because load rose.
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ def _choose(app: AppDemand, up: list[MachineView], busy: dict[str, float],
                       f"budget {app.budget_ms:g} ms{trimmed}")
             return Decision(app.name, m.name, k, reason, whole)
 
+    if app.current is not None:
+        return _keep(app, up, whole, full)
+
     def with_own_load(m: MachineView) -> float:
         return predicted_ms(app, 1, m, busy[m.name] + _added_load(app, 1, m))
 
@@ -158,6 +162,24 @@ def _choose(app: AppDemand, up: list[MachineView], busy: dict[str, float],
     if full:
         reason += "; " + full[0]
     return Decision(app.name, None, None, reason, whole)
+
+
+def _keep(app: AppDemand, up: list[MachineView], whole: dict[str, float], full: list[str]
+          ) -> Decision:
+    """An app already placed is not refused because load rose: it stays where it is (or,
+    when that machine is gone, comes here), with as many members as fit the budget there
+    when idle. Refusal is for apps no machine could take (the paper's admission control
+    stops *more* work; it does not drop what runs)."""
+    m = next((x for x in up if x.name == app.current), None) \
+        or next((x for x in up if x.local), None) or up[0]
+    k = max([j for j in range(1, app.n_members + 1)
+             if predicted_ms(app, j, m, 0.0) <= app.budget_ms] or [1])
+    reason = (f"no machine meets the {app.budget_ms:g} ms budget under the present load "
+              f"({whole.get(m.name, float('inf')):.3g} ms predicted on {m.name}); kept on "
+              f"{m.name} with {k} of {app.n_members} members rather than refused")
+    if full:
+        reason += "; " + full[0]
+    return Decision(app.name, m.name, k, reason, whole)
 
 
 def _pick(app: AppDemand, ok: list[tuple[float, MachineView]]) -> tuple[float, MachineView]:

@@ -103,3 +103,15 @@ def test_excluded_machines_are_not_used_for_that_app() -> None:
     assert out["a"].serving == "vm"
     out = plan([replace(app(budget=8.0), exclude=frozenset({"vm"}))], [HERE, FAST])
     assert out["a"].serving == "nuc" and out["a"].members == 1
+
+
+def test_a_placed_app_is_kept_not_refused_when_load_rises() -> None:
+    swamped = replace(HERE, busy=0.95)
+    out = plan([app(budget=12.0, current="nuc")], [swamped, SLOW])
+    assert out["a"].serving == "nuc" and out["a"].members == 2
+    assert "rather than refused" in out["a"].reason
+    # Its peer died and nothing else holds: it comes home.
+    out = plan([app(budget=12.0, current="vm")], [swamped, SLOW])
+    assert out["a"].serving == "nuc"
+    # Never placed: refused.
+    assert plan([app(budget=12.0)], [swamped, SLOW])["a"].serving is None
