@@ -114,15 +114,15 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        """Log lines (JSON) whose event is ``name``."""
+    def events(self, *names: str) -> list[dict[str, Any]]:
+        """Log lines (JSON) whose event is one of ``names``, in the order they were written."""
         out = []
         for line in self.log().splitlines():
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if rec.get("event") == name:
+            if rec.get("event") in names:
                 out.append(rec)
         return out
 

@@ -14,19 +14,6 @@ from support import DaemonProcess, wait_for
 pytestmark = pytest.mark.timeout(600)
 
 
-def logged(d: DaemonProcess, names: set[str]) -> list[dict[str, Any]]:
-    """The daemon's log records with these event names, in the order they were written."""
-    out = []
-    for line in d.log().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") in names:
-            out.append(rec)
-    return out
-
-
 def post(d: DaemonProcess, X: np.ndarray, y: np.ndarray) -> None:
     body = {"samples": [{"features": x.tolist(), "label": int(t)}
                         for x, t in zip(X, y, strict=True)]}
@@ -44,7 +31,7 @@ def test_quick_version_serves_before_the_full_preparation(daemon_factory: Any) -
     post(d, X[:1000], y[:1000])
     wait_for(lambda: runs_finished(d, 1), 400, 0.5)
 
-    order = logged(d, {"quick_version", "version_published", "features_prepared"})
+    order = d.events("quick_version", "version_published", "features_prepared")
     names = [(r["event"], r.get("version")) for r in order]
     # version 1 is published (and logged with what it took) before all rows are prepared
     assert names[:3] == [("version_published", 1), ("quick_version", None),
