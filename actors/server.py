@@ -13,6 +13,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, assert_never
 
 import numpy as np
@@ -627,7 +628,23 @@ class Server(Actor[ServerMsg]):
     async def _answer(self, entry: AppEntry, samples: list[Any], probabilities: bool = False
                       ) -> list[dict[str, Any]]:
         """Predict, record the predictions (group-committed off the hot path), shape the JSON."""
-        answers = await self._route(entry, samples, probabilities)
+        return self._publish(entry, samples, await self._route(entry, samples, probabilities))
+
+    def _answer_now(self, entry: AppEntry, samples: list[Any], probabilities: bool = False
+                    ) -> list[dict[str, Any]] | None:
+        """``_answer`` without waiting, when the app is served here and idle; else None."""
+        served = self._serving(entry)
+        if self._peer_for(entry) is not None:
+            return None
+        answers = served.predict_now(samples, probabilities)
+        if answers is None:
+            return None
+        served.predictions += len(samples)
+        return self._publish(entry, samples, answers)
+
+    def _publish(self, entry: AppEntry, samples: list[Any], answers: list[Answer]
+                 ) -> list[dict[str, Any]]:
+        """The answers as JSON items; their records, metrics, MQTT state and watchers."""
         app = entry.name
         records = []
         out = []
@@ -643,12 +660,13 @@ class Server(Actor[ServerMsg]):
             out.append(item)
         self._store.record_predictions(records)
         self._metrics.predicted(app, len(out))
-        if self.mqtt is not None and out:  # Home Assistant shows the last label, any channel
+        # Home Assistant shows the last label, from any channel; no broker, no message
+        if self.mqtt is not None and self._settings.mqtt is not None and out:
             last = out[-1]
-            self.mqtt.offer(Predicted(app=entry.name, label=last["label"],
+            self.mqtt.offer(Predicted(app=app, label=last["label"],
                                       confidence=last["confidence"],
                                       model_version=last["model_version"]))
-        for client in self._sockets.get(entry.name, ()):
+        for client in self._sockets.get(app, ()):
             if client.watch:  # `mliot watch`: every prediction, from any channel
                 for item in out:
                     client.put({"type": "prediction", "ref": None, **item})
@@ -660,10 +678,8 @@ class Server(Actor[ServerMsg]):
         that fails is asked no more until the next plan, and the request is answered here."""
         served = self._serving(entry)
         served.predictions += len(samples)
-        route = self._routes.get(entry.name)
-        if route is not None and route.serving is None:
-            raise BadInput(503, f"placement refused for {entry.name!r}: {route.reason}")
-        if route is None or route.serving == self._me or self.peers is None:
+        route = self._peer_for(entry)
+        if route is None:
             return await served.predict(samples, probabilities)
         peer = route.serving
         try:
@@ -681,6 +697,16 @@ class Server(Actor[ServerMsg]):
                     self._routes[app] = self._local_route(
                         app, f"{peer} failed ({exc}); served locally until the next plan")
             return await served.predict(samples, probabilities)
+
+    def _peer_for(self, entry: AppEntry) -> Route | None:
+        """The route to the peer that serves this app; None when it is served here; 503
+        when placement refused it."""
+        route = self._routes.get(entry.name)
+        if route is not None and route.serving is None:
+            raise BadInput(503, f"placement refused for {entry.name!r}: {route.reason}")
+        if route is None or route.serving == self._me or self.peers is None:
+            return None
+        return route
 
     def _local_route(self, app: str, reason: str) -> Route:
         return Route(app=app, serving=self._me, members=None, reason=reason)
@@ -901,17 +927,22 @@ class Server(Actor[ServerMsg]):
                         client.put({"type": "error", "ref": None,
                                     "message": "only JSON text messages are understood"})
                         continue
+                    reply, later = self._ws_now(entry.name, msg.data)
+                    if reply is not None:  # answered without waiting: no task, no queue
+                        await client.send(reply)
+                        continue
                     await in_flight.acquire()
-                    tg.create_task(self._ws_message(entry.name, client, msg.data, in_flight))
+                    tg.create_task(self._ws_message(entry.name, client, later, in_flight))
                 writer.cancel()
         finally:
             if client is not None:
                 self._sockets.get(entry.name, set()).discard(client)
         return ws
 
-    async def _ws_message(self, app: str, client: _Client, data: str,
-                          in_flight: asyncio.Semaphore) -> None:
-        ref: Any = None
+    def _ws_now(self, app: str, data: str) -> tuple[dict[str, Any] | None, _WsWork]:
+        """(the reply, when the message can be answered at once; else the parsed work for
+        ``_ws_message``). A prediction on an idle app is answered here, in the reader."""
+        work = _WsWork()
         try:
             try:
                 msg = orjson.loads(data)
@@ -919,11 +950,27 @@ class Server(Actor[ServerMsg]):
                 raise BadInput(400, f"malformed JSON: {exc}") from exc
             if not isinstance(msg, dict):
                 raise BadInput(422, "a message must be a JSON object")
-            ref = msg.get("ref")
+            work.msg, work.ref = msg, msg.get("ref")
+            if msg.get("type") != "predict":
+                return None, work
+            entry = self._app(app)
+            work.samples = [check_features(msg.get("features"), entry.spec, entry.shape)]
+            out = self._answer_now(entry, work.samples, bool(msg.get("probabilities")))
+            if out is None:
+                return None, work
+            return {"type": "prediction", "ref": work.ref, **out[0]}, work
+        except Exception as exc:
+            return self._ws_error(app, work.ref, exc), work
+
+    async def _ws_message(self, app: str, client: _Client, work: _WsWork,
+                          in_flight: asyncio.Semaphore) -> None:
+        msg, ref = work.msg, work.ref
+        try:
             entry = self._app(app)
             kind = msg.get("type")
             if kind == "predict":
-                samples = [check_features(msg.get("features"), entry.spec, entry.shape)]
+                samples = work.samples or [check_features(msg.get("features"), entry.spec,
+                                                          entry.shape)]
                 (prediction,) = await self._answer(entry, samples,
                                                    bool(msg.get("probabilities")))
                 client.put({"type": "prediction", "ref": ref, **prediction})
@@ -936,18 +983,32 @@ class Server(Actor[ServerMsg]):
                 client.put({"type": "ack", "ref": ref})
             else:
                 raise BadInput(422, "type: must be predict, sample or feedback")
-        except BadInput as exc:
-            detail = f"{exc.message}: {'; '.join(exc.details)}" if exc.details else exc.message
-            client.put({"type": "error", "ref": ref, "message": detail})
-        except web.HTTPException as exc:
-            client.put({"type": "error", "ref": ref, "message": exc.text or exc.reason})
-        except (StoreError, TimeoutError) as exc:
-            client.put({"type": "error", "ref": ref, "message": f"not stored: {exc}"})
-        except Exception:  # a bug must cost one answer, not the connection
-            log.exception("ws_message_failed", app=app)
-            client.put({"type": "error", "ref": ref, "message": "internal error; see the log"})
+        except Exception as exc:
+            client.put(self._ws_error(app, ref, exc))
         finally:
             in_flight.release()
+
+    def _ws_error(self, app: str, ref: Any, exc: Exception) -> dict[str, Any]:
+        """The error message a WebSocket client gets for a message that failed."""
+        if isinstance(exc, BadInput):
+            message = f"{exc.message}: {'; '.join(exc.details)}" if exc.details else exc.message
+        elif isinstance(exc, web.HTTPException):
+            message = exc.text or exc.reason
+        elif isinstance(exc, StoreError | TimeoutError):
+            message = f"not stored: {exc}"
+        else:  # a bug must cost one answer, not the connection
+            log.error("ws_message_failed", app=app, exc_info=exc)
+            message = "internal error; see the log"
+        return {"type": "error", "ref": ref, "message": message}
+
+
+@dataclass(slots=True)
+class _WsWork:
+    """One parsed WebSocket message on its way to ``_ws_message``."""
+
+    msg: dict[str, Any] = field(default_factory=dict)
+    ref: Any = None
+    samples: list[Any] | None = None  # a prediction's checked features
 
 
 class _Client:
@@ -969,6 +1030,16 @@ class _Client:
         except asyncio.QueueFull:
             log.warning("ws_client_too_slow")
             self.close(going_away=False)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Write one message now (a reply in the reader's turn; a full socket buffer makes
+        the reader wait, which is the backpressure a client should feel)."""
+        if self.closing:
+            return
+        try:
+            await self.ws.send_frame(orjson.dumps(message), WSMsgType.TEXT)
+        except ConnectionError:  # the client went away; the reader loop ends on its own
+            self.closing = True
 
     def close(self, going_away: bool) -> None:
         if self.closing:

@@ -8,7 +8,6 @@ swap never fails a request in flight.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,12 +124,12 @@ class ServedModel:
 class ServedApp:
     """The current model of one app, and the micro-batcher in front of it.
 
-    A request that finds the app idle is predicted at once. Under back-to-back load (a request
-    arrives before the last prediction's own duration has passed since it ended, or others
-    are queued) it joins a batch instead: the first request schedules a drain with
-    ``call_soon`` (no timer), and every request queued before the drain runs is evaluated in
-    the same call. So a lone request does not pay a loop turn, and concurrent requests still
-    share one vote.
+    The first request of a loop turn is predicted at once. Requests that arrive in the same
+    turn after it (concurrent clients, frames pipelined on one WebSocket) join a batch: the
+    first of them schedules a drain with ``call_soon`` (no timer), and every request queued
+    before the drain runs is evaluated in the same call. So a lone request, however soon
+    after the last one it comes, never pays a loop turn, and concurrent requests still share
+    one vote.
     """
 
     def __init__(self, served: ServedModel) -> None:
@@ -139,21 +138,30 @@ class ServedApp:
         self.predictions = 0  # asked for so far, wherever answered (the server counts)
         self._queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]] = []
         self._scheduled = False
-        self._last_end = 0.0  # perf_counter when the last prediction call ended
-        self._last_took = 0.0  # how long it took
+        self._hot = False  # a prediction ran in this loop turn
 
     def swap(self, served: ServedModel) -> None:
         self.current = served
 
+    def predict_now(self, samples: list[np.ndarray], probabilities: bool = False
+                    ) -> list[Answer] | None:
+        """The answers at once when this is the app's first request of the loop turn; None
+        when it should join a batch instead (``predict`` does both)."""
+        if self._scheduled or self._hot:
+            return None
+        self._hot = True
+        asyncio.get_running_loop().call_soon(self._cool)
+        # BLAS is limited to one thread once, at server start
+        return self.current.trimmed(self.members).predict(_stack(samples), probabilities)
+
+    def _cool(self) -> None:
+        self._hot = False
+
     async def predict(self, samples: list[np.ndarray], probabilities: bool = False
                       ) -> list[Answer]:
-        now = time.perf_counter()
-        if not self._scheduled and now - self._last_end >= self._last_took:
-            try:  # BLAS is limited to one thread once, at server start
-                return self.current.trimmed(self.members).predict(_stack(samples),
-                                                                  probabilities)
-            finally:
-                self._timed(now)
+        answers = self.predict_now(samples, probabilities)
+        if answers is not None:
+            return answers
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Answer]] = loop.create_future()
         self._queue.append((samples, probabilities, fut))
@@ -162,18 +170,10 @@ class ServedApp:
             loop.call_soon(self._drain)
         return await fut
 
-    def _timed(self, start: float) -> None:
-        self._last_end = end = time.perf_counter()
-        self._last_took = end - start
-
     def _drain(self) -> None:
-        start = time.perf_counter()
         self._scheduled = False
         queue, self._queue = self._queue, []
-        try:
-            self._answer(queue)
-        finally:
-            self._timed(start)
+        self._answer(queue)
 
     def _answer(self, queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]]
                 ) -> None:

@@ -13,8 +13,7 @@ from mliot_daemon.serving import Answer, ServedApp
 
 
 class SlowModel:
-    """Stands in for a ServedModel: records each call's batch; each call takes 20 ms, so
-    requests that arrive together are back-to-back load for the batcher."""
+    """Stands in for a ServedModel: records each call's batch; each call takes 20 ms."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
@@ -42,6 +41,17 @@ async def test_lone_requests_are_answered_one_call_each() -> None:
         assert answer.label == str(v)
         await asyncio.sleep(0.05)  # idle for longer than a call takes
     assert model.calls == [1, 1, 1]
+
+
+async def test_predict_now_answers_the_first_request_of_a_loop_turn() -> None:
+    model = SlowModel()
+    app = ServedApp(model)  # type: ignore[arg-type]
+    (answer,) = app.predict_now(row(1)) or []
+    assert answer.label == "1"
+    assert app.predict_now(row(2)) is None  # same loop turn: it must join a batch
+    await asyncio.sleep(0)  # a sequential client's next request comes in a later turn
+    assert [a.label for a in app.predict_now(row(3)) or []] == ["3"]
+    assert model.calls == [1, 1]
 
 
 async def test_concurrent_requests_share_a_batch() -> None:
