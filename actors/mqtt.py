@@ -142,7 +142,7 @@ class MqttBridge(Actor[MqttMsg]):
     """Connects the daemon to an MQTT broker; idle while the `[mqtt]` section is absent."""
 
     name = "mqtt"
-    config_keys = frozenset({"mqtt"})
+    config_keys = frozenset({"mqtt", "daemon.name"})
 
     def __init__(self, settings: Settings, server: ActorRef[Any], metrics: Metrics) -> None:
         super().__init__(mailbox_size=256)
@@ -157,6 +157,7 @@ class MqttBridge(Actor[MqttMsg]):
         self._latest: dict[str, dict[str, Any]] = {}  # app -> last prediction (HA state)
         self._dirty: set[str] = set()  # apps whose state is not yet published
         self._on_broker: set[str] = set()  # apps with a retained status on the broker
+        self._discovered: set[str] = set()  # apps announced to Home Assistant this session
         self.connected = False
         self._sessions = 0  # successful connects
 
@@ -168,9 +169,14 @@ class MqttBridge(Actor[MqttMsg]):
     async def handle(self, msg: MqttMsg) -> None:
         match msg:
             case ApplyConfig(settings=settings):
-                if settings.mqtt != self._settings:
-                    log.info("mqtt_config_applied", enabled=settings.mqtt is not None)
+                machine = settings.daemon.machine_name
+                if settings.mqtt != self._settings or machine != self._machine:
+                    # a new name is a new client id, topics and Home Assistant device: the
+                    # session restarts under it
+                    log.info("mqtt_config_applied", enabled=settings.mqtt is not None,
+                             name=machine)
                     self._settings = settings.mqtt
+                    self._machine, self._node = machine, node_id(machine)
                     self._restart.set()
             case Predicted(app=app, label=label, confidence=confidence,
                            model_version=version):
@@ -265,6 +271,7 @@ class MqttBridge(Actor[MqttMsg]):
             self._metrics.mqtt_connected.set(1)
             self._metrics.mqtt_connects.inc()
             self._on_broker.clear()
+            self._discovered.clear()
             await client.subscribe(t.filters(s.qos))
             await client.publish(t.availability, b"online", qos=1, retain=True)
             log.info("mqtt_connected", url=s.url, client_id=client.identifier, prefix=s.prefix)
@@ -288,12 +295,17 @@ class MqttBridge(Actor[MqttMsg]):
         new = self._settings
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
             async with asyncio.timeout(LEAVE_TIMEOUT_S):
+                renamed = self._node != t.node
                 moved = new is None or new.url != s.url or (new.prefix, new.discovery_prefix) \
-                    != (s.prefix, s.discovery_prefix)
+                    != (s.prefix, s.discovery_prefix) or renamed
                 if self._restart.is_set() and moved:
                     # The session persists: without this the broker would keep queueing
                     # messages on the old topics for us.
                     await client.unsubscribe([f for f, _ in t.filters(s.qos)])
+                if self._restart.is_set() and renamed:
+                    # The new name is a new Home Assistant device: remove the old entities.
+                    for app in self._discovered:
+                        await client.publish(t.discovery(app), b"", qos=1, retain=True)
                 await client.publish(t.availability, b"offline", qos=1, retain=True)
 
     def _disconnected(self) -> None:
@@ -490,6 +502,7 @@ class MqttBridge(Actor[MqttMsg]):
             if app not in published or rediscover:
                 await self._publish_json(client, t.discovery(app), 1,
                                          self._discovery(app, s, t), "discovery", retain=True)
+                self._discovered.add(app)
                 if app in self._latest:
                     self._dirty.add(app)
             status = {k: info.get(k) for k in ("model_version", "ready", "accuracy",
@@ -504,6 +517,7 @@ class MqttBridge(Actor[MqttMsg]):
                 await client.publish(topic, b"", qos=1, retain=True)
             published.pop(app, None)
             self._on_broker.discard(app)
+            self._discovered.discard(app)
             self._latest.pop(app, None)
             log.info("mqtt_app_removed", app=app)
 

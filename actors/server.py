@@ -80,6 +80,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/re
 QUERY_ROUTES = frozenset({"/v1/apps/{app}/predict", "/v2/models/{app}/infer"})  # reads by POST
 WS_QUEUE = 1024  # messages waiting for one WebSocket client; a client that lets it fill is cut
 WS_IN_FLIGHT = 256  # predictions one WebSocket client may have pending
+WS_DIRECT_MAX = 16 * 1024  # unsent bytes above which a reply queues instead (see _Client.send)
 MAX_INSTANCES = 10_000
 MAX_MODEL_ARCHIVE = 4 * 2**30  # a peer's model version (a KNN keeps its training rows)
 REMOTE_TIMEOUT_S = 3.0  # the peers actor gives up after 2 s; this only guards the mailbox
@@ -506,8 +507,11 @@ class Server(Actor[ServerMsg]):
     async def _commit_samples(self, entry: AppEntry, payload: Any, source: str, size: int
                               ) -> dict[str, Any]:
         batch = await self._offload(size, lambda: parse_samples(payload, entry.spec, entry.shape))
-        result = await self._store.add_samples(entry.name, batch.features, batch.labels, source,
-                                               batch.batch_id)
+        try:
+            result = await self._store.add_samples(entry.name, batch.features, batch.labels,
+                                                   source, batch.batch_id)
+        except NotFound:  # deleted while this request was on its way: nothing was stored
+            raise BadInput(404, f"unknown app {entry.name!r}: it was deleted") from None
         if not result.duplicate:
             self._metrics.samples_ingested.labels(entry.name, source).inc(result.accepted)
             self.catalog.note_shape(entry.name, batch.shape)
@@ -630,17 +634,21 @@ class Server(Actor[ServerMsg]):
         """Predict, record the predictions (group-committed off the hot path), shape the JSON."""
         return self._publish(entry, samples, await self._route(entry, samples, probabilities))
 
-    def _answer_now(self, entry: AppEntry, samples: list[Any], probabilities: bool = False
-                    ) -> list[dict[str, Any]] | None:
-        """``_answer`` without waiting, when the app is served here and idle; else None."""
+    def _start(self, entry: AppEntry, samples: list[Any], probabilities: bool
+               ) -> list[Answer] | asyncio.Future[list[Answer]] | Route:
+        """Count the request and start answering it where the scheduler placed the app: the
+        answers when this machine gives them at once, the batch's future when it queues them
+        here, or the route to the peer that serves the app (503 when placement refused it).
+        Nothing awaits here, so requests of one loop turn join one batch."""
         served = self._serving(entry)
-        if self._peer_for(entry) is not None:
-            return None
-        answers = served.predict_now(samples, probabilities)
-        if answers is None:
-            return None
         served.predictions += len(samples)
-        return self._publish(entry, samples, answers)
+        route = self._routes.get(entry.name)
+        if route is not None and route.serving is None:
+            raise BadInput(503, f"placement refused for {entry.name!r}: {route.reason}")
+        if route is None or route.serving == self._me or self.peers is None:
+            answers = served.predict_now(samples, probabilities)
+            return answers if answers is not None else served.enqueue(samples, probabilities)
+        return route
 
     def _publish(self, entry: AppEntry, samples: list[Any], answers: list[Answer]
                  ) -> list[dict[str, Any]]:
@@ -674,17 +682,23 @@ class Server(Actor[ServerMsg]):
 
     async def _route(self, entry: AppEntry, samples: list[Any], probabilities: bool
                      ) -> list[Answer]:
-        """Answer where the scheduler placed the app: here, on a peer, or refuse (503). A peer
-        that fails is asked no more until the next plan, and the request is answered here."""
-        served = self._serving(entry)
-        served.predictions += len(samples)
-        route = self._peer_for(entry)
-        if route is None:
-            return await served.predict(samples, probabilities)
-        peer = route.serving
+        """Answer where the scheduler placed the app: here, on a peer, or refuse (503)."""
+        return await self._finish(entry, samples, probabilities,
+                                  self._start(entry, samples, probabilities))
+
+    async def _finish(self, entry: AppEntry, samples: list[Any], probabilities: bool,
+                      started: list[Answer] | asyncio.Future[list[Answer]] | Route
+                      ) -> list[Answer]:
+        """The answers of a request ``_start`` began. A peer that fails is asked no more
+        until the next plan, and the request is answered here."""
+        if isinstance(started, list):
+            return started
+        if isinstance(started, asyncio.Future):
+            return await started
+        peer, members = started.serving, started.members
         try:
             remote = await self.peers.ask(lambda f: RemotePredict(
-                peer=peer, app=entry.name, members=route.members, probabilities=probabilities,
+                peer=peer, app=entry.name, members=members, probabilities=probabilities,
                 instances=tuple(samples), reply=f), REMOTE_TIMEOUT_S)
             return [Answer(str(p["label"]), float(p["confidence"]), int(p["stage"]),
                            int(p["model_version"]), p.get("probabilities")) for p in remote]
@@ -696,17 +710,7 @@ class Server(Actor[ServerMsg]):
                 if r.serving == peer:
                     self._routes[app] = self._local_route(
                         app, f"{peer} failed ({exc}); served locally until the next plan")
-            return await served.predict(samples, probabilities)
-
-    def _peer_for(self, entry: AppEntry) -> Route | None:
-        """The route to the peer that serves this app; None when it is served here; 503
-        when placement refused it."""
-        route = self._routes.get(entry.name)
-        if route is not None and route.serving is None:
-            raise BadInput(503, f"placement refused for {entry.name!r}: {route.reason}")
-        if route is None or route.serving == self._me or self.peers is None:
-            return None
-        return route
+            return await self._serving(entry).predict(samples, probabilities)
 
     def _local_route(self, app: str, reason: str) -> Route:
         return Route(app=app, serving=self._me, members=None, reason=reason)
@@ -919,7 +923,8 @@ class Server(Actor[ServerMsg]):
         client: _Client | None = None
         try:
             async with asyncio.TaskGroup() as tg:
-                client = _Client(ws, tg, request.query.get("watch") in ("1", "true"))
+                client = _Client(ws, tg, request.query.get("watch") in ("1", "true"),
+                                 request.transport)
                 self._sockets.setdefault(entry.name, set()).add(client)
                 writer = tg.create_task(client.write_loop(), name=f"ws.{entry.name}.tx")
                 async for msg in ws:
@@ -955,10 +960,12 @@ class Server(Actor[ServerMsg]):
                 return None, work
             entry = self._app(app)
             work.samples = [check_features(msg.get("features"), entry.spec, entry.shape)]
-            out = self._answer_now(entry, work.samples, bool(msg.get("probabilities")))
-            if out is None:
+            started = self._start(entry, work.samples, bool(msg.get("probabilities")))
+            if not isinstance(started, list):  # queued here (this turn's batch) or a peer's
+                work.started = started
                 return None, work
-            return {"type": "prediction", "ref": work.ref, **out[0]}, work
+            (prediction,) = self._publish(entry, work.samples, started)
+            return {"type": "prediction", "ref": work.ref, **prediction}, work
         except Exception as exc:
             return self._ws_error(app, work.ref, exc), work
 
@@ -968,11 +975,11 @@ class Server(Actor[ServerMsg]):
         try:
             entry = self._app(app)
             kind = msg.get("type")
-            if kind == "predict":
-                samples = work.samples or [check_features(msg.get("features"), entry.spec,
-                                                          entry.shape)]
-                (prediction,) = await self._answer(entry, samples,
-                                                   bool(msg.get("probabilities")))
+            if kind == "predict":  # started by _ws_now
+                assert work.samples is not None and work.started is not None
+                answers = await self._finish(entry, work.samples,
+                                             bool(msg.get("probabilities")), work.started)
+                (prediction,) = self._publish(entry, work.samples, answers)
                 client.put({"type": "prediction", "ref": ref, **prediction})
             elif kind == "sample":
                 result = await self._store_samples(app, {"samples": [
@@ -1009,14 +1016,17 @@ class _WsWork:
     msg: dict[str, Any] = field(default_factory=dict)
     ref: Any = None
     samples: list[Any] | None = None  # a prediction's checked features
+    started: asyncio.Future[list[Answer]] | Route | None = None  # see Server._start
 
 
 class _Client:
     """One WebSocket connection's outgoing queue. A client too slow to drain it is closed,
     so it never holds back the others."""
 
-    def __init__(self, ws: web.WebSocketResponse, tg: asyncio.TaskGroup, watch: bool) -> None:
+    def __init__(self, ws: web.WebSocketResponse, tg: asyncio.TaskGroup, watch: bool,
+                 transport: asyncio.Transport | None) -> None:
         self.ws = ws
+        self.transport = transport
         self.watch = watch
         self.tg = tg  # the connection's task group: the close task belongs to it
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(WS_QUEUE)
@@ -1032,9 +1042,17 @@ class _Client:
             self.close(going_away=False)
 
     async def send(self, message: dict[str, Any]) -> None:
-        """Write one message now (a reply in the reader's turn; a full socket buffer makes
-        the reader wait, which is the backpressure a client should feel)."""
+        """Write a reply now, from the reader's turn; through the queue (and its rule for
+        slow clients) when messages wait there or the socket is backed up, so that a write
+        never blocks the reader and replies never overtake queued ones."""
         if self.closing:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.closing = True
+            return
+        if self.queue.qsize() or transport.get_write_buffer_size() > WS_DIRECT_MAX:
+            self.put(message)
             return
         try:
             await self.ws.send_frame(orjson.dumps(message), WSMsgType.TEXT)

@@ -85,11 +85,11 @@ def _http_response_end(buf: bytes) -> int | None:
     raise RuntimeError("the lean client needs a Content-Length in every response")
 
 
-def ws_latency(url: str, messages: Sequence[bytes], n: int, answer: bytes = b'"prediction"'
+def ws_latency(url: str, messages: Sequence[bytes], answers: Sequence[bytes], n: int
                ) -> list[float]:
     """Seconds from sending one of ``messages`` (cycled) on a WebSocket at ``url`` (http://
-    form) to the next server frame containing ``answer``; ``n`` round trips, the first tenth
-    dropped. A frame containing ``"error"`` fails the run."""
+    form) to the server frame that answers it, the one containing ``answers[i]`` (its
+    ``ref``); ``n`` round trips, the first tenth dropped. An error frame fails the run."""
     sock, host = _connect(url)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET {urlsplit(url).path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
@@ -107,6 +107,7 @@ def ws_latency(url: str, messages: Sequence[bytes], n: int, answer: bytes = b'"p
         for i in range(n):
             start = time.perf_counter()
             sock.sendall(frames[i % len(frames)])
+            answer = answers[i % len(frames)]
             while True:
                 payload, buf = _server_frame(buf)
                 if payload is None:

@@ -102,7 +102,8 @@ def single_row(url: str, app: str, rows: np.ndarray, n: int) -> dict[str, list[f
     messages = [orjson.dumps({"type": "predict", "ref": i, "features": r.tolist()})
                 for i, r in enumerate(rows)]
     out = {"http": lean_client.http_latency(f"{url}/v1/apps/{app}/predict", bodies, n),
-           "ws": lean_client.ws_latency(f"{url}/v1/apps/{app}/stream", messages, n)}
+           "ws": lean_client.ws_latency(f"{url}/v1/apps/{app}/stream", messages,
+                                        [b'"ref":%d,' % i for i in range(len(rows))], n)}
     out["aiohttp_http"], out["aiohttp_ws"] = asyncio.run(aiohttp_latency(url, app, rows, n))
     return out
 

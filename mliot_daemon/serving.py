@@ -127,9 +127,10 @@ class ServedApp:
     The first request of a loop turn is predicted at once. Requests that arrive in the same
     turn after it (concurrent clients, frames pipelined on one WebSocket) join a batch: the
     first of them schedules a drain with ``call_soon`` (no timer), and every request queued
-    before the drain runs is evaluated in the same call. So a lone request, however soon
-    after the last one it comes, never pays a loop turn, and concurrent requests still share
-    one vote.
+    before the drain runs is evaluated in the same call. While drains keep finding several
+    requests (sustained load), every request queues, so each round is one call; the first
+    drain that finds one request alone ends that. So a lone request, however soon after the
+    last one it comes, never pays a loop turn, and concurrent requests share one vote.
     """
 
     def __init__(self, served: ServedModel) -> None:
@@ -139,6 +140,7 @@ class ServedApp:
         self._queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]] = []
         self._scheduled = False
         self._hot = False  # a prediction ran in this loop turn
+        self._loaded = False  # the last drain answered several requests: keep batching
 
     def swap(self, served: ServedModel) -> None:
         self.current = served
@@ -147,7 +149,7 @@ class ServedApp:
                     ) -> list[Answer] | None:
         """The answers at once when this is the app's first request of the loop turn; None
         when it should join a batch instead (``predict`` does both)."""
-        if self._scheduled or self._hot:
+        if self._scheduled or self._hot or self._loaded:
             return None
         self._hot = True
         asyncio.get_running_loop().call_soon(self._cool)
@@ -157,22 +159,28 @@ class ServedApp:
     def _cool(self) -> None:
         self._hot = False
 
-    async def predict(self, samples: list[np.ndarray], probabilities: bool = False
-                      ) -> list[Answer]:
-        answers = self.predict_now(samples, probabilities)
-        if answers is not None:
-            return answers
+    def enqueue(self, samples: list[np.ndarray], probabilities: bool = False
+                ) -> asyncio.Future[list[Answer]]:
+        """Join the next batch; the future resolves when it has been evaluated."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Answer]] = loop.create_future()
         self._queue.append((samples, probabilities, fut))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._drain)
-        return await fut
+        return fut
+
+    async def predict(self, samples: list[np.ndarray], probabilities: bool = False
+                      ) -> list[Answer]:
+        answers = self.predict_now(samples, probabilities)
+        if answers is not None:
+            return answers
+        return await self.enqueue(samples, probabilities)
 
     def _drain(self) -> None:
         self._scheduled = False
         queue, self._queue = self._queue, []
+        self._loaded = len(queue) > 1
         self._answer(queue)
 
     def _answer(self, queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]]

@@ -188,6 +188,10 @@ class Store:
         # labelled samples per app and label, kept with every commit (owned by the writer
         # thread): the trainer asks on every ingest, and a GROUP BY would scan the table
         self._labels: dict[str, Counter[str]] = {}
+        # Apps being deleted: writes queued behind the delete must not leave rows for them
+        # (they would turn up in a new app of the same name). Added on the loop when the
+        # delete is queued, removed by the writer when an app of that name is put again.
+        self._gone: set[str] = set()
         self._flush_scheduled = False
         self._closing = False
         self.commits = 0
@@ -302,6 +306,7 @@ class Store:
         try:
             conn.execute("BEGIN IMMEDIATE")
             # Predictions first: feedback in the same group may refer to them.
+            predictions = [p for p in predictions if p.app not in self._gone]
             if predictions:
                 now = time.time()
                 conn.executemany(
@@ -350,6 +355,8 @@ class Store:
         """Store a batch of labelled samples atomically; a repeated batch_id is accepted once."""
 
         def write(conn: sqlite3.Connection) -> IngestResult:
+            if app in self._gone:
+                raise NotFound(app)
             rows = [encode(x) for x in features]  # on the writer thread, not the loop
             if batch_id is not None:
                 seen = conn.execute("SELECT accepted FROM batches WHERE app=? AND batch_id=?",
@@ -397,12 +404,21 @@ class Store:
 
     async def put_app(self, name: str, spec: dict[str, Any]) -> None:
         blob = orjson.dumps(spec).decode()
-        await self._write(lambda c: c.execute(
-            "INSERT INTO apps VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET spec=excluded.spec",
-            (name, blob, time.time())))
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO apps VALUES (?,?,?) "
+                         "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec",
+                         (name, blob, time.time()))
+            self._gone.discard(name)  # in order: writes queued after this one are the new app's
+
+        await self._write(write)
 
     async def delete_app(self, name: str) -> None:
-        """Remove an app with its samples, batches, predictions and feedback."""
+        """Remove an app with its samples, batches, predictions and feedback. Writes for it
+        queued after this call fail with NotFound (and its pending prediction records are
+        dropped) until an app of that name is put again."""
+        self._gone.add(name)
+
         def write(conn: sqlite3.Connection) -> None:
             for table in ("samples", "batches", "predictions", "feedback"):
                 conn.execute(f"DELETE FROM {table} WHERE app=?", (name,))

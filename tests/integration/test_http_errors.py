@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import socket
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DaemonProcess
+from support import DaemonProcess, wait_for
 
 SAMPLE = {"samples": [{"features": [1.0, 2.0, 3.0], "label": "a"}]}
 
@@ -133,3 +136,67 @@ def test_an_app_named_like_a_query_route_is_still_guarded(daemon_factory: Any) -
     assert d.request("DELETE", "/v1/apps/predict")[0] == 401
     # queries stay open without protect_reads; the stream carries writes, so it is guarded
     assert d.request("POST", "/v1/apps/predict/predict", {"instances": [[1.0]]})[0] == 503
+
+
+def _ws_open(port: int, rcvbuf: int | None = None) -> socket.socket:
+    """A raw WebSocket connection to app v's stream (the test controls every read)."""
+    sock = socket.socket()
+    if rcvbuf is not None:  # before connect, so the TCP window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /v1/apps/v/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _ws_read(sock: socket.socket) -> tuple[int, bytes]:
+    """(opcode, payload) of the next server frame."""
+    def exact(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("closed")
+            out += chunk
+        return out
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", exact(8))[0]
+    return b0 & 0x0F, exact(n)
+
+
+def test_a_websocket_client_that_never_reads_is_cut_off(app: DaemonProcess) -> None:
+    """Replies to a client that does not read queue up in that client's queue (never in the
+    reader); past its limit the daemon closes that connection, and others are answered."""
+    with _ws_open(app.port, rcvbuf=4096) as stuck, _ws_open(app.port) as other:
+        frame = _ws_frame(b'{"type": "predict", "ref": 1, "features": [1, 2, 3]}')
+        for _ in range(100_000):  # each is answered (503: no model yet) and never read: MBs
+            stuck.sendall(frame)  # of replies, more than the kernel's buffers and the queue
+        wait_for(lambda: app.events("ws_client_too_slow"), 60)
+        other.sendall(_ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 2, 3]}'))
+        opcode, payload = _ws_read(other)
+        assert opcode == 1 and b'"ref":"x"' in payload and b"no model yet" in payload
+        # what was sent before the cut can be read, then the connection ends (a close frame,
+        # or a reset: the daemon closed a socket holding frames it had not read)
+        stuck.settimeout(30)
+        with pytest.raises(ConnectionError):
+            while _ws_read(stuck)[0] != 0x8:
+                pass
+            raise ConnectionResetError("closed by the daemon")
+    assert app.request("GET", "/v1/apps/v")[0] == 200

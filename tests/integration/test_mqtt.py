@@ -387,6 +387,18 @@ def test_mqtt_section_applies_live(daemon_factory: Any, broker: Broker) -> None:
         dev.publish("one/blobs/samples", blobs(1)[0])  # the old prefix is unsubscribed
         time.sleep(1.0)
         assert app_info(d, "blobs")["n_samples"] == 2
+        # A new daemon name is a new client id and Home Assistant device: the old entity's
+        # retained discovery config is removed, the new one announced.
+        old_config = "homeassistant/sensor/mliot_live_blobs/config"
+        assert retained(broker.port, old_config)["unique_id"] == "mliot_live_blobs"
+        d.write_config(extra=f'[mqtt]\nurl = "{broker.url}"\nprefix = "two"\n',
+                       daemon_extra='name = "moved"')
+        config = retained(broker.port, "homeassistant/sensor/mliot_moved_blobs/config", 30)
+        assert config["device"]["name"] == "mliot moved"
+        with pytest.raises(AssertionError, match="no matching MQTT message"):
+            retained(broker.port, old_config, timeout=2.0, strict=True)
+        dev.publish("two/blobs/samples", blobs(1)[0])  # served under the new name too
+        wait_for(lambda: app_info(d, "blobs")["n_samples"] == 3, 30)
     finally:
         dev.close()
     assert d.stop() == 0

@@ -39,7 +39,7 @@ async def test_lone_requests_are_answered_one_call_each() -> None:
     for v in range(3):
         (answer,) = await app.predict(row(v))
         assert answer.label == str(v)
-        await asyncio.sleep(0.05)  # idle for longer than a call takes
+        await asyncio.sleep(0)  # the next request comes in a later loop turn
     assert model.calls == [1, 1, 1]
 
 
@@ -61,6 +61,33 @@ async def test_concurrent_requests_share_a_batch() -> None:
     assert [a[0].label for a in answers] == [str(v) for v in range(6)]
     # the first found the app idle; the five that arrived behind it were voted together
     assert model.calls == [1, 5]
+
+
+async def test_requests_queued_in_the_same_turn_share_one_call() -> None:
+    model = SlowModel()
+    app = ServedApp(model)  # type: ignore[arg-type]
+    assert app.predict_now(row(1)) is not None  # e.g. the first frame a WebSocket read
+    answers = await asyncio.gather(*(app.enqueue(row(v)) for v in range(2, 7)))
+    assert [a[0].label for a in answers] == [str(v) for v in range(2, 7)]
+    assert model.calls == [1, 5]
+
+
+async def test_sustained_load_keeps_batching_until_a_request_comes_alone() -> None:
+    model = SlowModel()
+    app = ServedApp(model)  # type: ignore[arg-type]
+
+    async def client() -> None:
+        for _ in range(5):
+            await app.predict(row(1))
+
+    await asyncio.gather(*(client() for _ in range(8)))  # 8 clients, one request each at a time
+    assert sum(model.calls) == 40
+    assert model.calls[0] == 1 and min(model.calls[1:]) >= 7  # one call per round, not two
+    model.calls.clear()
+    await app.predict(row(2))  # the load is over: this one is drained alone...
+    await asyncio.sleep(0)
+    assert app.predict_now(row(3)) is not None  # ...and the next is answered inline again
+    assert model.calls == [1, 1]
 
 
 async def test_a_bad_sample_fails_only_its_request() -> None:

@@ -93,3 +93,23 @@ async def test_one_correction_per_prediction(store: Store) -> None:
     assert await store.count_feedback("a") == 1 and store.count_samples("a") == 1
     with pytest.raises(NotFound):
         await store.add_feedback("a", "nope", "y")
+
+
+async def test_writes_queued_behind_a_delete_leave_no_rows(store: Store) -> None:
+    x = np.ones(2, dtype=np.float32)
+    await store.put_app("a", {"name": "a", "data_type": "vector"})
+    await store.add_samples("a", [x], ["l"], "http")
+    store.record_predictions([PredictionRecord(id="p1", app="a", label="l", confidence=1.0,
+                                               stage=2, model_version=1, features=x)])
+    deleted, late = await asyncio.gather(store.delete_app("a"),
+                                         store.add_samples("a", [x], ["l"], "http"),
+                                         return_exceptions=True)
+    assert deleted is None and isinstance(late, NotFound)  # refused, so never acknowledged
+    await store.add_event("flush", None, {})  # the pending prediction record's commit
+    with sqlite3.connect(store.path) as conn:
+        left = [conn.execute(f"SELECT count(*) FROM {t} WHERE app='a'").fetchone()[0]
+                for t in ("samples", "predictions")]
+    assert left == [0, 0]
+    # an app created again under the name starts empty and takes samples
+    await store.put_app("a", {"name": "a", "data_type": "vector"})
+    assert (await store.add_samples("a", [x], ["m"], "http")).n_samples == 1
