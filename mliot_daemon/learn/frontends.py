@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from mliot_daemon.learn.errors import DataError
 
@@ -251,6 +250,8 @@ def log_mel_patches(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
     """One mono clip -> (n_patches, 96, 64) log-mel patches, zero-padding to whole patches."""
     wave = np.asarray(wave, dtype=np.float64).ravel()
     if sample_rate != SAMPLE_RATE:
+        from scipy.signal import resample_poly  # only audio at another rate needs it (4 MiB)
+
         g = np.gcd(int(sample_rate), SAMPLE_RATE)
         wave = resample_poly(wave, SAMPLE_RATE // g, int(sample_rate) // g)
     n_patches = max(1, int(np.ceil((len(wave) - WINDOW) / (PATCH_FRAMES * HOP) + 1e-9))

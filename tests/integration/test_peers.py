@@ -110,6 +110,26 @@ def test_reload_adds_and_removes_peers(fleet: Any) -> None:
     assert status == 422 and any("peers[0].url" in e for e in answer["details"])
 
 
+def test_a_hung_peer_is_marked_down_and_back_up(fleet: Any) -> None:
+    """A peer that accepts connections but never answers (SIGSTOP) is down within the
+    promised 10 s, like a dead one, and up again once it answers."""
+    a, b = fleet(2)
+    configure(a, "a", "ta", peer_block("b", b, "tb"))
+    configure(b, "b", "tb")
+    for d in (a, b):
+        d.start()
+    wait_for(lambda: machines(a, "ta")["b"]["up"], 15)
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        wait_for(lambda: not machines(a, "ta")["b"]["up"], 10, 0.2)
+        assert time.monotonic() - stopped < 10
+        assert a.request("GET", "/readyz")[0] == 200  # this daemon carries on
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: machines(a, "ta")["b"]["up"], 15)
+
+
 def _archive(files: dict[str, bytes]) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
