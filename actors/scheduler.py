@@ -135,7 +135,8 @@ class Scheduler(Actor[SchedulerMsg]):
         demands = [AppDemand(
             name=f.name, mode=f.mode, budget_ms=f.budget_ms,
             latency_ref_ms=tuple(ms * (f.measured_speed or load.speed) for ms in f.latencies_ms),
-            rate_hz=self._rate(f), current=self._serving(f.name)) for f in facts]
+            min_members=f.min_members, rate_hz=self._rate(f), current=self._serving(f.name))
+            for f in facts]
         # A peer without the app's current version gets it sent. Until it is there, an older
         # version of the same app serves (lazy training publishes often); a peer without
         # one, or with a model of an app of the same name deleted since, is left out and the

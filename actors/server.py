@@ -606,6 +606,7 @@ class Server(Actor[ServerMsg]):
             facts.append(AppFacts(
                 name=name, version=model.version, mode=policy.mode,
                 budget_ms=float(policy.latency_ms or 0.0), latencies_ms=model.latencies_ms(),
+                min_members=model.min_members(policy.min_accuracy),
                 measured_speed=model.measured_speed, model_id=model.model_id,
                 predictions=served.predictions,
                 directory=str(self._registry.version_path(name, model.version))))

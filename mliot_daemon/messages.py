@@ -183,6 +183,7 @@ class AppFacts:
     mode: str
     budget_ms: float
     latencies_ms: tuple[float, ...]  # trimmed to 1..n members, as measured on this machine
+    min_members: int  # trimmed no further: fewer would fall below the app's min_accuracy
     measured_speed: float | None  # this machine's speed when it measured them
     predictions: int  # served so far (the scheduler derives the request rate)
     directory: str  # the version's folder, for shipping it to a peer

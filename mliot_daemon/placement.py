@@ -14,6 +14,8 @@ An app goes where its budget holds. ``best_effort`` keeps the most members first
 ensemble on a peer beats a trimmed one here) and then prefers this machine (no network in the
 way), then where it is now, then the fastest; ``low_latency`` takes the fastest. Both stay
 where they are unless the move gains more than 10 % (no flapping on noisy measurements).
+An ensemble that fits nowhere whole is trimmed to its best-weighted members, but never below
+the fewest that keep the app's ``min_accuracy`` on validation data (``min_members``).
 Admission control: a machine takes an app only if every app already on it still meets its
 budget with the added load. When nothing holds, an app not yet placed is refused with the
 numbers that say why; one already placed stays (or fails over to this machine when its
@@ -56,10 +58,16 @@ class AppDemand:
     rate_hz: float = 0.0
     current: str | None = None
     exclude: frozenset[str] = frozenset()  # machines it may not use now (no model there yet)
+    min_members: int = 1  # trimmed no further: fewer would miss the app's min_accuracy
 
     @property
     def n_members(self) -> int:
         return len(self.latency_ref_ms)
+
+    @property
+    def fewest(self) -> int:
+        """The fewest members it may be served with."""
+        return min(max(self.min_members, 1), self.n_members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +138,7 @@ def _choose(app: AppDemand, up: list[MachineView], busy: dict[str, float],
     if not app.latency_ref_ms:
         return Decision(app.name, None, None, "no model yet", whole)
     full: list[str] = []
-    for k in range(app.n_members, 0, -1):  # the whole ensemble first, then trimmed
+    for k in range(app.n_members, app.fewest - 1, -1):  # the whole ensemble, then trimmed
         ok: list[tuple[float, MachineView]] = []
         for m in up:
             ms, fits, why = _fits(app, k, m, busy, placed)
@@ -149,7 +157,7 @@ def _choose(app: AppDemand, up: list[MachineView], busy: dict[str, float],
         return _keep(app, up, whole, full)
 
     def with_own_load(m: MachineView) -> float:
-        return predicted_ms(app, 1, m, busy[m.name] + _added_load(app, 1, m))
+        return predicted_ms(app, app.fewest, m, busy[m.name] + _added_load(app, app.fewest, m))
 
     best = min(up, key=with_own_load)
     fastest = with_own_load(best)
@@ -158,7 +166,8 @@ def _choose(app: AppDemand, up: list[MachineView], busy: dict[str, float],
                   f"push every machine that is up past {MAX_UTILISATION:.0%} busy")
     else:
         reason = (f"no machine meets the {app.budget_ms:g} ms budget: the fastest is "
-                  f"{fastest:.3g} ms on {best.name} with 1 of {app.n_members} members")
+                  f"{fastest:.3g} ms on {best.name} with {app.fewest} of {app.n_members} "
+                  "members" + (" (fewer would miss its min_accuracy)" if app.fewest > 1 else ""))
     if full:
         reason += "; " + full[0]
     return Decision(app.name, None, None, reason, whole)
@@ -172,8 +181,8 @@ def _keep(app: AppDemand, up: list[MachineView], whole: dict[str, float], full: 
     stops *more* work; it does not drop what runs)."""
     m = next((x for x in up if x.name == app.current), None) \
         or next((x for x in up if x.local), None) or up[0]
-    k = max([j for j in range(1, app.n_members + 1)
-             if predicted_ms(app, j, m, 0.0) <= app.budget_ms] or [1])
+    k = max([j for j in range(app.fewest, app.n_members + 1)
+             if predicted_ms(app, j, m, 0.0) <= app.budget_ms] or [app.fewest])
     reason = (f"no machine meets the {app.budget_ms:g} ms budget under the present load "
               f"({whole.get(m.name, float('inf')):.3g} ms predicted on {m.name}); kept on "
               f"{m.name} with {k} of {app.n_members} members rather than refused")

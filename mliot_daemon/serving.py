@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mliot_daemon.learn.ensemble import by_weight
 from mliot_daemon.learn.fast import FastEnsemble
 
 
@@ -47,8 +48,16 @@ class ServedModel:
         return len(self.model.members)
 
     def _by_weight(self) -> list[int]:
-        weights = self.model.selection.weights
-        return sorted(range(len(weights)), key=lambda i: -weights[i])
+        return by_weight(self.model.selection.weights)
+
+    def min_members(self, min_accuracy: float) -> int:
+        """The fewest best-weighted members whose vote keeps ``min_accuracy`` on validation
+        data (the scheduler trims no further); all of them when that is not known."""
+        if min_accuracy <= 0.0:
+            return 1
+        accuracy = self.model.metrics.get("trim_accuracy") or []
+        return next((k for k, a in enumerate(accuracy, 1) if a >= min_accuracy),
+                    self.n_members)
 
     def trimmed(self, k: int | None) -> ServedModel:
         """This version served by its ``k`` highest-weighted members (the scheduler trims an

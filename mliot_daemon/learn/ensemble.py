@@ -96,6 +96,29 @@ def vote(preds: np.ndarray, weights: Sequence[float], n_classes: int) -> np.ndar
     return score.argmax(axis=1)
 
 
+def by_weight(weights: Sequence[float]) -> list[int]:
+    """Member positions, highest weight first: the order in which the scheduler keeps
+    members when it trims an ensemble."""
+    return sorted(range(len(weights)), key=lambda i: -weights[i])
+
+
+def trim_accuracies(candidates: Sequence[Candidate], selection: Selection, y_val: np.ndarray,
+                    n_classes: int) -> list[float] | None:
+    """Validation accuracy of the selection trimmed to its k best-weighted members, for
+    k = 1..n; None when the members' validation predictions are not at hand."""
+    preds = [np.asarray(candidates[i].val_pred) for i in selection.members]
+    if not len(y_val) or any(len(p) != len(y_val) for p in preds):
+        return None
+    order = by_weight(selection.weights)
+    out = []
+    for k in range(1, len(order) + 1):
+        keep = order[:k]
+        won = vote(np.stack([preds[i] for i in keep]), [selection.weights[i] for i in keep],
+                   n_classes)
+        out.append(float((won == y_val).mean()))
+    return out
+
+
 def select_ensemble(candidates: Sequence[Candidate], y_val: np.ndarray, n_classes: int,
                     policy: Policy, front_end_ms: float = 0.0) -> Selection:
     """Choose members and weights for ``policy`` from candidates' validation predictions.

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from mliot_daemon.learn.ensemble import Policy, Selection, member_weight, select_ensemble
+from mliot_daemon.learn.ensemble import (
+    Policy,
+    Selection,
+    member_weight,
+    select_ensemble,
+    trim_accuracies,
+)
 from mliot_daemon.learn.errors import DataError
 from mliot_daemon.learn.families import FAMILIES, check_family, make_estimator
 from mliot_daemon.learn.fast import FastEnsemble, compile_member
@@ -198,7 +204,8 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
         measured = median_latency_ms(model.fast().predict_features, probe, repeats=200) + fe_ms
     model.metrics = {"val_accuracy": sel.val_accuracy, "estimated_latency_ms": sel.latency_ms,
                      "measured_latency_ms": measured, "front_end_ms": fe_ms,
-                     "within_budget": bool(sel.within_budget and measured <= policy.latency_ms)}
+                     "within_budget": bool(sel.within_budget and measured <= policy.latency_ms),
+                     "trim_accuracy": trim_accuracies(candidates, sel, y_val, fs.n_classes)}
     if background_class is not None:
         if background_class not in prep.classes:
             raise DataError(f"background class {background_class!r} is not among the labels")

@@ -85,3 +85,17 @@ def test_fast_predictor_agrees_with_reference(digits_fitted, digits_split):
         sk = m.estimator.predict(Z)
         for row in np.flatnonzero((own != sk) | (own1 != sk)):
             assert m.family == "knn" and _knn_tie(m, Z, row), (m.family, row)
+
+
+def test_the_served_model_is_trimmed_no_further_than_its_accuracy_floor(models):
+    from mliot_daemon.serving import ServedModel
+
+    be = models["best_effort"]
+    trims = be.metrics["trim_accuracy"]
+    assert len(trims) == len(be.members) and trims[-1] == pytest.approx(be.selection.val_accuracy)
+    served = ServedModel(1, be)
+    assert served.min_members(0.0) == 1
+    floor = max(trims)  # the fewest members whose vote reaches the best trimmed accuracy
+    k = served.min_members(floor)
+    assert trims[k - 1] >= floor and all(a < floor for a in trims[:k - 1])
+    assert served.min_members(1.01) == len(be.members)  # unreachable: never trimmed

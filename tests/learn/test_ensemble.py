@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from mliot_daemon.learn.ensemble import Policy, member_weight, select_ensemble, vote
+from mliot_daemon.learn.ensemble import (
+    Policy,
+    by_weight,
+    member_weight,
+    select_ensemble,
+    trim_accuracies,
+    vote,
+)
 
 
 @dataclass
@@ -99,3 +106,15 @@ def test_policy_defaults_and_validation():
         Policy.for_mode("fastest")
     with pytest.raises(ValueError, match="no fitted candidates"):
         select_ensemble([], Y, 3, Policy())
+
+
+def test_trim_accuracies_follow_the_members_best_weight_first() -> None:
+    sel = select_ensemble(CANDS, Y, 3, Policy.for_mode("best_effort", latency_ms=100.0))
+    acc = trim_accuracies(CANDS, sel, Y, 3)
+    assert acc is not None and len(acc) == len(sel.members) > 1
+    assert acc[-1] == pytest.approx(sel.val_accuracy)  # all members: the selection itself
+    best = sel.members[by_weight(sel.weights)[0]]
+    assert acc[0] == pytest.approx(CANDS[best].val_accuracy)  # one member: the heaviest alone
+    assert acc[-1] > acc[0]  # here voting helps, so trimming costs accuracy
+    stale = [Cand(c.family, np.empty(0, dtype=int), c.latency_ms) for c in CANDS]
+    assert trim_accuracies(stale, sel, Y, 3) is None  # predictions not at hand: unknown

@@ -43,6 +43,17 @@ def test_trimming_when_no_machine_holds_the_whole_ensemble() -> None:
     assert "trimmed to 1 of 2" in out["a"].reason
 
 
+def test_an_ensemble_is_not_trimmed_below_its_accuracy_floor() -> None:
+    three = replace(app(budget=5.0, lat=(4.0, 10.0, 12.0)), min_members=2)
+    assert plan([replace(three, min_members=1)], [HERE, SLOW])["a"].members == 1
+    out = plan([three], [HERE, SLOW])["a"]  # 1 member would fit, but misses min_accuracy
+    assert out.serving is None
+    assert out.reason.endswith("10 ms on nuc with 2 of 3 members (fewer would miss its "
+                               "min_accuracy)")
+    kept = plan([replace(three, current="nuc")], [HERE, SLOW])["a"]  # placed already: kept
+    assert kept.serving == "nuc" and kept.members == 2
+
+
 def test_an_impossible_budget_is_refused_with_the_numbers() -> None:
     out = plan([app(budget=0.5)], [HERE, FAST])
     assert out["a"].serving is None
