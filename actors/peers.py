@@ -7,19 +7,20 @@ requests to a peer: signed model versions and batches of predictions.
 
 A peer is down after ``DOWN_AFTER_S`` without a successful poll, or at once when a forwarded
 request cannot reach it (refused, reset, timed out); one good poll brings it back. Every
-change of state asks the scheduler to plan again. Calls carry the peer's token (``[[peers]]
-token``), which is also the key its model archives are signed with.
+change of state asks the scheduler to plan again. Calls carry the peer's secret (``[[peers]]
+secret``, that daemon's ``daemon.peer_secret``), which is also the key its model archives are
+signed with. Devices never hold it: they hold ``daemon.token``, which opens no peer endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import urlsplit
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, assert_never
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -141,8 +142,8 @@ class Peers(Actor[PeersMsg]):
         for entry in entries:
             host = urlsplit(entry.url).hostname or ""
             if entry.url.startswith("http://") and host not in ("127.0.0.1", "::1", "localhost"):
-                # The token is also the key model archives are signed with.
-                log.warning("peer_token_in_clear", peer=entry.name, url=entry.url,
+                # The secret is also the key model archives are signed with.
+                log.warning("peer_secret_in_clear", peer=entry.name, url=entry.url,
                             advice="use https:// (a TLS proxy in front of the peer) or a "
                                    "trusted network")
 
@@ -256,8 +257,8 @@ class Peers(Actor[PeersMsg]):
                 signing.pack, Path(msg.directory), self._settings.daemon.data_path)
             with archive:
                 signature = await asyncio.to_thread(
-                    signing.sign_file, peer.settings.token, self._origin, msg.app, msg.version,
-                    msg.model_id, archive)
+                    signing.sign_file, peer.settings.secret, self._origin, msg.app,
+                    msg.version, msg.model_id, archive)
                 await self._call(peer, "PUT",
                                  f"/v1/peer/models/{self._origin}/{msg.app}/{msg.version}",
                                  SHIP_TIMEOUT_S, data=archive,
@@ -309,11 +310,13 @@ class Peers(Actor[PeersMsg]):
 
 
 def _auth(peer: PeerSettings) -> dict[str, str]:
-    return {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
+    return {"Authorization": f"Bearer {peer.secret}"} if peer.secret else {}
 
 
 def _hint(status: int) -> str:
-    return " (the peer refused our token: check [[peers]] token)" if status == 401 else ""
+    if status in (401, 403):
+        return " (the peer refused our secret: [[peers]] secret must be its daemon.peer_secret)"
+    return ""
 
 
 def _fail(msg: Any, exc: BaseException) -> None:

@@ -60,6 +60,7 @@ from mliot_daemon.payloads import (
     parse_json,
     parse_samples,
     peer_instance,
+    version_number,
 )
 from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import Actor, ActorRef, ActorStopped, reply_to
@@ -109,7 +110,7 @@ class Server(Actor[ServerMsg]):
     """HTTP API and app catalog. Stops first on shutdown: in-flight requests finish."""
 
     name = "server"
-    config_keys = frozenset({"daemon.token", "daemon.token_file", "daemon.protect_reads",
+    config_keys = frozenset({"secrets", "daemon.protect_reads",
                              "daemon.max_body_mb", "daemon.name", "apps",
                              "training.backend", "training.dask_scheduler"})
 
@@ -119,7 +120,8 @@ class Server(Actor[ServerMsg]):
         super().__init__(mailbox_size=256)
         self._config = config
         self._settings: Settings = config.current
-        self._token = self._settings.token
+        self._token = self._settings.token.encode()
+        self._peer_secret = self._settings.peer_secret.encode()
         self._machine_name = self._settings.daemon.machine_name
         self._store = store
         self._metrics = metrics
@@ -188,7 +190,8 @@ class Server(Actor[ServerMsg]):
         match msg:
             case ApplyConfig(settings=settings, changed=changed):
                 self._settings = settings
-                self._token = settings.token
+                self._token = settings.token.encode()
+                self._peer_secret = settings.peer_secret.encode()
                 self._machine_name = settings.daemon.machine_name
                 if "apps" in changed:
                     async with self._catalog_lock:
@@ -277,13 +280,11 @@ class Server(Actor[ServerMsg]):
         start = time.perf_counter()
         response: web.StreamResponse | None = None
         try:
-            token = self._token
-            if token and request.path not in OPEN_PATHS and self._needs_token(request):
-                given = request.headers.get("Authorization", "")
-                given = given[7:] if given.startswith("Bearer ") else request.query.get(
-                    "token", "")
-                if not hmac.compare_digest(given.encode(), token.encode()):
-                    response = error_response(401, "missing or wrong bearer token")
+            if request.path.startswith("/v1/peer/"):
+                response = self._peer_auth(request)
+            elif self._token and request.path not in OPEN_PATHS and self._needs_token(
+                    request) and not hmac.compare_digest(_bearer(request, True), self._token):
+                response = error_response(401, "missing or wrong bearer token")
             if response is None:
                 response = await handler(request)
         except BadInput as exc:
@@ -317,9 +318,20 @@ class Server(Actor[ServerMsg]):
             return True
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else ""
-        if route == "/v1/apps/{app}/stream" or route.startswith("/v1/peer/"):
-            return True  # a stream carries samples and feedback: writes; peers always show it
+        if route == "/v1/apps/{app}/stream":
+            return True  # a stream carries samples and feedback: writes
         return request.method not in ("GET", "HEAD", "OPTIONS") and route not in QUERY_ROUTES
+
+    def _peer_auth(self, request: web.Request) -> web.Response | None:
+        """The peer API answers only the peer secret (in the header), never the device token:
+        a peer may send models, and devices must not."""
+        if not self._peer_secret:
+            return error_response(403, "the peer API is off: this daemon has no "
+                                       "daemon.peer_secret")
+        if not hmac.compare_digest(_bearer(request, query=False), self._peer_secret):
+            return error_response(401, "missing or wrong peer secret (the peer API takes "
+                                       "daemon.peer_secret, not the device token)")
+        return None
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = int(self._settings.daemon.max_body_mb * 2**20)
@@ -786,12 +798,12 @@ class Server(Actor[ServerMsg]):
 
     async def _activate(self, request: web.Request) -> web.Response:
         entry = self._entry(request)
+        text = request.match_info["version"]
         try:
-            version = int(request.match_info["version"])
+            version = version_number(text)
             await asyncio.to_thread(self._registry.activate, entry.name, version)
         except (ValueError, KeyError):
-            raise web.HTTPNotFound(text=f"no kept version {request.match_info['version']!r}"
-                                   ) from None
+            raise web.HTTPNotFound(text=f"no kept version {text[:20]!r}") from None
         await self._load(entry.name, version)
         if self._version_of(entry.name) != version:
             raise web.HTTPServiceUnavailable(text=f"version {version} could not be loaded")
@@ -853,13 +865,9 @@ class Server(Actor[ServerMsg]):
         """A signed model version from a peer: verified as it arrives, unpacked, loaded."""
         origin, app = request.match_info["origin"], request.match_info["app"]
         try:
-            version = int(request.match_info["version"])
+            version = version_number(request.match_info["version"])
         except ValueError:
-            raise BadInput(422, "the version must be a number") from None
-        if not self._token:
-            raise BadInput(422, "this daemon has no token (daemon.token), so it cannot verify "
-                                "a signed model: set the same token here and in the sender's "
-                                "[[peers]] entry")
+            raise BadInput(422, "the version must be a number from 1 to 999999999") from None
         signature = request.headers.get(signing.HEADER)
         model = request.headers.get(signing.MODEL_HEADER, "")
         if not signature or not model:
@@ -867,7 +875,7 @@ class Server(Actor[ServerMsg]):
                                 "archives must be signed")
         if (request.content_length or 0) > MAX_MODEL_ARCHIVE:
             raise BadInput(413, f"model archive larger than {MAX_MODEL_ARCHIVE} bytes")
-        mac = signing.signer(self._token, origin, app, version, model)
+        mac = signing.signer(self._settings.peer_secret, origin, app, version, model)
         size = 0
         async with self._uploads:
             with self._hosted.incoming() as archive:
@@ -922,10 +930,11 @@ class Server(Actor[ServerMsg]):
         await ws.prepare(request)
         in_flight = asyncio.Semaphore(WS_IN_FLIGHT)
         client: _Client | None = None
+        self._metrics.ws_connections.inc()
         try:
             async with asyncio.TaskGroup() as tg:
                 client = _Client(ws, tg, request.query.get("watch") in ("1", "true"),
-                                 request.transport)
+                                 request.transport, self._metrics)
                 self._sockets.setdefault(entry.name, set()).add(client)
                 writer = tg.create_task(client.write_loop(), name=f"ws.{entry.name}.tx")
                 async for msg in ws:
@@ -941,6 +950,7 @@ class Server(Actor[ServerMsg]):
                     tg.create_task(self._ws_message(entry.name, client, later, in_flight))
                 writer.cancel()
         finally:
+            self._metrics.ws_connections.dec()
             if client is not None:
                 self._sockets.get(entry.name, set()).discard(client)
         return ws
@@ -1025,8 +1035,9 @@ class _Client:
     so it never holds back the others."""
 
     def __init__(self, ws: web.WebSocketResponse, tg: asyncio.TaskGroup, watch: bool,
-                 transport: asyncio.Transport | None) -> None:
+                 transport: asyncio.Transport | None, metrics: Metrics) -> None:
         self.ws = ws
+        self.metrics = metrics
         self.transport = transport
         self.watch = watch
         self.tg = tg  # the connection's task group: the close task belongs to it
@@ -1039,8 +1050,18 @@ class _Client:
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
-            log.warning("ws_client_too_slow")
-            self.close(going_away=False)
+            self.drop()
+
+    def drop(self) -> None:
+        """Cut a client that lets its queue fill: abort the connection at once (a close
+        handshake would wait for a flush that never comes) and free what it had queued."""
+        log.warning("ws_client_too_slow", queued=self.queue.qsize())
+        self.metrics.ws_dropped.inc()
+        self.closing = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        if self.transport is not None:
+            self.transport.abort()  # the reader then ends, and the handler with it
 
     async def send(self, message: dict[str, Any]) -> None:
         """Write a reply now, from the reader's turn; through the queue (and its rule for
@@ -1068,10 +1089,24 @@ class _Client:
         self.tg.create_task(self.ws.close(code=code, message=b"closing"))
 
     async def write_loop(self) -> None:
-        while True:
-            message = await self.queue.get()
-            # orjson's bytes are UTF-8 already: no decode here and encode in send_str
-            await self.ws.send_frame(orjson.dumps(message), WSMsgType.TEXT)
+        with contextlib.suppress(ConnectionError):  # dropped, or the client went away
+            while not self.closing:
+                message = await self.queue.get()
+                # orjson's bytes are UTF-8 already: no decode here and encode in send_str
+                await self.ws.send_frame(orjson.dumps(message), WSMsgType.TEXT)
+
+
+def _bearer(request: web.Request, query: bool) -> bytes:
+    """The bearer token a request presents, as bytes: aiohttp keeps undecodable header bytes
+    as surrogates, which a plain ``encode()`` would raise on (a 500, not the 401 it is)."""
+    given = request.headers.get("Authorization", "")
+    if given.startswith("Bearer "):
+        given = given[7:]
+    elif query:
+        given = request.query.get("token", "")
+    else:
+        given = ""
+    return given.encode("utf-8", "surrogateescape")
 
 
 def _version() -> str:

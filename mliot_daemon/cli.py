@@ -1,25 +1,43 @@
-"""The `mliot` command: run the daemon, and talk to a running one."""
+"""The `mliot` command: run the daemon, and talk to a running one.
+
+Imports beyond the standard library's lightest modules happen inside the commands: `mliot run`
+records signals from the first line of ``main`` (see ``_record_early_signals``), and every
+import before that line widens the window in which a SIGHUP would kill the process.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from mliot_daemon import __version__
 
+_early_signals: list[int] = []  # `mliot run`: what arrived before the event loop ran
+
+
+def _record_early_signals() -> None:
+    """Stop and reload signals are recorded from the first line of main(), before the slow
+    imports: the daemon acts on them once it runs (``signals.Signals``), none kills it."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: _early_signals.append(signum))
+
 
 def _run(args: argparse.Namespace) -> int:
-    from mliot_daemon.daemon import run_daemon
+    import asyncio
 
+    from mliot_daemon.daemon import run_daemon
+    from mliot_daemon.signals import Signals
+
+    daemon = run_daemon(args.config, Signals(_early_signals))
     try:
         import uvloop
     except ImportError:  # uvloop is optional off Linux
-        return asyncio.run(run_daemon(args.config))
-    return uvloop.run(run_daemon(args.config))
+        return asyncio.run(daemon)
+    return uvloop.run(daemon)
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -65,6 +83,8 @@ def _command(args: argparse.Namespace) -> int:
                 print(json.dumps(client.request("POST", f"/v1/apps/{args.app}/feedback", body)))
                 return 0
             case "watch":
+                import asyncio
+
                 try:
                     asyncio.run(commands.watch(client.url, client.token, args.app))
                 except KeyboardInterrupt:
@@ -129,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # before the imports below: a SIGHUP now must not kill the daemon
+        _record_early_signals()
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

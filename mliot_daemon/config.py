@@ -79,8 +79,10 @@ class DaemonSettings:
     name: str = ""  # empty: host name + port
     listen: str = field(default="127.0.0.1:8080", metadata=_check(_listen, restart=True))
     data_dir: str = field(default="~/.local/share/mliot", metadata={"restart": True})
-    token: str = ""
+    token: str = ""  # what devices and people present for writes
     token_file: str = ""
+    peer_secret: str = ""  # what peer daemons present and sign models with; devices never hold it
+    peer_secret_file: str = ""
     protect_reads: bool = False
     max_body_mb: float = field(default=16.0, metadata=_check(_positive))
     keep_predictions_days: float = field(default=7.0, metadata=_check(_positive))
@@ -140,7 +142,8 @@ class PeerSettings:
 
     name: str
     url: str
-    token: str = ""
+    secret: str = ""  # that daemon's daemon.peer_secret
+    token: str = ""  # the old name of ``secret``, read as an alias for one release
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,18 @@ class AppSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Secrets:
+    """The secrets in force, read once per load (inline, or from their files): a file that
+    turns unreadable later cannot fail a request, only the next reload."""
+
+    token: str = ""
+    peer_secret: str = ""
+
+
+DERIVED = {"derived": True}  # a field the parser fills in, never a key of the file
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole configuration."""
 
@@ -200,13 +215,18 @@ class Settings:
     mqtt: MqttSettings | None = None
     peers: tuple[PeerSettings, ...] = ()
     apps: tuple[AppSpec, ...] = ()
+    secrets: Secrets = field(default_factory=Secrets, metadata=DERIVED)
+    warnings: tuple[str, ...] = field(default=(), metadata=DERIVED)  # logged at each load
 
     @property
     def token(self) -> str:
-        """The bearer token in force: the inline one or the token file's first line."""
-        if self.daemon.token_file:
-            return _read_token(self.daemon.token_file)
-        return self.daemon.token
+        """The bearer token for writes: devices and people hold it."""
+        return self.secrets.token
+
+    @property
+    def peer_secret(self) -> str:
+        """What peers present to this daemon and sign the models they send it with."""
+        return self.secrets.peer_secret
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +244,7 @@ class _Bad:
 _BAD = _Bad()
 
 
-def _read_token(path: str) -> str:
+def _read_secret(path: str) -> str:
     return Path(path).expanduser().read_text("utf-8").strip()
 
 
@@ -270,7 +290,7 @@ def _parse_table(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
         errors.append(f"{path}: must be a table")
         return _BAD
     hints = get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("derived")}
     for key in raw:
         if key not in known:
             errors.append(f"{_join(path, key)}: unknown key")
@@ -348,15 +368,12 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
     for i, peer in enumerate(settings.peers):
         if not peer.url.startswith(("http://", "https://")):
             errors.append(f"peers[{i}].url: must start with http:// or https://")
-    if d.token and d.token_file:
-        errors.append("daemon.token_file: set either token or token_file, not both")
-    token = ""
-    if d.token_file:
-        try:
-            token = _read_token(d.token_file)
-        except OSError as exc:
-            errors.append(f"daemon.token_file: cannot read: {exc.strerror or exc}")
-    token = token or d.token
+    token = _secret(d.token, d.token_file, "daemon.token", errors)
+    peer_secret = _secret(d.peer_secret, d.peer_secret_file, "daemon.peer_secret", errors)
+    if token and token == peer_secret:
+        errors.append("daemon.peer_secret: must differ from daemon.token (devices hold the "
+                      "token; only peer daemons may hold the peer secret)")
+    peers, warnings = _peer_aliases(settings.peers, errors)
     if not token and not _is_loopback(d.host):
         errors.append("daemon.token: required when daemon.listen is not a loopback address")
     if t.backend == "dask" and not t.dask_scheduler.startswith(("tcp://", "tls://")):
@@ -365,7 +382,44 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         errors.append("mqtt.url: must start with mqtt:// or mqtts://")
     if errors:
         raise ConfigError(errors)
-    return settings
+    return dataclasses.replace(settings, peers=peers, secrets=Secrets(token, peer_secret),
+                               warnings=warnings)
+
+
+def _secret(inline: str, file: str, path: str, errors: list[str]) -> str:
+    """A secret given inline or as a file (its first line); an unreadable, undecodable or
+    empty file is an error of this load."""
+    if inline and file:
+        errors.append(f"{path}_file: set either {path.split('.')[-1]} or its _file, not both")
+        return ""
+    if not file:
+        return inline
+    try:
+        value = _read_secret(file)
+    except OSError as exc:
+        errors.append(f"{path}_file: cannot read {file}: {exc.strerror or exc}")
+        return ""
+    except UnicodeDecodeError as exc:
+        errors.append(f"{path}_file: {file} is not UTF-8 text: {exc.reason} at byte {exc.start}")
+        return ""
+    if not value:
+        errors.append(f"{path}_file: {file} is empty")
+    return value
+
+
+def _peer_aliases(peers: tuple[PeerSettings, ...], errors: list[str]
+                  ) -> tuple[tuple[PeerSettings, ...], tuple[str, ...]]:
+    """``[[peers]] token`` read as ``secret`` (for one release), with a warning."""
+    out, warnings = [], []
+    for i, peer in enumerate(peers):
+        if peer.token and peer.secret:
+            errors.append(f"peers[{i}].token: an old name of secret; set only secret")
+        elif peer.token:
+            warnings.append(f"peers[{i}].token: deprecated, read as peers[{i}].secret; rename "
+                            "it (the peer must set the same value as its daemon.peer_secret)")
+            peer = dataclasses.replace(peer, secret=peer.token, token="")
+        out.append(peer)
+    return tuple(out), tuple(warnings)
 
 
 def _is_loopback(host: str) -> bool:
@@ -380,17 +434,21 @@ def _is_loopback(host: str) -> bool:
 def load_file(path: Path) -> Settings:
     """Read and validate a TOML file (blocking: call it in a thread)."""
     try:
-        raw = tomllib.loads(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]
+                          ) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ConfigError([f"{path}: not valid TOML: nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     return parse_settings(raw)
-
-
-def _load_with_token(path: Path) -> tuple[Settings, str]:
-    settings = load_file(path)
-    return settings, settings.token
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +461,8 @@ def changed_keys(old: Settings, new: Settings) -> frozenset[str]:
     for section in ("daemon", "training"):
         a, b = getattr(old, section), getattr(new, section)
         out |= {f"{section}.{f.name}" for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)}
-    out |= {s for s in ("mqtt", "peers", "apps") if getattr(old, s) != getattr(new, s)}
+    out |= {s for s in ("mqtt", "peers", "apps", "secrets")
+            if getattr(old, s) != getattr(new, s)}
     return frozenset(out)
 
 
@@ -455,8 +514,8 @@ class ConfigStore:
                 return Rejected(self.version, ["daemon runs on built-in defaults: "
                                                "start it with --config FILE to reload"])
             try:
-                new, token = await asyncio.to_thread(_load_with_token, self.path)
-                if not token and not _is_loopback(self.boot.daemon.host):
+                new = await asyncio.to_thread(load_file, self.path)
+                if not new.token and not _is_loopback(self.boot.daemon.host):
                     # listen applies at restart: the public socket of the boot config is open
                     raise ConfigError([f"daemon.token: required while listening on "
                                        f"{self.boot.daemon.listen} (listen changes apply at "
@@ -465,8 +524,11 @@ class ConfigStore:
                 log.warning("config_reload_rejected", source=source, errors=exc.errors,
                             kept_version=self.version)
                 return Rejected(self.version, exc.errors)
+            for warning in new.warnings:
+                log.warning("config_warning", source=source, warning=warning)
             changed = changed_keys(self.current, new)
             if not changed:
+                log.info("config_unchanged", source=source, version=self.version)
                 return Applied(self.version, changed, self.restart_required)
             self.current = new
             self.version += 1

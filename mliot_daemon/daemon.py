@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ from mliot_daemon.runtime import (
     supervise,
     wait_started,
 )
+from mliot_daemon.signals import Signals
 from mliot_daemon.store import Store, StoreError
 
 log = structlog.get_logger("mliot.daemon")
@@ -52,14 +50,13 @@ PRUNE_EVERY_S = 3600.0
 class Daemon:
     """One running mliot: its config, store, metrics and actors."""
 
-    def __init__(self, config: ConfigStore) -> None:
+    def __init__(self, config: ConfigStore, signals: Signals | None = None) -> None:
         self.config = config
         settings = config.current
         self.metrics = Metrics()
         self.store = Store(settings.daemon.data_path / "mliot.db")
         self.ready = asyncio.Event()
-        self.stop = asyncio.Event()
-        self.reload_requested = asyncio.Event()
+        self.signals = signals or Signals()
         self.started_at = time.monotonic()
         self.registry = Registry(settings.daemon.data_path / "models")
         self.monitor = Monitor(self.metrics)
@@ -98,7 +95,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT (exit 0) or until an actor spends its restart budget."""
         await self.store.open()
         try:
-            with _signals(self):
+            with self.signals.installed():
                 async with asyncio.TaskGroup() as tg:
                     tasks: dict[str, asyncio.Task[None]] = {}
                     for actor in self.actors:
@@ -118,7 +115,7 @@ class Daemon:
                     self.ready.set()
                     log.info("daemon_ready", port=self.server.port,
                              machine=self.config.current.daemon.machine_name)
-                    await self.stop.wait()
+                    await self.signals.stop.wait()
                     log.info("daemon_stopping")
                     self.ready.clear()
                     for chore in chores:
@@ -131,8 +128,8 @@ class Daemon:
 
     async def _reload_on_request(self) -> None:
         while True:
-            await self.reload_requested.wait()
-            self.reload_requested.clear()
+            await self.signals.reload.wait()
+            self.signals.reload.clear()
             await self.config.reload("sighup")
 
     async def _watch_config_file(self) -> None:
@@ -169,28 +166,6 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-@contextlib.contextmanager
-def _signals(daemon: Daemon) -> Iterator[None]:
-    """SIGTERM/SIGINT stop gracefully (a second one forces exit); SIGHUP reloads."""
-    loop = asyncio.get_running_loop()
-
-    def stop(sig: signal.Signals) -> None:
-        if daemon.stop.is_set():
-            log.warning("forced_exit", signal=sig.name)
-            os._exit(1)
-        log.info("signal_received", signal=sig.name)
-        daemon.stop.set()
-
-    loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
-    loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload_requested.set)
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-
-
 async def load_settings(path: Path | None) -> Settings:
     """The file's settings, or the built-in defaults without a file."""
     if path is None:
@@ -198,16 +173,26 @@ async def load_settings(path: Path | None) -> Settings:
     return await asyncio.to_thread(load_file, path)
 
 
-async def run_daemon(path: Path | None) -> int:
-    """`mliot run`: returns the process exit code."""
+async def run_daemon(path: Path | None, signals: Signals | None = None) -> int:
+    """`mliot run`: returns the process exit code. ``signals`` holds what arrived before the
+    loop ran (see ``Signals.early``)."""
     configure_logging()
-    try:
-        settings = await load_settings(path)
-    except ConfigError as exc:
-        log.error("config_invalid", path=str(path), errors=exc.errors)
-        return EX_CONFIG
-    configure_logging(settings.daemon.log_level, settings.daemon.log_format)
-    daemon = Daemon(ConfigStore(path, settings))
+    signals = signals or Signals()
+    with signals.installed():  # from here on a SIGHUP is a queued reload, SIGTERM a stop
+        try:
+            settings = await load_settings(path)
+        except ConfigError as exc:
+            log.error("config_invalid", path=str(path), errors=exc.errors)
+            return EX_CONFIG
+        configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+        for warning in settings.warnings:
+            log.warning("config_warning", warning=warning)
+        if signals.stop.is_set():
+            return 0  # stopped before anything started
+        return await _run(Daemon(ConfigStore(path, settings), signals))
+
+
+async def _run(daemon: Daemon) -> int:
     code = 0
     try:
         code = await daemon.run()

@@ -43,6 +43,10 @@ class Metrics:
         self.machine_cpu = Gauge("mliot_machine_cpu_percent", "CPU use of the machine", registry=r)
         self.machine_memory = Gauge("mliot_machine_memory_percent", "Memory use of the machine",
                                     registry=r)
+        self.ws_connections = Gauge("mliot_ws_connections", "Open WebSocket streams",
+                                    registry=r)
+        self.ws_dropped = Counter("mliot_ws_clients_dropped", "WebSocket clients cut off "
+                                  "because they did not read their messages", registry=r)
         self.config_version = Gauge("mliot_config_version", "Configuration version in force",
                                     registry=r)
         self.config_rejected = Counter("mliot_config_reload_rejected", "Rejected reloads",

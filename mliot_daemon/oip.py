@@ -8,6 +8,7 @@ inputs that way and asks for binary outputs (``binary_data_output``) by default.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -15,13 +16,17 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mliot_daemon.payloads import BadInput
+from mliot_daemon.payloads import BadInput, numbers_only
 
 DTYPES = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
     "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
 }
+
+
+MAX_RANK = 5  # [n, h, w, c] and one more to spare
+MAX_JSON_EXPANSION = 8  # a JSON number takes at least 2 bytes ("0,"): 8 bytes of FP64 at most 4x
 
 
 def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, Any], np.ndarray]:
@@ -41,12 +46,18 @@ def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, An
         raise BadInput(422, "inputs: exactly one input tensor is expected")
     tensor = inputs[0]
     shape, datatype = tensor.get("shape"), tensor.get("datatype")
-    if datatype not in DTYPES:
-        raise BadInput(422, f"inputs[0].datatype: {datatype!r} is not one of {sorted(DTYPES)}")
-    if not isinstance(shape, list) or len(shape) < 2 or not all(
-            isinstance(d, int) and d > 0 for d in shape):
-        raise BadInput(422, "inputs[0].shape: must be [n, ...sample shape] of positive sizes")
+    if not isinstance(datatype, str) or datatype not in DTYPES:
+        raise BadInput(422, f"inputs[0].datatype: {str(datatype)[:40]!r} is not one of "
+                            f"{sorted(DTYPES)}")
+    if not isinstance(shape, list) or not 2 <= len(shape) <= MAX_RANK or not all(
+            type(d) is int and d > 0 for d in shape):
+        raise BadInput(422, f"inputs[0].shape: must be [n, ...sample shape] of 2 to {MAX_RANK} "
+                            "positive sizes")
     dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
+    elements = math.prod(shape)  # Python ints: numpy's product would wrap around at 2**63
+    if elements * dtype.itemsize > len(body) * MAX_JSON_EXPANSION:
+        raise BadInput(422, f"inputs[0].shape: {shape} holds {elements} values, more than the "
+                            "request carries")
     for where, value in (("parameters", request.get("parameters")),
                          ("inputs[0].parameters", tensor.get("parameters"))):
         if value is not None and not isinstance(value, dict):
@@ -60,7 +71,7 @@ def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, An
     if size is not None:
         if not isinstance(size, int):
             raise BadInput(422, "inputs[0].parameters.binary_data_size: must be an integer")
-        expected = int(np.prod(shape)) * dtype.itemsize
+        expected = elements * dtype.itemsize
         if size != expected or len(binary) != size:
             raise BadInput(422, f"inputs[0]: binary data of {len(binary)} bytes, expected "
                                 f"{expected}")
@@ -68,6 +79,7 @@ def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, An
     else:
         if "data" not in tensor:
             raise BadInput(422, "inputs[0].data: missing")
+        numbers_only(tensor["data"], "inputs[0].data")
         try:
             array = np.asarray(tensor["data"], dtype=dtype).reshape(shape)
         except (ValueError, TypeError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,14 @@ def parse_json(body: bytes) -> Any:
         raise BadInput(400, f"malformed JSON: {exc}") from exc
 
 
+def version_number(text: str) -> int:
+    """A model version from a URL path: 1 to 9 digits (a version folder's name has 6);
+    ValueError otherwise, before anything builds a path or an int from it."""
+    if not (text.isascii() and text.isdigit() and 0 < len(text) <= 9) or int(text) == 0:
+        raise ValueError(f"not a version number: {text[:20]!r}")
+    return int(text)
+
+
 def label_text(value: Any, path: str) -> str:
     """Labels are strings in every API; numbers are converted."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -65,9 +74,65 @@ def check_label(spec: AppSpec, label: str, path: str) -> None:
         raise BadInput(422, f"{path}: unknown label {label!r}; classes are {list(spec.classes)}")
 
 
+_NUMBERS = frozenset({int, float})
+_MAX_DEPTH = 4  # a batch of colour images: (n, h, w, c)
+
+
+def numbers_only(value: Any, path: str) -> None:
+    """Features are JSON numbers in (nested) lists: numpy would also take ``true`` or
+    ``"1.5"`` and store them as numbers, so those are refused here, naming the field. A
+    decoded tensor (an array already) is numeric by its datatype."""
+    if isinstance(value, np.ndarray):
+        return
+    if not isinstance(value, list):
+        raise BadInput(422, f"{path}: must be a (nested) list of numbers, got "
+                            f"{_json_type(value)}")
+    if _all_numbers(value):
+        return
+    found = _first_non_number(value, path)
+    if found is not None:
+        raise BadInput(422, f"{path}: must be a (nested) list of numbers: {found[0]} is "
+                            f"{_json_type(found[1])}")
+    # only ragged nesting is left: numpy's conversion names that
+
+
+def _all_numbers(value: list[Any]) -> bool:
+    """Whether every leaf is an int or a float: one pass in C per nesting level (the types
+    of a level's items as a set), no Python work per number."""
+    for depth in range(_MAX_DEPTH):
+        level: Any = value
+        for _ in range(depth):
+            level = chain.from_iterable(level)
+        kinds = set(map(type, level))
+        if kinds <= _NUMBERS:
+            return True
+        if kinds != {list}:
+            return False
+    return False
+
+
+def _first_non_number(value: list[Any], path: str) -> tuple[str, Any] | None:
+    """The path and value of the first leaf that is neither a number nor a list."""
+    for i, item in enumerate(value):
+        if type(item) is list:
+            found = _first_non_number(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+        elif type(item) not in _NUMBERS:
+            return f"{path}[{i}]", item
+    return None
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", str: "a string", dict: "an object", list: "a list",
+             type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def check_features(value: Any, spec: AppSpec, shape: tuple[int, ...] | None,
                    path: str = "features") -> np.ndarray:
     """One sample as a finite float32 array of the shape its app takes; 422 otherwise."""
+    numbers_only(value, path)
     try:
         x = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError) as exc:
@@ -80,6 +145,7 @@ def check_features(value: Any, spec: AppSpec, shape: tuple[int, ...] | None,
 
 def peer_instance(value: Any) -> np.ndarray:
     """A sample a peer forwards (its origin checked it against the app): finite float32."""
+    numbers_only(value, "instances")
     try:
         x = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError) as exc:
@@ -164,8 +230,10 @@ def _parse_uniform(items: list[Any], spec: AppSpec, shape: tuple[int, ...] | Non
     anything is off, and the caller's per-sample pass then names every problem."""
     try:
         labels = [item["label"] for item in items]
-        x = np.asarray([item["features"] for item in items], dtype=np.float32)
-    except (TypeError, KeyError, ValueError):
+        rows = [item["features"] for item in items]
+        numbers_only(rows, "samples")
+        x = np.asarray(rows, dtype=np.float32)
+    except (TypeError, KeyError, ValueError):  # BadInput too: the slow pass names it
         return None
     if not all(isinstance(label, str) and 0 < len(label) <= 256 for label in labels):
         return None

@@ -1,6 +1,7 @@
 """Model versions that cross the network: packed as a tar, signed with HMAC-SHA256.
 
-The key is the receiving peer's token, which both ends hold. The signature covers the origin
+The key is the receiving daemon's peer secret (``daemon.peer_secret``), which the sender holds
+as that peer's ``[[peers]] secret``; devices never hold it. The signature covers the origin
 daemon's name, the app, the version and the model id as well as the bytes, so a signed
 archive cannot be replayed as another app's model. The receiver checks the signature over the
 whole body before it unpacks (let alone unpickles) anything.
@@ -65,7 +66,8 @@ def check(mac: hmac.HMAC, header: str | None) -> None:
         raise BadSignature(f"missing {HEADER}: model archives must be signed")
     if not hmac.compare_digest(header[len(PREFIX):].encode(errors="replace"),
                                mac.hexdigest().encode()):
-        raise BadSignature("bad signature: not signed with this daemon's token for this model")
+        raise BadSignature("bad signature: not signed with this daemon's peer secret for this "
+                           "model")
 
 
 def unpack(archive: IO[bytes], dest: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -138,14 +140,14 @@ def test_an_app_named_like_a_query_route_is_still_guarded(daemon_factory: Any) -
     assert d.request("POST", "/v1/apps/predict/predict", {"instances": [[1.0]]})[0] == 503
 
 
-def _ws_open(port: int, rcvbuf: int | None = None) -> socket.socket:
+def _ws_open(port: int, rcvbuf: int | None = None, query: str = "") -> socket.socket:
     """A raw WebSocket connection to app v's stream (the test controls every read)."""
     sock = socket.socket()
     if rcvbuf is not None:  # before connect, so the TCP window stays small
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /v1/apps/v/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    sock.sendall(f"GET /v1/apps/v/stream{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                  "Sec-WebSocket-Version: 13\r\n\r\n".encode())
     head = b""
@@ -186,8 +188,9 @@ def test_a_websocket_client_that_never_reads_is_cut_off(app: DaemonProcess) -> N
     reader); past its limit the daemon closes that connection, and others are answered."""
     with _ws_open(app.port, rcvbuf=4096) as stuck, _ws_open(app.port) as other:
         frame = _ws_frame(b'{"type": "predict", "ref": 1, "features": [1, 2, 3]}')
-        for _ in range(100_000):  # each is answered (503: no model yet) and never read: MBs
-            stuck.sendall(frame)  # of replies, more than the kernel's buffers and the queue
+        with contextlib.suppress(ConnectionError):  # the cut may come while we still send
+            for _ in range(100_000):  # each is answered (503: no model yet), never read: MBs
+                stuck.sendall(frame)  # of replies, more than the kernel's buffers and queue
         wait_for(lambda: app.events("ws_client_too_slow"), 60)
         other.sendall(_ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 2, 3]}'))
         opcode, payload = _ws_read(other)
@@ -200,3 +203,36 @@ def test_a_websocket_client_that_never_reads_is_cut_off(app: DaemonProcess) -> N
                 pass
             raise ConnectionResetError("closed by the daemon")
     assert app.request("GET", "/v1/apps/v")[0] == 200
+
+
+def _gauge(d: DaemonProcess, name: str) -> float:
+    text = d.request("GET", "/metrics")[1]
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_watchers_that_never_read_are_dropped_at_once(app: DaemonProcess) -> None:
+    """Watch clients (a locked phone, a frozen tab) that never read are cut as soon as their
+    queue fills: seen on the daemon's side, before they read a byte; others are answered."""
+    samples = [{"features": [float(i % 2), float(i % 3), 1.0 - i % 2], "label": "ab"[i % 2]}
+               for i in range(20)]
+    assert app.request("POST", "/v1/apps/v/samples", {"samples": samples})[0] == 200
+    wait_for(lambda: app.request("GET", "/v1/apps/v")[1]["ready"], 120)
+    watchers = [_ws_open(app.port, rcvbuf=4096, query="?watch=true") for _ in range(3)]
+    other = _ws_open(app.port)
+    try:
+        wait_for(lambda: _gauge(app, "mliot_ws_connections") == 4)
+        batch = {"instances": [[0.0, 1.0, 1.0]] * 10_000}  # 10,000 watch messages each
+        for _ in range(40):  # far more than kernel buffers and queues hold
+            assert app.request("POST", "/v1/apps/v/predict", batch)[0] == 200
+            if _gauge(app, "mliot_ws_clients_dropped_total") >= 3:
+                break
+        assert _gauge(app, "mliot_ws_clients_dropped_total") == 3
+        wait_for(lambda: _gauge(app, "mliot_ws_connections") == 1, 5)  # only `other` is left
+        other.sendall(_ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 0, 0]}'))
+        other.settimeout(30)
+        while b'"ref":"x"' not in (payload := _ws_read(other)[1]):  # training events come too
+            assert b'"type":"event"' in payload, payload
+        assert b'"type":"prediction"' in payload
+    finally:
+        for sock in (*watchers, other):
+            sock.close()

@@ -1,5 +1,8 @@
-"""Peers and placement with real daemon processes on loopback: profiles and tokens, placement
-by budget, speed and load, fail-over when a peer dies, and signed model transfer."""
+"""Peers and placement with real daemon processes on loopback: profiles and peer secrets,
+placement by budget, speed and load, fail-over when a peer dies, and signed model transfer.
+
+Each daemon here has a device token ``t<name>`` and a peer secret ``t<name>-peer``: peers call
+each other with the secret, and the device token opens no peer endpoint."""
 
 from __future__ import annotations
 
@@ -28,13 +31,14 @@ pytestmark = pytest.mark.timeout(600)
 MODEL = "0123456789abcdef:fedcba9876543210"
 
 
-def peer_block(name: str, d: DaemonProcess, token: str) -> str:
-    return f'[[peers]]\nname = "{name}"\nurl = "{d.url}"\ntoken = "{token}"\n'
+def peer_block(name: str, d: DaemonProcess, secret: str) -> str:
+    return f'[[peers]]\nname = "{name}"\nurl = "{d.url}"\nsecret = "{secret}"\n'
 
 
 def configure(d: DaemonProcess, name: str, token: str, peers: str = "", extra: str = "") -> None:
     d.write_config(extra + "\n" + peers,
-                   daemon_extra=f'name = "{name}"\ntoken = "{token}"\nmax_body_mb = 64\n')
+                   daemon_extra=f'name = "{name}"\ntoken = "{token}"\npeer_secret = '
+                                f'"{token}-peer"\nmax_body_mb = 64\n')
 
 
 def machines(d: DaemonProcess, token: str) -> dict[str, dict[str, Any]]:
@@ -64,8 +68,8 @@ def fleet(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
 
 def test_peers_see_each_other_and_refuse_wrong_tokens(fleet: Any) -> None:
     a, b, c = fleet(3)
-    configure(a, "a", "ta", peer_block("b", b, "tb") + peer_block("c", c, "wrong-for-c"))
-    configure(b, "b", "tb", peer_block("a", a, "ta"))
+    configure(a, "a", "ta", peer_block("b", b, "tb-peer") + peer_block("c", c, "wrong-for-c"))
+    configure(b, "b", "tb", peer_block("a", a, "ta-peer"))
     configure(c, "c", "tc", peer_block("a", a, "wrong-for-a"))
     for d in (a, b, c):
         d.start(wait=False)
@@ -84,10 +88,11 @@ def test_peers_see_each_other_and_refuse_wrong_tokens(fleet: Any) -> None:
     assert b_sees["a"]["rtt_ms"] > 0 and b_sees["a"]["speed"] > 0
     c_sees = wait_for(lambda: "401" in ((m := machines(c, "tc"))["a"]["error"] or "") and m, 15)
     assert not c_sees["a"]["up"] and "401" in c_sees["a"]["error"]  # c's token is wrong at a
-    # The peer API refuses a missing or wrong token outright.
+    # The peer API refuses a missing or wrong secret outright, and a's own device token too.
     assert http("GET", f"{a.url}/v1/peer/profile")[0] == 401
-    assert http("GET", f"{a.url}/v1/peer/profile", token="tb")[0] == 401
-    status, profile = http("GET", f"{a.url}/v1/peer/profile", token="ta")
+    assert http("GET", f"{a.url}/v1/peer/profile", token="tb-peer")[0] == 401
+    assert http("GET", f"{a.url}/v1/peer/profile", token="ta")[0] == 401
+    status, profile = http("GET", f"{a.url}/v1/peer/profile", token="ta-peer")
     assert status == 200 and profile["name"] == "a" and profile["speed"] > 0
 
 
@@ -98,7 +103,7 @@ def test_reload_adds_and_removes_peers(fleet: Any) -> None:
     for d in (a, b):
         d.start()
     assert set(machines(a, "ta")) == {"a"}
-    configure(a, "a", "ta", peer_block("b", b, "tb"))
+    configure(a, "a", "ta", peer_block("b", b, "tb-peer"))
     assert a.request("POST", "/v1/reload", token="ta")[0] == 200
     wait_for(lambda: machines(a, "ta").get("b", {}).get("up"), 15)
     configure(a, "a", "ta")
@@ -114,7 +119,7 @@ def test_a_hung_peer_is_marked_down_and_back_up(fleet: Any) -> None:
     """A peer that accepts connections but never answers (SIGSTOP) is down within the
     promised 10 s, like a dead one, and up again once it answers."""
     a, b = fleet(2)
-    configure(a, "a", "ta", peer_block("b", b, "tb"))
+    configure(a, "a", "ta", peer_block("b", b, "tb-peer"))
     configure(b, "b", "tb")
     for d in (a, b):
         d.start()
@@ -173,35 +178,40 @@ def test_model_with_a_bad_signature_is_rejected_and_nothing_loaded(fleet: Any) -
     path = "/v1/peer/models/a/kitchen/3"
     cases = {
         "missing": None,
-        "wrong key": _signature("not-the-token", "a", "kitchen", 3, body),
-        "other app": _signature("tb", "a", "garage", 3, body),
-        "other version": _signature("tb", "a", "kitchen", 4, body),
-        "other model": _signature("tb", "a", "kitchen", 3, body, model="other:1"),
-        "tampered": _signature("tb", "a", "kitchen", 3, body[:-1] + b"\x01"),
+        "wrong key": _signature("not-the-secret", "a", "kitchen", 3, body),
+        "the device token": _signature("tb", "a", "kitchen", 3, body),
+        "other app": _signature("tb-peer", "a", "garage", 3, body),
+        "other version": _signature("tb-peer", "a", "kitchen", 4, body),
+        "other model": _signature("tb-peer", "a", "kitchen", 3, body, model="other:1"),
+        "tampered": _signature("tb-peer", "a", "kitchen", 3, body[:-1] + b"\x01"),
         "not ascii": "hmac-sha256=\u00e9",
     }
     for case, signature in cases.items():
-        status, answer = _put_model(b, "tb", path, body, signature)
+        status, answer = _put_model(b, "tb-peer", path, body, signature)
         assert status == 422, (case, answer)
         assert "signature" in answer["error"] or "signed" in answer["error"], case
+    # The device token opens no peer endpoint, even with a signature made with it.
+    status, answer = _put_model(b, "tb", path, body, _signature("tb", "a", "kitchen", 3, body))
+    assert status == 401 and "peer secret" in answer["error"]
     assert not trap.exists()
-    assert http("GET", f"{b.url}/v1/peer/profile", token="tb")[1]["hosted"] == {}
+    assert http("GET", f"{b.url}/v1/peer/profile", token="tb-peer")[1]["hosted"] == {}
     hosted = b.data_dir / "hosted"
     assert not any(hosted.rglob("*.pkl"))
     # Correctly signed but not a model: still refused (422), still nothing loaded.
-    status, answer = _put_model(b, "tb", path, body, _signature("tb", "a", "kitchen", 3, body))
+    status, answer = _put_model(b, "tb-peer", path, body,
+                                _signature("tb-peer", "a", "kitchen", 3, body))
     assert status == 422 and "not loadable" in answer["error"]
-    assert http("GET", f"{b.url}/v1/peer/profile", token="tb")[1]["hosted"] == {}
+    assert http("GET", f"{b.url}/v1/peer/profile", token="tb-peer")[1]["hosted"] == {}
     assert b.request("POST", "/v1/peer/models/a/kitchen/predict", {"instances": [[1.0]]},
-                     token="tb")[0] == 404
+                     token="tb-peer")[0] == 404
     # Names that would leave the hosted folder are refused even when correctly signed.
     outside = b.workdir / "outside"
     outside.mkdir()
     (outside / "keep").write_text("mine")
     for origin, app in (("..", "kitchen"), ("a", ".."), (str(outside), "x")):
         quoted = "/".join(urllib.parse.quote(p, safe="") for p in (origin, app))
-        status, answer = _put_model(b, "tb", f"/v1/peer/models/{quoted}/3", body,
-                                    _signature("tb", origin, app, 3, body))
+        status, answer = _put_model(b, "tb-peer", f"/v1/peer/models/{quoted}/3", body,
+                                    _signature("tb-peer", origin, app, 3, body))
         assert status in (404, 422), (origin, app, answer)
     assert (outside / "keep").read_text() == "mine"
     assert sorted(p.name for p in b.workdir.iterdir()) == sorted(
@@ -272,7 +282,7 @@ def _feed(d: DaemonProcess, app: str, spec: dict[str, Any], X: np.ndarray, y: li
 
 def test_placement_follows_budget_speed_load_and_survives_a_dead_peer(fleet: Any) -> None:
     a, b, c = fleet(3)
-    configure(a, "a", "ta", peer_block("b", b, "tb") + peer_block("c", c, "tc"),
+    configure(a, "a", "ta", peer_block("b", b, "tb-peer") + peer_block("c", c, "tc-peer"),
               extra="[training]\nworkers = 1\n")
     configure(b, "b", "tb")
     configure(c, "c", "tc")
@@ -314,7 +324,7 @@ def test_placement_follows_budget_speed_load_and_survives_a_dead_peer(fleet: Any
         # (null: infinite, the machine is past 90 % busy)
         assert (predicted["a"] or float("inf")) > BUDGET_MS >= predicted[first], moved
         peer = {"b": b, "c": c}
-        token = {"b": "tb", "c": "tc"}
+        token = {"b": "tb-peer", "c": "tc-peer"}  # the peer API's secrets
         hosted = http("GET", f"{peer[first].url}/v1/peer/profile", token=token[first])[1]
         assert "a/sounds" in hosted["hosted"]
         status, answer = a.request("POST", "/v1/apps/sounds/predict",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
+from typing import Any
 
 from support import DaemonProcess, wait_for
 
@@ -64,3 +66,50 @@ def test_good_change_applies_live_without_dropping_a_connection(daemon: DaemonPr
     status, st = daemon.request("GET", "/v1/status")
     assert st["restart_required"] is True and st["machines"][0]["name"] == "renamed"
     assert daemon.request("GET", "/healthz")[0] == 200
+
+
+def test_undecodable_and_hostile_files_never_kill_the_daemon(daemon_factory: Any) -> None:
+    """A config or token file that is not UTF-8, or TOML nested thousands deep, is rejected
+    through every reload path (API, SIGHUP, file poll); the old config stays in force, and
+    the token in force does not depend on its file staying readable."""
+    d = daemon_factory()
+    token_file = d.workdir / "token"
+    token_file.write_text("s3cret\n")
+    d.write_config(APP.format(name="one"), daemon_extra=f'token_file = "{token_file}"')
+    d.start()
+    good = d.config_path.read_bytes()
+    for bad, why in ((good + b"\n# caf\xe9\n", "not UTF-8"),
+                     (good + b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply")):
+        d.config_path.write_bytes(bad)
+        status, err = d.request("POST", "/v1/reload", token="s3cret")
+        assert status == 422 and why in err["details"][0], err
+        rejected = len(d.events("config_reload_rejected"))
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: len(d.events("config_reload_rejected")) > rejected)
+        wait_for(lambda: any(e.get("source") == "file"  # noqa: B023 - waited on at once
+                             for e in d.events("config_reload_rejected")[rejected:]))
+    d.config_path.write_bytes(good)
+    token_file.write_bytes(b"\xff\xfe\n")
+    status, err = d.request("POST", "/v1/reload", token="s3cret")
+    assert status == 422 and err["details"][0].startswith("daemon.token_file:"), err
+    assert "not UTF-8" in err["details"][0]
+    token_file.unlink()  # read once per load: requests never touch the file
+    assert d.request("PUT", "/v1/apps/two", {"data_type": "vector"}, token="s3cret")[0] == 201
+    assert d.request("PUT", "/v1/apps/three", {"data_type": "vector"})[0] == 401
+    status, body = d.request("GET", "/v1/status")
+    assert status == 200 and body["config_version"] == 1
+    assert d.request("GET", "/v1/apps")[1] == ["one", "two"]
+    assert d.proc is not None and d.proc.poll() is None
+
+
+def test_a_sighup_during_start_up_is_a_queued_reload(daemon_factory: Any) -> None:
+    d = daemon_factory()
+    d.write_config(APP.format(name="one"))
+    d.start(wait=False)
+    time.sleep(0.2)  # the process is still importing its libraries
+    d.signal(signal.SIGHUP)
+    d.wait_ready()
+    wait_for(lambda: any(e.get("source") == "sighup"
+                         for e in d.events("config_unchanged", "config_reloaded")))
+    assert d.request("GET", "/v1/apps")[1] == ["one"]
+    assert d.stop() == 0

@@ -161,3 +161,53 @@ async def test_reload_cannot_drop_the_token_while_bound_publicly(tmp_path: Path)
     outcome = await store.reload("test")
     assert isinstance(outcome, Rejected) and store.current.daemon.token == "s3cret"
     assert outcome.errors[0].startswith("daemon.token: required while listening on 0.0.0.0:8080")
+
+
+def test_secrets_are_read_once_and_bad_secret_files_are_errors(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    s = parse_settings({"daemon": {"token_file": str(token_file)}})
+    token_file.unlink()  # a file that turns unreadable later fails nothing that runs
+    assert s.token == "s3cret"
+    token_file.write_bytes(b"\xff\xfe not utf-8")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError) as info:
+        parse_settings({"daemon": {"token_file": str(token_file),
+                                   "peer_secret_file": str(empty)}})
+    assert any(e.startswith("daemon.token_file:") and "not UTF-8" in e
+               for e in info.value.errors)
+    assert any(e.startswith("daemon.peer_secret_file:") and "empty" in e
+               for e in info.value.errors)
+    with pytest.raises(ConfigError) as info:
+        parse_settings({"daemon": {"token": "same", "peer_secret": "same"}})
+    assert info.value.errors[0].startswith("daemon.peer_secret: must differ from daemon.token")
+    with pytest.raises(ConfigError) as info:
+        parse_settings({"secrets": {"token": "x"}})  # derived, never a key of the file
+    assert info.value.errors == ["secrets: unknown key"]
+
+
+def test_peer_token_is_an_alias_of_secret_with_a_warning() -> None:
+    s = parse_settings({"peers": [{"name": "b", "url": "http://b:1", "token": "old"}]})
+    assert s.peers[0].secret == "old" and s.peers[0].token == ""
+    assert s.warnings and "peers[0].token: deprecated" in s.warnings[0]
+    with pytest.raises(ConfigError):
+        parse_settings({"peers": [{"name": "b", "url": "http://b:1", "token": "x",
+                                   "secret": "y"}]})
+
+
+@pytest.mark.parametrize("content", [
+    b'[daemon]\nname = "caf\xe9"\n',  # latin-1, not UTF-8
+    b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n",  # nested deeper than the parser recurses
+    b"[daemon]\nname = " + b"9" * 5000 + b"\n",  # an integer past Python's digit limit
+])
+async def test_undecodable_or_hostile_files_are_rejected(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nlog_level = "info"\n')
+    store = ConfigStore(path, load_file(path))
+    path.write_bytes(content)
+    with capture_logs() as logs:
+        outcome = await store.reload("test")
+    assert isinstance(outcome, Rejected) and store.version == 1
+    assert outcome.errors[0].startswith(f"{path}: not ")
+    assert [e["event"] for e in logs] == ["config_reload_rejected"]
