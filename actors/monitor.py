@@ -27,9 +27,9 @@ import psutil
 import structlog
 
 from mliot_daemon.learn.plan import measure_speed
-from mliot_daemon.messages import GetLoad, MachineLoad, MonitorMsg
+from mliot_daemon.messages import GetLoad, MachineLoad, MonitorMsg, Refs
 from mliot_daemon.metrics import Metrics
-from mliot_daemon.runtime import Actor, ActorRef
+from mliot_daemon.runtime import Actor
 
 log = structlog.get_logger("mliot.monitor")
 
@@ -43,17 +43,13 @@ class Monitor(Actor[MonitorMsg]):
 
     name = "monitor"
 
-    def __init__(self, metrics: Metrics, sample_every_s: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, metrics: Metrics, refs: Refs, sample_every_s: float = 1.0) -> None:
+        super().__init__(refs.monitor)
         self._metrics = metrics
         self._every = sample_every_s
-        self._watched: list[ActorRef[object]] = []
+        self._watched = refs.all()  # their mailbox depths are exported
         self._lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self._load: MachineLoad | None = None
-
-    def watch(self, refs: list[ActorRef[object]]) -> None:
-        """Export these actors' mailbox depths."""
-        self._watched = list(refs)
 
     async def on_start(self) -> None:
         # A short standard fit (the learning core's cost reference): model latencies measured

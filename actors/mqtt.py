@@ -55,11 +55,12 @@ from mliot_daemon.messages import (
     MqttMsg,
     Predict,
     Predicted,
+    Refs,
     SubmitFeedback,
 )
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.payloads import BadInput
-from mliot_daemon.runtime import Actor, ActorRef, ActorStopped
+from mliot_daemon.runtime import Actor, ActorStopped
 from mliot_daemon.store import StoreError
 
 log = structlog.get_logger("mliot.mqtt")
@@ -144,12 +145,12 @@ class MqttBridge(Actor[MqttMsg]):
     name = "mqtt"
     config_keys = frozenset({"mqtt", "daemon.name"})
 
-    def __init__(self, settings: Settings, server: ActorRef[Any], metrics: Metrics) -> None:
-        super().__init__(mailbox_size=256)
+    def __init__(self, settings: Settings, refs: Refs, metrics: Metrics) -> None:
+        super().__init__(refs.mqtt)
         self._settings = settings.mqtt
         self._machine = settings.daemon.machine_name
         self._node = node_id(self._machine)
-        self._server = server
+        self._server = refs.server
         self._metrics = metrics
         self._restart = asyncio.Event()  # leave the session (config change, inbox overflow)
         self._wake = asyncio.Event()  # the announcer has something to publish

@@ -33,11 +33,12 @@ from mliot_daemon.messages import (
     GetPeers,
     PeerProfile,
     PeersMsg,
+    Refs,
     RemotePredict,
     Replan,
     ShipModel,
 )
-from mliot_daemon.runtime import Actor, ActorRef
+from mliot_daemon.runtime import Actor
 
 log = structlog.get_logger("mliot.peers")
 
@@ -76,10 +77,10 @@ class Peers(Actor[PeersMsg]):
     name = "peers"
     config_keys = frozenset({"peers", "daemon.name"})
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(mailbox_size=1024)
+    def __init__(self, settings: Settings, refs: Refs) -> None:
+        super().__init__(refs.peers)
         self._settings = settings
-        self.scheduler: ActorRef[Any] | None = None  # wired by the daemon
+        self._scheduler = refs.scheduler
         self._peers: dict[str, _Peer] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -197,8 +198,7 @@ class Peers(Actor[PeersMsg]):
         self._replan(f"peer {peer.settings.name} down: {error}")
 
     def _replan(self, reason: str) -> None:
-        if self.scheduler is not None:
-            self.scheduler.offer(Replan(reason=reason))
+        self._scheduler.offer(Replan(reason=reason))
 
     # -- requests to peers ----------------------------------------------------------------------
 

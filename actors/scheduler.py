@@ -35,13 +35,14 @@ from mliot_daemon.messages import (
     MachineLoad,
     PeerProfile,
     Placed,
+    Refs,
     Replan,
     Route,
     SchedulerMsg,
     ShipModel,
 )
 from mliot_daemon.placement import AppDemand, MachineView, plan
-from mliot_daemon.runtime import Actor, ActorRef, ActorStopped
+from mliot_daemon.runtime import Actor, ActorStopped
 
 log = structlog.get_logger("mliot.scheduler")
 
@@ -71,13 +72,12 @@ class Scheduler(Actor[SchedulerMsg]):
     name = "scheduler"
     config_keys = frozenset({"apps", "peers", "daemon.name"})
 
-    def __init__(self, settings: Settings, monitor: ActorRef[Any], peers: ActorRef[Any],
-                 server: ActorRef[Any]) -> None:
-        super().__init__(mailbox_size=256)
+    def __init__(self, settings: Settings, refs: Refs) -> None:
+        super().__init__(refs.scheduler)
         self._settings = settings
-        self._monitor = monitor
-        self._peers = peers
-        self._server = server
+        self._monitor = refs.monitor
+        self._peers = refs.peers
+        self._server = refs.server
         self._routes: dict[str, Route] = {}
         self._counts: dict[str, tuple[int, float]] = {}  # app -> (predictions, when)
         self._rates: dict[str, float] = {}

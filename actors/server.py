@@ -43,6 +43,7 @@ from mliot_daemon.messages import (
     Placed,
     Predict,
     Predicted,
+    Refs,
     RemotePredict,
     Route,
     SamplesAdded,
@@ -63,7 +64,7 @@ from mliot_daemon.payloads import (
     version_number,
 )
 from mliot_daemon.registry import Registry
-from mliot_daemon.runtime import Actor, ActorRef, ActorStopped, reply_to
+from mliot_daemon.runtime import Actor, ActorStopped, reply_to
 from mliot_daemon.serving import Answer, ServedApp, ServedModel
 from mliot_daemon.store import (
     NotFound,
@@ -115,9 +116,9 @@ class Server(Actor[ServerMsg]):
                              "training.backend", "training.dask_scheduler"})
 
     def __init__(self, config: ConfigStore, store: Store, metrics: Metrics, registry: Registry,
-                 monitor: ActorRef[Any], started_at: float, ready: asyncio.Event,
+                 refs: Refs, started_at: float, ready: asyncio.Event,
                  shutdown_timeout: float = 5.0) -> None:
-        super().__init__(mailbox_size=256)
+        super().__init__(refs.server)
         self._config = config
         self._settings: Settings = config.current
         self._token = self._settings.token.encode()
@@ -125,10 +126,10 @@ class Server(Actor[ServerMsg]):
         self._machine_name = self._settings.daemon.machine_name
         self._store = store
         self._metrics = metrics
-        self._monitor = monitor
-        self.trainer: ActorRef[Any] | None = None  # wired by the daemon
-        self.mqtt: ActorRef[Any] | None = None  # wired by the daemon when MQTT is on
-        self.peers: ActorRef[Any] | None = None  # wired by the daemon
+        self._monitor = refs.monitor
+        self._trainer = refs.trainer
+        self._mqtt = refs.mqtt
+        self._peers = refs.peers
         self._routes: dict[str, Route] = {}  # from the scheduler; none yet: serve here
         self._failed_peers: dict[str, float] = {}  # peer -> when a forwarded request failed
         self._uploads = asyncio.Semaphore(1)  # model archives received one at a time
@@ -383,7 +384,7 @@ class Server(Actor[ServerMsg]):
 
     async def _status(self, request: web.Request) -> web.Response:
         load: MachineLoad = await self._monitor.ask(lambda f: GetLoad(reply=f), timeout=5.0)
-        training = await self._tell_trainer().ask(lambda f: GetTrainerStatus(reply=f),
+        training = await self._trainer.ask(lambda f: GetTrainerStatus(reply=f),
                                                   timeout=5.0)
         d = self._settings.daemon
         apps = self._apps_status()
@@ -527,7 +528,7 @@ class Server(Actor[ServerMsg]):
         if not result.duplicate:
             self._metrics.samples_ingested.labels(entry.name, source).inc(result.accepted)
             self.catalog.note_shape(entry.name, batch.shape)
-            self._tell_trainer().offer(SamplesAdded(app=entry.name, n_samples=result.n_samples))
+            self._trainer.offer(SamplesAdded(app=entry.name, n_samples=result.n_samples))
         log.debug("samples_committed", app=entry.name, source=source, accepted=result.accepted,
                   duplicate=result.duplicate, n_samples=result.n_samples)
         return {"accepted": result.accepted, "n_samples": result.n_samples,
@@ -535,13 +536,9 @@ class Server(Actor[ServerMsg]):
 
     # -- models and serving ---------------------------------------------------------------------
 
-    def _tell_trainer(self) -> ActorRef[Any]:
-        assert self.trainer is not None, "the daemon wires the trainer before starting"
-        return self.trainer
-
     async def _apps_changed(self) -> None:
         specs = tuple(e.spec for n in self.catalog.names() if (e := self.catalog.get(n)))
-        await self._tell_trainer().send(AppsChanged(apps=specs))
+        await self._trainer.send(AppsChanged(apps=specs))
 
     async def _load(self, app: str, version: int) -> None:
         """Load a version from this machine's registry and swap it in (requests in flight
@@ -553,7 +550,7 @@ class Server(Actor[ServerMsg]):
                     version, load_model(path), self._registry.model_id(app, version)))
             except Exception as exc:  # e.g. pickles of an older library: the trainer retrains
                 log.error("model_load_failed", app=app, version=version, error=repr(exc))
-                await self._tell_trainer().send(LoadFailed(app=app, version=version))
+                await self._trainer.send(LoadFailed(app=app, version=version))
                 return
             if self.catalog.get(app) is None:
                 return  # deleted while loading
@@ -658,7 +655,7 @@ class Server(Actor[ServerMsg]):
         route = self._routes.get(entry.name)
         if route is not None and route.serving is None:
             raise BadInput(503, f"placement refused for {entry.name!r}: {route.reason}")
-        if route is None or route.serving == self._me or self.peers is None:
+        if route is None or route.serving == self._me:
             answers = served.predict_now(samples, probabilities)
             return answers if answers is not None else served.enqueue(samples, probabilities)
         return route
@@ -682,9 +679,9 @@ class Server(Actor[ServerMsg]):
         self._store.record_predictions(records)
         self._metrics.predicted(app, len(out))
         # Home Assistant shows the last label, from any channel; no broker, no message
-        if self.mqtt is not None and self._settings.mqtt is not None and out:
+        if self._settings.mqtt is not None and out:
             last = out[-1]
-            self.mqtt.offer(Predicted(app=app, label=last["label"],
+            self._mqtt.offer(Predicted(app=app, label=last["label"],
                                       confidence=last["confidence"],
                                       model_version=last["model_version"]))
         for client in self._sockets.get(app, ()):
@@ -710,7 +707,7 @@ class Server(Actor[ServerMsg]):
             return await started
         peer, members = started.serving, started.members
         try:
-            remote = await self.peers.ask(lambda f: RemotePredict(
+            remote = await self._peers.ask(lambda f: RemotePredict(
                 peer=peer, app=entry.name, members=members, probabilities=probabilities,
                 instances=tuple(samples), reply=f), REMOTE_TIMEOUT_S)
             return [Answer(str(p["label"]), float(p["confidence"]), int(p["stage"]),
@@ -758,7 +755,7 @@ class Server(Actor[ServerMsg]):
         except NotFound:
             raise BadInput(404, f"unknown prediction id {payload['prediction_id']!r}") from None
         if not result.duplicate:
-            await self._tell_trainer().send(FeedbackAdded(
+            await self._trainer.send(FeedbackAdded(
                 app=entry.name, wrong=result.label != result.predicted,
                 sample_id=result.sample_id, label=result.label, predicted=result.predicted))
         return {"prediction_id": payload["prediction_id"], "label": result.label,
@@ -907,8 +904,8 @@ class Server(Actor[ServerMsg]):
                                 '"probabilities"?: bool}')
         members = payload.get("members")
         samples = [peer_instance(x) for x in payload["instances"]]
-        served.members = members if type(members) is int and members > 0 else None
-        answers = await served.predict(samples, payload.get("probabilities") is True)
+        answers = await served.predict(samples, payload.get("probabilities") is True,
+                                       members if type(members) is int and members > 0 else None)
         return json_response({"predictions": [
             {"label": a.label, "confidence": a.confidence, "stage": a.stage,
              "model_version": a.version, "probabilities": a.probabilities} for a in answers]})

@@ -64,6 +64,7 @@ from mliot_daemon.messages import (
     FeedbackAdded,
     GetTrainerStatus,
     LoadFailed,
+    Refs,
     RunFinished,
     SamplesAdded,
     TrainerMsg,
@@ -71,7 +72,7 @@ from mliot_daemon.messages import (
     VersionPublished,
 )
 from mliot_daemon.registry import Registry
-from mliot_daemon.runtime import Actor, ActorRef
+from mliot_daemon.runtime import Actor
 from mliot_daemon.store import Store
 
 log = structlog.get_logger("mliot.trainer")
@@ -239,13 +240,13 @@ class Trainer(Actor[TrainerMsg]):
     name = "trainer"
     config_keys = frozenset({"training"})
 
-    def __init__(self, settings: Settings, store: Store, registry: Registry,
-                 server: ActorRef[Any], machine: str) -> None:
-        super().__init__(mailbox_size=256)
+    def __init__(self, settings: Settings, store: Store, registry: Registry, refs: Refs,
+                 machine: str) -> None:
+        super().__init__(refs.trainer)
         self._settings = settings
         self._store = store
         self._registry = registry
-        self._server = server
+        self._server = refs.server
         self._machine = machine
         self._pool: ProcessPoolExecutor | None = None
         self._slots = asyncio.Semaphore(settings.training.pool_size)
@@ -548,10 +549,6 @@ class Trainer(Actor[TrainerMsg]):
                                  stale_before_id=state.stale_before_id,
                                  stale_labels=tuple(sorted(state.stale_labels)), **kw)
 
-    def _policy(self, spec: AppSpec) -> Policy:
-        p = spec.policy
-        return Policy.for_mode(p.mode, p.latency_ms, p.max_models, p.min_accuracy)
-
     async def _fit_steps(self, state: AppState, data: jobs.TrainingData, run_dir: Path,
                          reason: str, n: int, refit: dict[str, dict[str, Any]] | None = None,
                          quick: bool = False) -> tuple[Path | None, dict[str, Any]]:
@@ -601,7 +598,7 @@ class Trainer(Actor[TrainerMsg]):
         try:
             info = await self._pool_call(
                 jobs.quick_job, data, spec.data_type, spec.sample_rate or 16000,
-                self._policy(spec), spec.background_class, staging, extra, self._machine)
+                spec.policy, spec.background_class, staging, extra, self._machine)
         except Exception as exc:  # the full run below still makes a version (or fails)
             await asyncio.to_thread(shutil.rmtree, staging, True)
             log.warning("quick_version_failed", app=app, error=f"{type(exc).__name__}: {exc}")
@@ -632,7 +629,7 @@ class Trainer(Actor[TrainerMsg]):
         await self._pool_call(jobs.reduce_job, info.directory)
         steps = info.plan if refit is None else [PlanStep(f, info.n, 0.0) for f in refit]
         fitted: dict[str, jobs.FitResult] = {}
-        policy = self._policy(spec)
+        policy = spec.policy
         staging: Path | None = None
         summary: dict[str, Any] = {}
         # As many fits in flight as the pool (or the cluster) has workers, cheapest first;

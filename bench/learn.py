@@ -65,7 +65,7 @@ def digits_part(budget: float) -> dict[str, Any]:
     fit_s = time.perf_counter() - t
     out: dict[str, Any] = {"fit_seconds_total": round(fit_s, 2)}
     for mode in ("best_effort", "low_latency"):
-        out[mode] = _ensemble_report(assemble(prep, cands, Policy.for_mode(mode), X_probe=Xtr[:50]),
+        out[mode] = _ensemble_report(assemble(prep, cands, Policy(mode), X_probe=Xtr[:50]),
                                      Xte, yte)
     out["low_over_best_latency"] = round(out["low_latency"]["latency_ms_p50"]
                                          / out["best_effort"]["latency_ms_p50"], 3)
@@ -119,7 +119,7 @@ def task_part(name: str, loader, data_type: str, budget: float | None) -> dict[s
     t = time.perf_counter()
     prep = prepare(Xtr, ytr, data_type, groups=groups[0] if groups else None)
     cands = fit_all(prep, budget_s=budget, workers=2)
-    model = assemble(prep, cands, Policy.for_mode("best_effort"), X_probe=Xtr[:50])
+    model = assemble(prep, cands, Policy("best_effort"), X_probe=Xtr[:50])
     total = time.perf_counter() - t
     rep = _ensemble_report(model, Xte, yte)
     n, d = prep.features.Z.shape

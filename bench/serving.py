@@ -78,8 +78,8 @@ def build_models(data_dir: Path) -> dict[str, list[str]]:
     candidates = fit_all(prep, workers=2)
     registry = Registry(data_dir / "models")
     members: dict[str, list[str]] = {}
-    low = assemble(prep, candidates, Policy.for_mode("low_latency"), X_probe=X_train[:50])
-    every = assemble(prep, candidates, Policy.for_mode("best_effort"), X_probe=X_train[:50])
+    low = assemble(prep, candidates, Policy("low_latency"), X_probe=X_train[:50])
+    every = assemble(prep, candidates, Policy("best_effort"), X_probe=X_train[:50])
     k = len(prep.classes)
     every.selection = dataclasses.replace(
         every.selection, members=list(range(len(candidates))),

@@ -59,8 +59,8 @@ def train_set(name: str, data_type: str, quick: bool, out: Path) -> dict[str, An
     cands = fit_all(prep, budget_s=2.0 if quick else None, workers=2)
     fit_s = time.perf_counter() - t
     probe = Xtr[:50]
-    models = {"best_effort": assemble(prep, cands, Policy.for_mode("best_effort"), X_probe=probe),
-              "low_latency": assemble(prep, cands, Policy.for_mode("low_latency"), X_probe=probe)}
+    models = {"best_effort": assemble(prep, cands, Policy("best_effort"), X_probe=probe),
+              "low_latency": assemble(prep, cands, Policy("low_latency"), X_probe=probe)}
     index = {c: i for i, c in enumerate(prep.classes)}
     y = np.array([index[str(v)] for v in yte])
     Z = prep.front_end.transform(Xte)

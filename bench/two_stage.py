@@ -87,7 +87,7 @@ def train(names: list[str], data_dir: Path, quick: bool) -> dict[str, Any]:
         t = time.perf_counter()
         prep = prepare(Xtr, ytr, data_type)
         cands = fit_all(prep, budget_s=2.0 if quick else None, workers=2)
-        model = assemble(prep, cands, Policy.for_mode("best_effort"), X_probe=Xtr[:50],
+        model = assemble(prep, cands, Policy("best_effort"), X_probe=Xtr[:50],
                          background_class=bg)
         info[name] = {"fit_seconds": round(time.perf_counter() - t, 1),
                       "members": [m.family for m in model.members],

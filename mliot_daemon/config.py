@@ -21,9 +21,11 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import structlog
+
+from mliot_daemon.learn.ensemble import Policy
 
 log = structlog.get_logger("mliot.config")
 
@@ -32,7 +34,6 @@ APP_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 # A daemon's name among peers: it is part of peer URLs and folder names (no "/", no "..").
 MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 DATA_TYPES = ("image", "audio", "sensor", "vector")
-MODES = ("best_effort", "low_latency")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RESTART_KEYS = frozenset({"daemon.listen", "daemon.data_dir", "training.workers"})
 
@@ -147,26 +148,6 @@ class PeerSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
-    """How an app trades accuracy for latency; unset numbers take the mode's defaults."""
-
-    mode: str = field(default="best_effort", metadata=_check(_one_of(*MODES)))
-    latency_ms: float | None = field(default=None, metadata=_check(_positive))
-    max_models: int | None = field(default=None, metadata=_check(
-        lambda v: None if 1 <= v <= 7 else "must be from 1 to 7"))
-    min_accuracy: float = field(default=0.0, metadata=_check(
-        lambda v: None if 0 <= v <= 1 else "must be from 0 to 1"))
-    retrain_after: int = field(default=20, metadata=_check(_at_least(1)))
-
-    def __post_init__(self) -> None:
-        low = self.mode == "low_latency"
-        if self.latency_ms is None:
-            object.__setattr__(self, "latency_ms", 10.0 if low else 50.0)
-        if self.max_models is None:
-            object.__setattr__(self, "max_models", 3 if low else 7)
-
-
-@dataclass(frozen=True, slots=True)
 class AppSpec:
     """An application: what data it takes and the policy it is served under."""
 
@@ -264,6 +245,12 @@ def _coerce(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
             return _BAD
         items = [_coerce(item_tp, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
         return _BAD if any(i is _BAD for i in items) else tuple(items)
+    if origin is Literal:
+        choices = get_args(tp)
+        if isinstance(value, str) and value in choices:
+            return value
+        errors.append(f"{path}: must be one of {', '.join(choices)}")
+        return _BAD
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:

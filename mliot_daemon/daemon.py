@@ -25,7 +25,7 @@ from actors.server import Server
 from actors.trainer import Trainer
 from mliot_daemon.config import ConfigError, ConfigStore, Settings, load_file, parse_settings
 from mliot_daemon.logs import configure_logging
-from mliot_daemon.messages import ApplyConfig
+from mliot_daemon.messages import ApplyConfig, Refs
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import (
@@ -59,25 +59,20 @@ class Daemon:
         self.signals = signals or Signals()
         self.started_at = time.monotonic()
         self.registry = Registry(settings.daemon.data_path / "models")
-        self.monitor = Monitor(self.metrics)
-        self.server = Server(config, self.store, self.metrics, self.registry, self.monitor.ref,
+        # Who asks whom (DESIGN.md): server and trainer only tell each other things; the
+        # bridge asks the server, which only offers it Predicted telemetry; the scheduler asks
+        # the monitor, peers and server; the peers actor only offers the scheduler Replan.
+        refs = Refs.create()
+        self.monitor = Monitor(self.metrics, refs)
+        self.server = Server(config, self.store, self.metrics, self.registry, refs,
                              self.started_at, self.ready)
-        self.trainer = Trainer(settings, self.store, self.registry, self.server.ref,
+        self.trainer = Trainer(settings, self.store, self.registry, refs,
                                settings.daemon.machine_name)
-        # Server and trainer tell each other things (neither asks the other, so no deadlock).
-        self.server.trainer = self.trainer.ref
-        # The bridge asks the server; the server only offers it Predicted telemetry.
-        self.bridge = MqttBridge(settings, self.server.ref, self.metrics)
-        self.server.mqtt = self.bridge.ref
-        # The scheduler asks the monitor, peers and server; the peers actor only offers it
-        # Replan, and the server asks the peers actor for remote predictions.
-        self.peers = Peers(settings)
-        self.scheduler = Scheduler(settings, self.monitor.ref, self.peers.ref, self.server.ref)
-        self.peers.scheduler = self.scheduler.ref
-        self.server.peers = self.peers.ref
+        self.bridge = MqttBridge(settings, refs, self.metrics)
+        self.peers = Peers(settings, refs)
+        self.scheduler = Scheduler(settings, refs)
         self.actors: list[Actor[Any]] = [self.monitor, self.trainer, self.scheduler,
                                          self.peers, self.bridge, self.server]  # start order
-        self.monitor.watch([a.ref for a in self.actors])
         config.subscribe(self._apply)
         self.metrics.config_version.set(config.version)
 

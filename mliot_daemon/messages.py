@@ -1,16 +1,18 @@
 """Every message that crosses an actor boundary, grouped by the actor that receives it.
 
-Commands are imperative, events past tense, queries carry a ``reply`` future. Messages are
-frozen and hold only immutable values (tuples, frozensets), never arrays someone else keeps.
+Commands are imperative, events past tense, queries are ``Query[R]``s (they carry the future
+their ``R`` answer is set on). Messages are frozen and hold only immutable values (tuples,
+frozensets), never arrays someone else keeps. ``Refs`` is every actor's ref, made before the
+actors and handed to their constructors.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from mliot_daemon.config import AppSpec, Settings
+from mliot_daemon.runtime import ActorRef, Query
 
 # -- sent to every actor ------------------------------------------------------------------------
 
@@ -46,10 +48,9 @@ class MachineLoad:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetLoad:
+class GetLoad(Query[MachineLoad]):
     """Query: the latest MachineLoad."""
 
-    reply: asyncio.Future[MachineLoad] = field(compare=False, repr=False)
 
 
 MonitorMsg: TypeAlias = GetLoad
@@ -104,10 +105,9 @@ class LoadFailed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetTrainerStatus:
+class GetTrainerStatus(Query[dict[str, Any]]):
     """Query: per-app training state."""
 
-    reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
 
 
 TrainerMsg: TypeAlias = (ApplyConfig | AppsChanged | SamplesAdded | FeedbackAdded | RunFinished
@@ -135,10 +135,9 @@ class TrainingEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetServerStatus:
+class GetServerStatus(Query[dict[str, Any]]):
     """Query: per-app status as the server sees it."""
 
-    reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
 
 
 # Requests from other channels (MQTT) go through the server, which owns the catalog and the
@@ -147,31 +146,28 @@ class GetServerStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class IngestSamples:
+class IngestSamples(Query[dict[str, Any]]):
     """Query: check and commit `{"samples": [...], "batch_id"?}`; the answer is the ack."""
 
     app: str
     payload: Any
     source: str
-    reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Predict:
+class Predict(Query[list[dict[str, Any]]]):
     """Query: predictions (the HTTP API's prediction objects) for these instances."""
 
     app: str
     instances: tuple[Any, ...]
-    reply: asyncio.Future[list[dict[str, Any]]] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SubmitFeedback:
+class SubmitFeedback(Query[dict[str, Any]]):
     """Query: commit `{"prediction_id", "label"}`."""
 
     app: str
     payload: Any
-    reply: asyncio.Future[dict[str, Any]] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,10 +187,9 @@ class AppFacts:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetServingFacts:
+class GetServingFacts(Query[tuple[AppFacts, ...]]):
     """Query: an AppFacts per app with a loaded model."""
 
-    reply: asyncio.Future[tuple[AppFacts, ...]] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,14 +237,13 @@ class PeerProfile:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetPeers:
+class GetPeers(Query[tuple[PeerProfile, ...]]):
     """Query: every configured peer's latest profile."""
 
-    reply: asyncio.Future[tuple[PeerProfile, ...]] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ShipModel:
+class ShipModel(Query[None]):
     """Query: send one model version to a peer, signed; the reply comes once it is loaded
     there (or is the error)."""
 
@@ -258,11 +252,10 @@ class ShipModel:
     version: int
     model_id: str
     directory: str
-    reply: asyncio.Future[None] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RemotePredict:
+class RemotePredict(Query[list[dict[str, Any]]]):
     """Query: predictions from the app's model on a peer (the HTTP API's prediction fields,
     without ids)."""
 
@@ -271,7 +264,6 @@ class RemotePredict:
     members: int | None
     probabilities: bool
     instances: tuple[Any, ...]  # samples (numpy arrays)
-    reply: asyncio.Future[list[dict[str, Any]]] = field(compare=False, repr=False)
 
 
 PeersMsg: TypeAlias = ApplyConfig | GetPeers | ShipModel | RemotePredict
@@ -304,3 +296,28 @@ class Predicted:
 
 
 MqttMsg: TypeAlias = ApplyConfig | Predicted
+
+
+# -- the refs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """Every actor's mailbox, typed by what it accepts; made once, before the actors."""
+
+    monitor: ActorRef[MonitorMsg]
+    trainer: ActorRef[TrainerMsg]
+    scheduler: ActorRef[SchedulerMsg]
+    peers: ActorRef[PeersMsg]
+    mqtt: ActorRef[MqttMsg]
+    server: ActorRef[ServerMsg]
+
+    @classmethod
+    def create(cls) -> Refs:
+        # mailbox sizes: peers carries one message per forwarded prediction
+        return cls(monitor=ActorRef("monitor", 64), trainer=ActorRef("trainer", 256),
+                   scheduler=ActorRef("scheduler", 256), peers=ActorRef("peers", 1024),
+                   mqtt=ActorRef("mqtt", 256), server=ActorRef("server", 256))
+
+    def all(self) -> tuple[ActorRef[Any], ...]:
+        return (self.monitor, self.trainer, self.scheduler, self.peers, self.mqtt, self.server)

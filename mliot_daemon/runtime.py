@@ -54,10 +54,12 @@ class Query(Generic[R]):
 
 
 class ActorRef(Generic[M]):
-    """The only handle other code holds on an actor: put messages in its mailbox."""
+    """The only handle other code holds on an actor: put messages in its mailbox. Refs (and
+    so mailboxes) are made before the actors, so that every actor gets all the refs it talks
+    to in its constructor; the actor named ``name`` then takes this one as its own."""
 
-    def __init__(self, mailbox: asyncio.Queue[Any], name: str) -> None:
-        self._mailbox = mailbox
+    def __init__(self, name: str, mailbox_size: int = 64) -> None:
+        self._mailbox: asyncio.Queue[M | Stop] = asyncio.Queue(maxsize=mailbox_size)
         self.name = name
         self.dropped = 0
 
@@ -74,11 +76,13 @@ class ActorRef(Generic[M]):
             return False
         return True
 
-    async def ask(self, make: Callable[[asyncio.Future[R]], M], timeout: float = 5.0) -> R:
-        """Send ``make(future)`` and wait for the answer; raises TimeoutError or ActorStopped."""
+    async def ask(self, make: Callable[[asyncio.Future[R]], Query[R]], timeout: float = 5.0
+                  ) -> R:
+        """Send ``make(future)`` (a query of this actor's) and wait for the answer; raises
+        TimeoutError or ActorStopped, or what the actor set on the future."""
         reply: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         async with asyncio.timeout(timeout):
-            await self._mailbox.put(make(reply))
+            await self._mailbox.put(make(reply))  # type: ignore[arg-type]
             return await reply
 
     def qsize(self) -> int:
@@ -103,9 +107,11 @@ class Actor(Generic[M]):
         """Whether a reload that changed these keys concerns this actor."""
         return any(k == w or k.startswith(f"{w}.") for k in changed for w in cls.config_keys)
 
-    def __init__(self, mailbox_size: int = 64) -> None:
-        self._mailbox: asyncio.Queue[M | Stop] = asyncio.Queue(maxsize=mailbox_size)
-        self.ref: ActorRef[M] = ActorRef(self._mailbox, self.name)
+    def __init__(self, ref: ActorRef[M]) -> None:
+        if ref.name != self.name:
+            raise ValueError(f"actor {self.name!r} given the ref of {ref.name!r}")
+        self.ref = ref
+        self._mailbox = ref._mailbox
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
         self._stopping = False

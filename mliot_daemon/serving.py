@@ -146,7 +146,7 @@ class ServedApp:
         self.current = served
         self.members: int | None = None  # the scheduler's trim: serve the best k members
         self.predictions = 0  # asked for so far, wherever answered (the server counts)
-        self._queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]] = []
+        self._queue: list[_Queued] = []
         self._scheduled = False
         self._hot = False  # a prediction ran in this loop turn
         self._loaded = False  # the last drain answered several requests: keep batching
@@ -154,8 +154,13 @@ class ServedApp:
     def swap(self, served: ServedModel) -> None:
         self.current = served
 
-    def predict_now(self, samples: list[np.ndarray], probabilities: bool = False
-                    ) -> list[Answer] | None:
+    def _model(self, members: int | None) -> ServedModel:
+        """The current version, trimmed as this request asks (a peer's origin says how many
+        members it placed here) or else as the scheduler placed it here."""
+        return self.current.trimmed(self.members if members is None else members)
+
+    def predict_now(self, samples: list[np.ndarray], probabilities: bool = False,
+                    members: int | None = None) -> list[Answer] | None:
         """The answers at once when this is the app's first request of the loop turn; None
         when it should join a batch instead (``predict`` does both)."""
         if self._scheduled or self._hot or self._loaded:
@@ -163,44 +168,47 @@ class ServedApp:
         self._hot = True
         asyncio.get_running_loop().call_soon(self._cool)
         # BLAS is limited to one thread once, at server start
-        return self.current.trimmed(self.members).predict(_stack(samples), probabilities)
+        return self._model(members).predict(_stack(samples), probabilities)
 
     def _cool(self) -> None:
         self._hot = False
 
-    def enqueue(self, samples: list[np.ndarray], probabilities: bool = False
-                ) -> asyncio.Future[list[Answer]]:
-        """Join the next batch; the future resolves when it has been evaluated."""
+    def enqueue(self, samples: list[np.ndarray], probabilities: bool = False,
+                members: int | None = None) -> asyncio.Future[list[Answer]]:
+        """Join the next batch; the future resolves when it has been evaluated. The request
+        keeps the model it was queued for (a swap meanwhile serves the next one)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Answer]] = loop.create_future()
-        self._queue.append((samples, probabilities, fut))
+        self._queue.append((self._model(members), samples, probabilities, fut))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._drain)
         return fut
 
-    async def predict(self, samples: list[np.ndarray], probabilities: bool = False
-                      ) -> list[Answer]:
-        answers = self.predict_now(samples, probabilities)
+    async def predict(self, samples: list[np.ndarray], probabilities: bool = False,
+                      members: int | None = None) -> list[Answer]:
+        answers = self.predict_now(samples, probabilities, members)
         if answers is not None:
             return answers
-        return await self.enqueue(samples, probabilities)
+        return await self.enqueue(samples, probabilities, members)
 
     def _drain(self) -> None:
         self._scheduled = False
         queue, self._queue = self._queue, []
         self._loaded = len(queue) > 1
-        self._answer(queue)
+        by_model: dict[int, list[_Queued]] = {}  # nearly always one model: the current one
+        for item in queue:
+            by_model.setdefault(id(item[0]), []).append(item)
+        for group in by_model.values():
+            self._answer(group[0][0], group)
 
-    def _answer(self, queue: list[tuple[list[np.ndarray], bool, asyncio.Future[list[Answer]]]]
-                ) -> None:
-        model = self.current.trimmed(self.members)  # the whole batch uses this model
-        samples = [x for s, _, _ in queue for x in s]
-        want_probs = any(p for _, p, _ in queue)
+    def _answer(self, model: ServedModel, queue: list[_Queued]) -> None:
+        samples = [x for _, s, _, _ in queue for x in s]
+        want_probs = any(p for _, _, p, _ in queue)
         try:  # BLAS is limited to one thread once, at server start: here it would cost ~2 ms
             answers = model.predict(_stack(samples), want_probs)
         except Exception:  # e.g. a front end rejecting one sample: fail only its request
-            for s, probs, fut in queue:
+            for _, s, probs, fut in queue:
                 try:
                     result = model.predict(_stack(s), probs)
                 except Exception as exc:
@@ -213,13 +221,18 @@ class ServedApp:
                     fut.set_result(result)
             return
         i = 0
-        for s, probs, fut in queue:
+        for _, s, probs, fut in queue:
             part = answers[i:i + len(s)]
             i += len(s)
             if not probs and want_probs:
                 part = [Answer(a.label, a.confidence, a.stage, a.version, None) for a in part]
             if not fut.done():
                 fut.set_result(part)
+
+
+# one queued request: the model it is for, its samples, whether it wants probabilities, and
+# the future its answers are set on
+_Queued = tuple[ServedModel, list[np.ndarray], bool, "asyncio.Future[list[Answer]]"]
 
 
 def _stack(samples: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:

@@ -31,6 +31,8 @@ import numpy as np
 import orjson
 import structlog
 
+from mliot_daemon.sample_codec import encode
+
 log = structlog.get_logger("mliot.store")
 T = TypeVar("T")
 
@@ -159,16 +161,6 @@ def new_prediction_id() -> str:
 
 
 os.register_at_fork(after_in_child=_ids.clear)  # a forked child must not reuse the parent's
-
-
-def encode(x: np.ndarray) -> tuple[bytes, str]:
-    """A sample as (float32 bytes, shape text)."""
-    a = np.ascontiguousarray(x, dtype=np.float32)
-    return a.tobytes(), ",".join(map(str, a.shape))
-
-
-def decode(blob: bytes, shape: str) -> np.ndarray:
-    return np.frombuffer(blob, dtype=np.float32).reshape(tuple(int(s) for s in shape.split(",")))
 
 
 class Store:

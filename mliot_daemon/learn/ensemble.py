@@ -34,27 +34,36 @@ LOW_LATENCY_TOLERANCE = 0.02
 VOTE_OVERHEAD_MS = 0.003  # per member: concatenate + bincount in the fast predictor
 
 
-@dataclass(frozen=True)
+def _rule(check: Any) -> dict[str, Any]:
+    """A range rule in a field's metadata: the config parser (``mliot_daemon.config``), which
+    parses ``[apps.policy]`` straight into this class, reports its message with the key."""
+    return {"check": check}
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
-    """An app's serving policy (DESIGN.md ``[apps.policy]``)."""
+    """An app's serving policy (DESIGN.md ``[apps.policy]``). Numbers left unset take the
+    mode's defaults: best_effort 50 ms and 7 models, low_latency 10 ms and 3."""
 
     mode: Mode = "best_effort"
-    latency_ms: float = 50.0
-    max_models: int = 7
-    min_accuracy: float = 0.0
+    latency_ms: float | None = field(default=None, metadata=_rule(
+        lambda v: None if v > 0 else "must be > 0"))
+    max_models: int | None = field(default=None, metadata=_rule(
+        lambda v: None if 1 <= v <= 7 else "must be from 1 to 7"))
+    min_accuracy: float = field(default=0.0, metadata=_rule(
+        lambda v: None if 0 <= v <= 1 else "must be from 0 to 1"))
+    retrain_after: int = field(default=20, metadata=_rule(  # corrections that trigger adaptation
+        lambda v: None if v >= 1 else "must be >= 1"))
 
-    @classmethod
-    def for_mode(cls, mode: str, latency_ms: float | None = None,
-                 max_models: int | None = None, min_accuracy: float = 0.0) -> Policy:
-        """The documented defaults: best_effort 50 ms / 7 models, low_latency 10 ms / 3."""
-        if mode not in ("best_effort", "low_latency"):
-            raise ValueError(f"unknown policy mode {mode!r}; expected best_effort or low_latency")
-        lat = latency_ms if latency_ms is not None else (50.0 if mode == "best_effort" else 10.0)
-        cap = max_models if max_models is not None else (7 if mode == "best_effort" else 3)
-        if lat <= 0 or cap < 1:
-            raise ValueError("latency_ms must be > 0 and max_models >= 1")
-        return cls(mode=mode, latency_ms=float(lat), max_models=int(cap),  # type: ignore[arg-type]
-                   min_accuracy=float(min_accuracy))
+    def __post_init__(self) -> None:
+        if self.mode not in ("best_effort", "low_latency"):
+            raise ValueError(f"unknown policy mode {self.mode!r}; expected best_effort or "
+                             "low_latency")
+        low = self.mode == "low_latency"
+        if self.latency_ms is None:
+            object.__setattr__(self, "latency_ms", 10.0 if low else 50.0)
+        if self.max_models is None:
+            object.__setattr__(self, "max_models", 3 if low else 7)
 
     def as_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "latency_ms": self.latency_ms, "max_models": self.max_models}

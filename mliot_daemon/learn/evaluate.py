@@ -165,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``mliot evaluate``; returns the exit code (2 for bad data)."""
     try:
         data = load_npz(args.data, args.data_type)
-        policy = Policy.for_mode(args.policy)
+        policy = Policy(args.policy)
         model = train(data["X_train"], data["y_train"], data["data_type"], policy,
                       sample_rate=getattr(args, "sample_rate", 16000),
                       background_class=data["background_class"],

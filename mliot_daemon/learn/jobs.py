@@ -58,6 +58,7 @@ from mliot_daemon.learn.pipeline import (
     quick_model,
 )
 from mliot_daemon.learn.plan import FIRST_DEADLINE_S, PlanStep, lazy_plan, quick_step
+from mliot_daemon.sample_codec import decode
 
 PROBE_ROWS = 50
 QUICK_PROBE_ROWS = 64  # read first, to measure the cost of a row and learn the feature width
@@ -100,8 +101,7 @@ def read_samples(db_path: Path, app: str, where: str, args: tuple[Any, ...]
         rows = conn.execute(
             f"SELECT id, features, shape, label, source FROM samples WHERE app=? AND {where} "
             "ORDER BY id", (app, *args)).fetchall()
-    feats = [np.frombuffer(r[1], dtype=np.float32).reshape(
-        tuple(int(s) for s in r[2].split(","))) for r in rows]
+    feats = [decode(r[1], r[2]) for r in rows]
     return feats, [r[3] for r in rows], [r[4] for r in rows], [r[0] for r in rows]
 
 

@@ -7,6 +7,7 @@ same pieces step by step (``prepare``, ``fit_family_job`` per family in its own 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
@@ -196,8 +197,8 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
     probe = fs.Z[fs.val_rows[:200]]
     measured = median_latency_ms(model.fast().predict_features, probe, repeats=200) + fe_ms
     if sel.within_budget and measured > policy.latency_ms:
-        scaled = Policy(policy.mode, policy.latency_ms * sel.latency_ms / measured,
-                        policy.max_models, policy.min_accuracy)
+        scaled = dataclasses.replace(policy, latency_ms=policy.latency_ms * sel.latency_ms
+                                     / measured)
         sel = select_ensemble(candidates, y_val, fs.n_classes, scaled, fe_ms)
         model = TrainedModel(prep.front_end, prep.classes, candidates, sel, policy, fs.reducer,
                              data_hash=prep.data_hash)

@@ -14,7 +14,7 @@ from mliot_daemon.learn.pipeline import assemble
 def models(digits_split, digits_fitted):
     Xtr, _, _, _ = digits_split
     prep, cands = digits_fitted
-    return {mode: assemble(prep, cands, Policy.for_mode(mode), X_probe=Xtr[:50])
+    return {mode: assemble(prep, cands, Policy(mode), X_probe=Xtr[:50])
             for mode in ("best_effort", "low_latency")}
 
 

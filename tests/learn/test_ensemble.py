@@ -87,7 +87,7 @@ def test_single_best_when_voting_does_not_help():
 def test_low_latency_is_fastest_within_tolerance():
     cands = [*CANDS, Cand("fast_good", noisy(0.01, 7), 0.8)]
     be = select_ensemble(cands, Y, 3, Policy())
-    ll = select_ensemble(cands, Y, 3, Policy.for_mode("low_latency", latency_ms=50.0))
+    ll = select_ensemble(cands, Y, 3, Policy("low_latency", latency_ms=50.0))
     assert len(ll.members) <= 3
     assert ll.val_accuracy >= be.val_accuracy - 0.02
     assert ll.latency_ms < be.latency_ms
@@ -95,21 +95,21 @@ def test_low_latency_is_fastest_within_tolerance():
 
 
 def test_low_latency_without_a_close_small_set_takes_the_most_accurate_small_one():
-    ll = select_ensemble(CANDS, Y, 3, Policy.for_mode("low_latency", latency_ms=50.0))
+    ll = select_ensemble(CANDS, Y, 3, Policy("low_latency", latency_ms=50.0))
     assert len(ll.members) == 3  # no <= 3 subset is within 0.02 of the 5-member vote here
 
 
 def test_policy_defaults_and_validation():
-    assert Policy.for_mode("low_latency") == Policy("low_latency", 10.0, 3)
-    assert Policy.for_mode("best_effort").max_models == 7
+    assert Policy("low_latency") == Policy("low_latency", 10.0, 3)
+    assert Policy("best_effort").max_models == 7
     with pytest.raises(ValueError, match="unknown policy"):
-        Policy.for_mode("fastest")
+        Policy("fastest")
     with pytest.raises(ValueError, match="no fitted candidates"):
         select_ensemble([], Y, 3, Policy())
 
 
 def test_trim_accuracies_follow_the_members_best_weight_first() -> None:
-    sel = select_ensemble(CANDS, Y, 3, Policy.for_mode("best_effort", latency_ms=100.0))
+    sel = select_ensemble(CANDS, Y, 3, Policy("best_effort", latency_ms=100.0))
     acc = trim_accuracies(CANDS, sel, Y, 3)
     assert acc is not None and len(acc) == len(sel.members) > 1
     assert acc[-1] == pytest.approx(sel.val_accuracy)  # all members: the selection itself

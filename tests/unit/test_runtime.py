@@ -9,6 +9,7 @@ import pytest
 
 from mliot_daemon.runtime import (
     Actor,
+    ActorRef,
     ActorStopped,
     RestartBudget,
     RestartBudgetSpent,
@@ -42,7 +43,7 @@ class Counter(Actor[Add | Total | Crash | Block]):
     name = "counter"
 
     def __init__(self, mailbox_size: int = 4) -> None:
-        super().__init__(mailbox_size)
+        super().__init__(ActorRef("counter", mailbox_size))
         self.starts = 0
         self.stops = 0
 
