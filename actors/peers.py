@@ -27,7 +27,6 @@ import orjson
 import structlog
 
 from mliot_daemon import signing
-from mliot_daemon.config import PeerSettings, Settings
 from mliot_daemon.messages import (
     ApplyConfig,
     GetPeers,
@@ -39,6 +38,7 @@ from mliot_daemon.messages import (
     ShipModel,
 )
 from mliot_daemon.runtime import Actor
+from mliot_daemon.settings import PeerSettings, Settings
 
 log = structlog.get_logger("mliot.peers")
 

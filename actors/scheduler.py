@@ -3,7 +3,7 @@
 Once a second, at once when a peer goes up or down, and on a config reload, it gathers this
 machine's load (monitor), the peers' profiles (peers) and what each served app needs (server:
 its budget, policy, measured latency per ensemble size, request count), runs the placement
-rule of ``mliot_daemon.placement`` and tells the server the routes. A changed decision is
+rule of ``actors.placement`` and tells the server the routes. A changed decision is
 logged as a ``placement`` event with its numbers.
 
 An app goes to a peer only once the peer holds its current version: the transfer runs in the
@@ -25,7 +25,7 @@ from typing import Any, assert_never
 
 import structlog
 
-from mliot_daemon.config import Settings
+from actors.placement import AppDemand, MachineView, plan
 from mliot_daemon.messages import (
     AppFacts,
     ApplyConfig,
@@ -41,8 +41,8 @@ from mliot_daemon.messages import (
     SchedulerMsg,
     ShipModel,
 )
-from mliot_daemon.placement import AppDemand, MachineView, plan
 from mliot_daemon.runtime import Actor, ActorStopped
+from mliot_daemon.settings import Settings
 
 log = structlog.get_logger("mliot.scheduler")
 

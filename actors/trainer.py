@@ -52,7 +52,6 @@ from typing import Any, TypeVar, assert_never
 
 import structlog
 
-from mliot_daemon.config import AppSpec, Settings
 from mliot_daemon.drift import PageHinkley
 from mliot_daemon.learn import jobs
 from mliot_daemon.learn.ensemble import Policy
@@ -73,6 +72,7 @@ from mliot_daemon.messages import (
 )
 from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import Actor
+from mliot_daemon.settings import AppSpec, Settings
 from mliot_daemon.store import Store
 
 log = structlog.get_logger("mliot.trainer")

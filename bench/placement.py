@@ -1,7 +1,7 @@
 """Placement on a simulated fleet of the paper's machines (Table 3): which app is served where.
 
 A simulation, not a measurement of placement: no daemon and no network. The scheduler's
-pure rule, ``mliot_daemon.placement.plan``, gets a ``MachineView`` for each of the five
+pure rule, ``actors.placement.plan``, gets a ``MachineView`` for each of the five
 Table-3 machines and an ``AppDemand`` for each of the paper's three applications under
 ``best_effort`` and ``low_latency``. This bench records its decisions in several fleet states.
 What is measured: the ensembles' latencies (``bench/results/table4.json``, this machine) and
@@ -60,9 +60,9 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from actors.placement import AppDemand, Decision, MachineView, plan, predicted_ms
 from mliot_daemon import placement
 from mliot_daemon.learn.plan import machine_speed
-from mliot_daemon.placement import AppDemand, Decision, MachineView, plan, predicted_ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOCAL = "m2-nuc"

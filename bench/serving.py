@@ -182,10 +182,10 @@ async def http_throughput(url: str, bodies: list[bytes], n: int, concurrency: in
 def predictor_ms(data_dir: Path, apps: list[str], n: int) -> dict[str, dict[str, float]]:
     """p50 of one served row through ``ServedModel.predict`` (front end, gate, fast vote),
     in this (child) process: back to back, and with 0.3 ms of idle before each row."""
+    from actors.server.serving import ServedModel
     from mliot_daemon.learn.fast import single_thread_blas
     from mliot_daemon.learn.persist import load_model
     from mliot_daemon.registry import Registry
-    from mliot_daemon.serving import ServedModel
 
     single_thread_blas()
     registry = Registry(data_dir / "models")

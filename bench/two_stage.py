@@ -113,10 +113,10 @@ def stream(y: np.ndarray, bg: str, fraction: float, seed: int) -> np.ndarray:
 
 
 def in_process(name: str, data_dir: Path, n_bg: int) -> dict[str, Any]:
+    from actors.server.serving import ServedModel
     from mliot_daemon.learn.fast import single_thread_blas
     from mliot_daemon.learn.persist import load_model
     from mliot_daemon.registry import Registry
-    from mliot_daemon.serving import ServedModel
 
     single_thread_blas()
     reg = Registry(data_dir / "models")

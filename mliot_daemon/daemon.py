@@ -23,7 +23,7 @@ from actors.peers import Peers
 from actors.scheduler import Scheduler
 from actors.server import Server
 from actors.trainer import Trainer
-from mliot_daemon.config import ConfigError, ConfigStore, Settings, load_file, parse_settings
+from mliot_daemon.config import ConfigError, ConfigStore, load_file, parse_settings
 from mliot_daemon.logs import configure_logging
 from mliot_daemon.messages import ApplyConfig, Refs
 from mliot_daemon.metrics import Metrics
@@ -36,6 +36,7 @@ from mliot_daemon.runtime import (
     supervise,
     wait_started,
 )
+from mliot_daemon.settings import Settings
 from mliot_daemon.signals import Signals
 from mliot_daemon.store import Store, StoreError
 

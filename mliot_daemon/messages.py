@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from mliot_daemon.config import AppSpec, Settings
 from mliot_daemon.runtime import ActorRef, Query
+from mliot_daemon.settings import AppSpec, Settings
 
 # -- sent to every actor ------------------------------------------------------------------------
 
@@ -50,7 +50,6 @@ class MachineLoad:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GetLoad(Query[MachineLoad]):
     """Query: the latest MachineLoad."""
-
 
 
 MonitorMsg: TypeAlias = GetLoad
@@ -109,7 +108,6 @@ class GetTrainerStatus(Query[dict[str, Any]]):
     """Query: per-app training state."""
 
 
-
 TrainerMsg: TypeAlias = (ApplyConfig | AppsChanged | SamplesAdded | FeedbackAdded | RunFinished
                          | LoadFailed | GetTrainerStatus)
 
@@ -139,24 +137,42 @@ class GetServerStatus(Query[dict[str, Any]]):
     """Query: per-app status as the server sees it."""
 
 
-
 # Requests from other channels (MQTT) go through the server, which owns the catalog and the
-# served models. The payload is decoded JSON handed over by its only holder. The reply is the
-# JSON the HTTP API would answer, or a BadInput (status, message, details).
+# served models: they are the serving core's operations, as HTTP calls them. Inputs are typed;
+# the values inside (features, labels) are the JSON a device sent, handed over by their only
+# holder. A failure comes back as a domain error (``mliot_daemon.errors``) on the reply.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplesIn:
+    """Labelled samples to store: ``items`` are ``{"features", "label"}`` objects; a repeated
+    ``batch_id`` is stored once."""
+
+    items: tuple[Any, ...]
+    batch_id: Any = None  # checked by the core: a string of 1 to 128 characters
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackIn:
+    """A correction (or confirmation) of a served prediction."""
+
+    prediction_id: Any  # checked by the core: a string
+    label: Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IngestSamples(Query[dict[str, Any]]):
-    """Query: check and commit `{"samples": [...], "batch_id"?}`; the answer is the ack."""
+    """Query: check and commit samples; the answer is the acknowledgement
+    (``{"accepted", "n_samples", "duplicate"}``), after the commit."""
 
     app: str
-    payload: Any
-    source: str
+    samples: SamplesIn
+    source: str  # http, ws, mqtt, file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Predict(Query[list[dict[str, Any]]]):
-    """Query: predictions (the HTTP API's prediction objects) for these instances."""
+    """Query: predictions (the API's prediction objects) for these instances."""
 
     app: str
     instances: tuple[Any, ...]
@@ -164,10 +180,10 @@ class Predict(Query[list[dict[str, Any]]]):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubmitFeedback(Query[dict[str, Any]]):
-    """Query: commit `{"prediction_id", "label"}`."""
+    """Query: commit a correction; the answer is the API's feedback acknowledgement."""
 
     app: str
-    payload: Any
+    feedback: FeedbackIn
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,7 +205,6 @@ class AppFacts:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GetServingFacts(Query[tuple[AppFacts, ...]]):
     """Query: an AppFacts per app with a loaded model."""
-
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,7 +254,6 @@ class PeerProfile:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GetPeers(Query[tuple[PeerProfile, ...]]):
     """Query: every configured peer's latest profile."""
-
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 import structlog
 
+from mliot_daemon.errors import Unavailable
 from mliot_daemon.sample_codec import encode
 
 log = structlog.get_logger("mliot.store")
@@ -102,8 +103,12 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
-class StoreError(RuntimeError):
-    """A write could not be committed."""
+class StoreError(Unavailable):
+    """A write could not be committed (or the database cannot be used): the request may be
+    tried again later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"store unavailable: {message}")
 
 
 class StoreFull(StoreError):

@@ -267,7 +267,7 @@ def test_samples_predictions_feedback_and_home_assistant(daemon_factory: Any,
         assert after["n_samples"] == before["n_samples"] + 1
         # An unknown prediction id is refused, reported, and does not stop the bridge.
         dev.publish(f"{p}/blobs/feedback", {"prediction_id": "nope", "label": "a"})
-        watch.wait(on(f"{p}/blobs/errors", status=404))
+        watch.wait(on(f"{p}/blobs/errors", kind="not_found"))
         assert app_info(d, "blobs")["n_feedback"] == 1
 
         # Home Assistant restarted: every discovery config is sent again.

@@ -88,7 +88,7 @@ def test_fast_predictor_agrees_with_reference(digits_fitted, digits_split):
 
 
 def test_the_served_model_is_trimmed_no_further_than_its_accuracy_floor(models):
-    from mliot_daemon.serving import ServedModel
+    from actors.server.serving import ServedModel
 
     be = models["best_effort"]
     trims = be.metrics["trim_accuracy"]

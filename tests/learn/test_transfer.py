@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from actors.server.hosting import HostedModels, HostError
+from actors.server.serving import ServedModel
 from mliot_daemon import signing
-from mliot_daemon.hosting import HostedModels, HostError
 from mliot_daemon.learn.persist import save_model
 from mliot_daemon.learn.pipeline import train
-from mliot_daemon.serving import ServedModel
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from mliot_daemon.config import (
-    DEFAULT_FILE,
     Applied,
     ConfigError,
     ConfigStore,
@@ -21,6 +20,7 @@ from mliot_daemon.config import (
     parse_app,
     parse_settings,
 )
+from mliot_daemon.settings import DEFAULT_FILE
 
 
 def test_shipped_file_equals_builtin_defaults() -> None:

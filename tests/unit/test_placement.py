@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from mliot_daemon.placement import AppDemand, MachineView, plan, predicted_ms
+from actors.placement import AppDemand, MachineView, plan, predicted_ms
 
 HERE = MachineView("nuc", local=True, up=True, speed=1.0, busy=0.0)
 FAST = MachineView("vm", local=False, up=True, speed=4.0, busy=0.0, rtt_ms=5.0)

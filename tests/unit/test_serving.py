@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mliot_daemon.serving import Answer, ServedApp
+from actors.server.serving import Answer, ServedApp
 
 
 class SlowModel:

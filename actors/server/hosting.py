@@ -18,9 +18,9 @@ import uuid
 from pathlib import Path
 from typing import IO
 
-from mliot_daemon.config import APP_NAME, MACHINE_NAME
+from actors.server.serving import ServedApp, ServedModel
 from mliot_daemon.learn.persist import load_model
-from mliot_daemon.serving import ServedApp, ServedModel
+from mliot_daemon.settings import APP_NAME, MACHINE_NAME
 from mliot_daemon.signing import unpack
 
 IDLE_EVICT_S = 1800.0

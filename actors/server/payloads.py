@@ -1,7 +1,8 @@
 """Turning request payloads (HTTP, WebSocket, MQTT alike) into checked samples for an app.
 
 Everything here is synchronous and CPU-bound: the server runs large payloads through it in a
-thread so that parsing a big batch does not stall the event loop.
+thread so that parsing a big batch does not stall the event loop. Problems are raised as
+``Malformed`` (not JSON) or ``Invalid`` (the wrong content), naming every field at fault.
 """
 
 from __future__ import annotations
@@ -14,20 +15,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mliot_daemon.config import AppSpec
+from mliot_daemon.errors import Invalid, Malformed
+from mliot_daemon.messages import FeedbackIn, SamplesIn
+from mliot_daemon.settings import AppSpec
 
 MAX_DETAILS = 20
 PATCH_SHAPE = (96, 64)  # one log-mel patch: audio may arrive already featurized
-
-
-class BadInput(ValueError):
-    """A payload that cannot be used; ``status`` is 400 (malformed) or 422 (invalid content)."""
-
-    def __init__(self, status: int, message: str, details: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +38,7 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadInput(400, f"malformed JSON: {exc}") from exc
+        raise Malformed(f"malformed JSON: {exc}") from exc
 
 
 def version_number(text: str) -> int:
@@ -59,19 +52,19 @@ def version_number(text: str) -> int:
 def label_text(value: Any, path: str) -> str:
     """Labels are strings in every API; numbers are converted."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise BadInput(422, f"{path}: a label must be a string or a number")
+        raise Invalid(f"{path}: a label must be a string or a number")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value)
     if not text or len(text) > 256:
-        raise BadInput(422, f"{path}: a label must have 1 to 256 characters")
+        raise Invalid(f"{path}: a label must have 1 to 256 characters")
     return text
 
 
 def check_label(spec: AppSpec, label: str, path: str) -> None:
     """An app with declared classes takes only those labels."""
     if spec.classes is not None and label not in spec.classes:
-        raise BadInput(422, f"{path}: unknown label {label!r}; classes are {list(spec.classes)}")
+        raise Invalid(f"{path}: unknown label {label!r}; classes are {list(spec.classes)}")
 
 
 _NUMBERS = frozenset({int, float})
@@ -85,13 +78,13 @@ def numbers_only(value: Any, path: str) -> None:
     if isinstance(value, np.ndarray):
         return
     if not isinstance(value, list):
-        raise BadInput(422, f"{path}: must be a (nested) list of numbers, got "
+        raise Invalid(f"{path}: must be a (nested) list of numbers, got "
                             f"{_json_type(value)}")
     if _all_numbers(value):
         return
     found = _first_non_number(value, path)
     if found is not None:
-        raise BadInput(422, f"{path}: must be a (nested) list of numbers: {found[0]} is "
+        raise Invalid(f"{path}: must be a (nested) list of numbers: {found[0]} is "
                             f"{_json_type(found[1])}")
     # only ragged nesting is left: numpy's conversion names that
 
@@ -136,10 +129,10 @@ def check_features(value: Any, spec: AppSpec, shape: tuple[int, ...] | None,
     try:
         x = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError) as exc:
-        raise BadInput(422, f"{path}: must be a (nested) list of numbers: {exc}") from exc
+        raise Invalid(f"{path}: must be a (nested) list of numbers: {exc}") from exc
     _check_shape(x, spec, shape, path)
     if not np.isfinite(x).all():
-        raise BadInput(422, f"{path}: NaN or infinite values")
+        raise Invalid(f"{path}: NaN or infinite values")
     return x
 
 
@@ -149,9 +142,9 @@ def peer_instance(value: Any) -> np.ndarray:
     try:
         x = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError) as exc:
-        raise BadInput(422, f"instances: must be (nested) lists of numbers: {exc}") from exc
+        raise Invalid(f"instances: must be (nested) lists of numbers: {exc}") from exc
     if x.size == 0 or x.ndim > 3 or not np.isfinite(x).all():
-        raise BadInput(422, "instances: an empty, over-deep or non-finite sample")
+        raise Invalid("instances: an empty, over-deep or non-finite sample")
     return x
 
 
@@ -168,32 +161,46 @@ def _check_shape(x: np.ndarray, spec: AppSpec, shape: tuple[int, ...] | None, pa
     if not rank_ok or x.size == 0:
         want = {"vector": "(d,)", "image": "(h, w) or (h, w, c)", "sensor": "(channels, time)",
                 "audio": "(n,) raw samples or (96, 64) log-mel"}[spec.data_type]
-        raise BadInput(422, f"{path}: shape {list(x.shape)} is not a {spec.data_type} sample "
+        raise Invalid(f"{path}: shape {list(x.shape)} is not a {spec.data_type} sample "
                             f"{want}")
     if spec.data_type == "audio":
         assert spec.sample_rate is not None
         if x.ndim == 1 and x.shape[0] < spec.sample_rate // 2:
-            raise BadInput(422, f"{path}: an audio clip needs at least 0.5 s "
+            raise Invalid(f"{path}: an audio clip needs at least 0.5 s "
                                 f"({spec.sample_rate // 2} samples), got {x.shape[0]}")
         return
     if shape is not None and x.shape != shape:
-        raise BadInput(422, f"{path}: shape {list(x.shape)} differs from the app's "
+        raise Invalid(f"{path}: shape {list(x.shape)} differs from the app's "
                             f"{list(shape)}")
 
 
-def parse_samples(payload: Any, spec: AppSpec, shape: tuple[int, ...] | None) -> SampleBatch:
-    """Check a `{"samples": [{"features", "label"}], "batch_id"?}` payload, listing every error."""
+def samples_in(payload: Any) -> SamplesIn:
+    """The ``{"samples": [{"features", "label"}], "batch_id"?}`` envelope as typed input."""
     if not isinstance(payload, Mapping) or not isinstance(payload.get("samples"), list):
-        raise BadInput(422, 'expected {"samples": [{"features": [...], "label": ...}, ...]}')
+        raise Invalid('expected {"samples": [{"features": [...], "label": ...}, ...]}')
     unknown = set(payload) - {"samples", "batch_id"}
     if unknown:
-        raise BadInput(422, f"unknown fields: {sorted(unknown)}")
-    batch_id = payload.get("batch_id")
+        raise Invalid(f"unknown fields: {sorted(unknown)}")
+    return SamplesIn(items=tuple(payload["samples"]), batch_id=payload.get("batch_id"))
+
+
+def feedback_in(payload: Any) -> FeedbackIn:
+    """The ``{"prediction_id", "label"}`` body as typed input."""
+    if not isinstance(payload, Mapping) or "prediction_id" not in payload \
+            or "label" not in payload:
+        raise Invalid('expected {"prediction_id": "...", "label": "..."}')
+    return FeedbackIn(prediction_id=payload["prediction_id"], label=payload["label"])
+
+
+def parse_samples(samples: SamplesIn, spec: AppSpec, shape: tuple[int, ...] | None
+                  ) -> SampleBatch:
+    """Check samples against their app, listing every error."""
+    batch_id = samples.batch_id
     if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 128):
-        raise BadInput(422, "batch_id: must be a string of 1 to 128 characters")
-    items = payload["samples"]
+        raise Invalid("batch_id: must be a string of 1 to 128 characters")
+    items = samples.items
     if not items:
-        raise BadInput(422, "samples: empty")
+        raise Invalid("samples: empty")
     fast = _parse_uniform(items, spec, shape, batch_id)
     if fast is not None:
         return fast
@@ -205,11 +212,11 @@ def parse_samples(payload: Any, spec: AppSpec, shape: tuple[int, ...] | None) ->
         path = f"samples[{i}]"
         try:
             if not isinstance(item, Mapping) or "features" not in item or "label" not in item:
-                raise BadInput(422, f"{path}: needs features and label")
+                raise Invalid(f"{path}: needs features and label")
             label = label_text(item["label"], f"{path}.label")
             check_label(spec, label, f"{path}.label")
             x = check_features(item["features"], spec, fixed, f"{path}.features")
-        except BadInput as exc:
+        except Invalid as exc:
             errors.append(exc.message)
             if len(errors) >= MAX_DETAILS:
                 break
@@ -219,12 +226,12 @@ def parse_samples(payload: Any, spec: AppSpec, shape: tuple[int, ...] | None) ->
         features.append(x)
         labels.append(label)
     if errors:
-        raise BadInput(422, f"{len(errors)} invalid sample(s); nothing was stored", errors)
+        raise Invalid(f"{len(errors)} invalid sample(s); nothing was stored", errors)
     common = features[0].shape if all(f.shape == features[0].shape for f in features) else None
     return SampleBatch(features, labels, batch_id, common)
 
 
-def _parse_uniform(items: list[Any], spec: AppSpec, shape: tuple[int, ...] | None,
+def _parse_uniform(items: tuple[Any, ...], spec: AppSpec, shape: tuple[int, ...] | None,
                    batch_id: str | None) -> SampleBatch | None:
     """The common case in one numpy call: well-formed samples of one shape. Returns None when
     anything is off, and the caller's per-sample pass then names every problem."""
@@ -233,7 +240,7 @@ def _parse_uniform(items: list[Any], spec: AppSpec, shape: tuple[int, ...] | Non
         rows = [item["features"] for item in items]
         numbers_only(rows, "samples")
         x = np.asarray(rows, dtype=np.float32)
-    except (TypeError, KeyError, ValueError):  # BadInput too: the slow pass names it
+    except (TypeError, KeyError, ValueError, Invalid):  # the slow pass names the problem
         return None
     if not all(isinstance(label, str) and 0 < len(label) <= 256 for label in labels):
         return None
@@ -241,7 +248,7 @@ def _parse_uniform(items: list[Any], spec: AppSpec, shape: tuple[int, ...] | Non
         return None
     try:
         _check_shape(x[0], spec, shape, "features")
-    except BadInput:
+    except Invalid:
         return None
     if not np.isfinite(x).all():
         return None

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 import structlog
 
-from mliot_daemon.config import AppSpec, ConfigError, parse_app
+from mliot_daemon.config import ConfigError, parse_app
+from mliot_daemon.settings import AppSpec
 
 log = structlog.get_logger("mliot.catalog")
 

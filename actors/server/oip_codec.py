@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mliot_daemon.payloads import BadInput, numbers_only
+from actors.server.payloads import numbers_only
+from mliot_daemon.errors import Invalid, Malformed
 
 DTYPES = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
@@ -33,57 +34,57 @@ def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, An
     """The request's JSON and its one input as an array of shape [n, ...sample shape]."""
     if header_length is not None:
         if not 0 < header_length <= len(body):
-            raise BadInput(400, "Inference-Header-Content-Length is out of range")
+            raise Malformed("Inference-Header-Content-Length is out of range")
         head, binary = body[:header_length], body[header_length:]
     else:
         head, binary = body, b""
     try:
         request = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
-        raise BadInput(400, f"malformed JSON: {exc}") from exc
+        raise Malformed(f"malformed JSON: {exc}") from exc
     inputs = request.get("inputs") if isinstance(request, dict) else None
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadInput(422, "inputs: exactly one input tensor is expected")
+        raise Invalid("inputs: exactly one input tensor is expected")
     tensor = inputs[0]
     shape, datatype = tensor.get("shape"), tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in DTYPES:
-        raise BadInput(422, f"inputs[0].datatype: {str(datatype)[:40]!r} is not one of "
+        raise Invalid(f"inputs[0].datatype: {str(datatype)[:40]!r} is not one of "
                             f"{sorted(DTYPES)}")
     if not isinstance(shape, list) or not 2 <= len(shape) <= MAX_RANK or not all(
             type(d) is int and d > 0 for d in shape):
-        raise BadInput(422, f"inputs[0].shape: must be [n, ...sample shape] of 2 to {MAX_RANK} "
+        raise Invalid(f"inputs[0].shape: must be [n, ...sample shape] of 2 to {MAX_RANK} "
                             "positive sizes")
     dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
     elements = math.prod(shape)  # Python ints: numpy's product would wrap around at 2**63
     if elements * dtype.itemsize > len(body) * MAX_JSON_EXPANSION:
-        raise BadInput(422, f"inputs[0].shape: {shape} holds {elements} values, more than the "
+        raise Invalid(f"inputs[0].shape: {shape} holds {elements} values, more than the "
                             "request carries")
     for where, value in (("parameters", request.get("parameters")),
                          ("inputs[0].parameters", tensor.get("parameters"))):
         if value is not None and not isinstance(value, dict):
-            raise BadInput(422, f"{where}: must be an object")
+            raise Invalid(f"{where}: must be an object")
     if request.get("outputs") is not None and not (
             isinstance(request["outputs"], list)
             and all(isinstance(o, dict) and isinstance(o.get("parameters") or {}, dict)
                     for o in request["outputs"])):
-        raise BadInput(422, "outputs: must be a list of objects")
+        raise Invalid("outputs: must be a list of objects")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int):
-            raise BadInput(422, "inputs[0].parameters.binary_data_size: must be an integer")
+            raise Invalid("inputs[0].parameters.binary_data_size: must be an integer")
         expected = elements * dtype.itemsize
         if size != expected or len(binary) != size:
-            raise BadInput(422, f"inputs[0]: binary data of {len(binary)} bytes, expected "
+            raise Invalid(f"inputs[0]: binary data of {len(binary)} bytes, expected "
                                 f"{expected}")
         array = np.frombuffer(binary, dtype=dtype).reshape(shape)
     else:
         if "data" not in tensor:
-            raise BadInput(422, "inputs[0].data: missing")
+            raise Invalid("inputs[0].data: missing")
         numbers_only(tensor["data"], "inputs[0].data")
         try:
             array = np.asarray(tensor["data"], dtype=dtype).reshape(shape)
         except (ValueError, TypeError) as exc:
-            raise BadInput(422, f"inputs[0].data: does not fit shape {shape}: {exc}") from exc
+            raise Invalid(f"inputs[0].data: does not fit shape {shape}: {exc}") from exc
     return request, array
 
 

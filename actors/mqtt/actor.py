@@ -1,0 +1,59 @@
+"""The MQTT bridge actor: devices publish samples and corrections, read predictions and status,
+and Home Assistant discovers one sensor per app. Idle while the ``[mqtt]`` section is absent.
+
+Its mailbox takes config changes (a new broker, prefix or daemon name restarts the session
+under the new client id and topics) and ``Predicted`` telemetry (``offer``), which only updates
+the latest state per app; the connection (``session``) and the announcer (``discovery``) run
+beside it and share ``BridgeState``.
+"""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+import structlog
+
+from actors.mqtt.session import Connection
+from actors.mqtt.topics import BridgeState
+from mliot_daemon.messages import ApplyConfig, MqttMsg, Predicted, Refs
+from mliot_daemon.metrics import Metrics
+from mliot_daemon.runtime import Actor
+from mliot_daemon.settings import Settings
+
+log = structlog.get_logger("mliot.mqtt")
+
+
+class MqttBridge(Actor[MqttMsg]):
+    """Connects the daemon to an MQTT broker."""
+
+    name = "mqtt"
+    config_keys = frozenset({"mqtt", "daemon.name"})
+
+    def __init__(self, settings: Settings, refs: Refs, metrics: Metrics) -> None:
+        super().__init__(refs.mqtt)
+        self.state = BridgeState(settings.mqtt, settings.daemon.machine_name)
+        self._connection = Connection(self.state, refs.server, metrics)
+
+    def background(self) -> list:
+        return [self._connection.run()]
+
+    async def handle(self, msg: MqttMsg) -> None:
+        state = self.state
+        match msg:
+            case ApplyConfig(settings=settings):
+                machine = settings.daemon.machine_name
+                if settings.mqtt != state.settings or machine != state.machine:
+                    # a new name is a new client id, topics and Home Assistant device: the
+                    # session restarts under it
+                    log.info("mqtt_config_applied", enabled=settings.mqtt is not None,
+                             name=machine)
+                    state.settings, state.machine = settings.mqtt, machine
+                    state.restart.set()
+            case Predicted(app=app, label=label, confidence=confidence,
+                           model_version=version):
+                state.latest[app] = {"label": label, "confidence": confidence,
+                                     "model_version": version}
+                state.dirty.add(app)
+                state.wake.set()
+            case _:
+                assert_never(msg)

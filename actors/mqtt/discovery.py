@@ -1,0 +1,110 @@
+"""What the bridge announces: each app's retained status and state, and its Home Assistant
+discovery config (a sensor whose state is the last predicted label), cleared when the app is
+deleted. Published once per connect, on change, and again when Home Assistant restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from actors.mqtt.topics import BridgeState, Topics, publish_json
+from mliot_daemon import __version__
+from mliot_daemon.messages import GetServerStatus, ServerMsg
+from mliot_daemon.metrics import Metrics
+from mliot_daemon.runtime import ActorRef, ActorStopped
+from mliot_daemon.settings import MqttSettings
+
+log = structlog.get_logger("mliot.mqtt")
+
+STATUS_EVERY_S = 1.0
+
+
+class Announcer:
+    """Runs beside a session's receiver: it owns what the bridge publishes on its own."""
+
+    def __init__(self, state: BridgeState, server: ActorRef[ServerMsg], metrics: Metrics,
+                 client: aiomqtt.Client, s: MqttSettings, t: Topics) -> None:
+        self._state = state
+        self._server = server
+        self._metrics = metrics
+        self._client, self._s, self._t = client, s, t
+
+    async def run(self) -> None:
+        """Publish retained status and discovery once per connect and on change, the latest
+        state when a prediction happened, and clear what belonged to a deleted app."""
+        state, s, t = self._state, self._s, self._t
+        published: dict[str, dict[str, Any]] = {}
+        state.dirty |= set(state.latest)
+        next_poll = 0.0
+        while True:
+            state.wake.clear()
+            if time.monotonic() >= next_poll or state.rediscover or state.on_broker - set(
+                    published):
+                next_poll = time.monotonic() + STATUS_EVERY_S
+                await self._sync_apps(published)
+            for app in list(state.dirty):
+                state.dirty.discard(app)
+                if app in published:
+                    await publish_json(self._client, self._metrics, t.app(app, "state"), s.qos,
+                                       state.latest[app], "state", retain=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_poll - time.monotonic())):
+                    await state.wake.wait()
+            await asyncio.sleep(0.02)  # let a burst of predictions coalesce into one state
+
+    async def _sync_apps(self, published: dict[str, dict[str, Any]]) -> None:
+        state, client, t = self._state, self._client, self._t
+        try:
+            apps = await self._server.ask(lambda f: GetServerStatus(reply=f), timeout=5.0)
+        except (TimeoutError, ActorStopped):
+            return
+        rediscover, state.rediscover = state.rediscover, False
+        for app, info in apps.items():
+            if app not in published or rediscover:
+                await publish_json(client, self._metrics, t.discovery(app), 1,
+                                   self._discovery(app), "discovery", retain=True)
+                state.discovered.add(app)
+                if app in state.latest:
+                    state.dirty.add(app)
+            status = {k: info.get(k) for k in ("model_version", "ready", "accuracy",
+                                               "n_samples")}
+            if published.get(app) != status:
+                await publish_json(client, self._metrics, t.app(app, "status"), 1, status,
+                                   "status", retain=True)
+                published[app] = status
+        for app in (set(published) | state.on_broker) - set(apps):
+            # Deleted: empty retained payloads remove the entity and the stale topics.
+            for topic in (t.discovery(app), t.app(app, "status"), t.app(app, "state")):
+                await client.publish(topic, b"", qos=1, retain=True)
+            published.pop(app, None)
+            state.on_broker.discard(app)
+            state.discovered.discard(app)
+            state.latest.pop(app, None)
+            log.info("mqtt_app_removed", app=app)
+
+    def _discovery(self, app: str) -> dict[str, Any]:
+        """A Home Assistant sensor: state is the last label, the JSON's other keys
+        (confidence, model_version) are attributes."""
+        state, s, t = self._state, self._s, self._t
+        topic = t.app(app, "state")
+        return {
+            "name": app,
+            "unique_id": f"mliot_{t.node}_{app}",
+            "state_topic": topic,
+            "value_template": "{{ value_json.label }}",
+            "json_attributes_topic": topic,
+            "availability_topic": t.availability,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "qos": min(s.qos, 1),
+            "icon": "mdi:brain",
+            "device": {"identifiers": [f"mliot_{t.node}"], "name": f"mliot {state.machine}",
+                       "manufacturer": "mliot", "model": "mliot daemon",
+                       "sw_version": __version__},
+            "origin": {"name": "mliot", "sw_version": __version__},
+        }

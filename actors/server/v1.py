@@ -1,0 +1,116 @@
+"""The v1 REST surface: probes, metrics, status, reload, apps, samples, predictions, feedback
+and model versions. Each handler reads its request, calls one serving-core operation and
+shapes the JSON answer; errors are the core's domain errors, mapped by the HTTP layer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from actors.server import views
+from actors.server.core import PARSE_IN_THREAD_BYTES, ServingCore
+from actors.server.http import (
+    json_response,
+    live_response,
+    read_body,
+    read_json,
+    ready_response,
+)
+from actors.server.payloads import feedback_in, parse_json, samples_in
+from mliot_daemon.errors import Invalid
+
+PROMETHEUS = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+
+
+class V1Api:
+    """``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/...`` (but the peer API and streams)."""
+
+    def __init__(self, core: ServingCore, started_at: float, ready: asyncio.Event) -> None:
+        self._core = core
+        self._started_at = started_at
+        self._ready = ready
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics),
+            web.get("/v1/status", self.status),
+            web.post("/v1/reload", self.reload),
+            web.get("/v1/apps", self.list_apps),
+            web.get("/v1/apps/{app}", self.get_app),
+            web.put("/v1/apps/{app}", self.put_app),
+            web.delete("/v1/apps/{app}", self.delete_app),
+            web.post("/v1/apps/{app}/samples", self.samples),
+            web.post("/v1/apps/{app}/predict", self.predict),
+            web.post("/v1/apps/{app}/feedback", self.feedback),
+            web.get("/v1/apps/{app}/models", self.models),
+            web.post("/v1/apps/{app}/models/{version}/activate", self.activate),
+        ]
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return live_response()
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        return ready_response(self._ready)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._core.metrics.render(), headers=PROMETHEUS)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return json_response(await views.status(self._core, self._started_at))
+
+    async def reload(self, request: web.Request) -> web.Response:
+        return json_response(await self._core.reload())
+
+    async def list_apps(self, request: web.Request) -> web.Response:
+        return json_response(self._core.catalog.names())
+
+    async def get_app(self, request: web.Request) -> web.Response:
+        return json_response(await self._core.app_info(request.match_info["app"]))
+
+    async def put_app(self, request: web.Request) -> web.Response:
+        raw = await read_json(self._core, request)
+        info, created = await self._core.put_app(request.match_info["app"], raw)
+        return json_response(info, 201 if created else 200)
+
+    async def delete_app(self, request: web.Request) -> web.Response:
+        await self._core.delete_app(request.match_info["app"])
+        return web.Response(status=204)
+
+    async def samples(self, request: web.Request) -> web.Response:
+        core = self._core
+        app = core.app(request.match_info["app"]).name
+        body = await read_body(core, request)
+        payload = await core.offload(len(body), lambda: parse_json(body))
+        return json_response(await core.ingest(app, samples_in(payload), "http", len(body)))
+
+    async def predict(self, request: web.Request) -> web.Response:
+        core = self._core
+        entry = core.app(request.match_info["app"])
+        body = await read_body(core, request)
+        small = len(body) <= PARSE_IN_THREAD_BYTES  # the usual case: no closures, no thread
+        payload = parse_json(body) if small else await core.offload(
+            len(body), lambda: parse_json(body))
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise Invalid('expected {"instances": [...], "probabilities"?: bool}')
+        core.serving(entry)
+        samples = core.instances(entry, payload["instances"]) if small else \
+            await core.offload(len(body), lambda: core.instances(entry, payload["instances"]))
+        probabilities = bool(payload.get("probabilities"))
+        predictions = await core.finish(entry, samples, probabilities,
+                                        core.start(entry, samples, probabilities))
+        return json_response({"predictions": predictions})
+
+    async def feedback(self, request: web.Request) -> web.Response:
+        app = self._core.app(request.match_info["app"]).name
+        payload = await read_json(self._core, request)
+        return json_response(await self._core.feedback(app, feedback_in(payload)))
+
+    async def models(self, request: web.Request) -> web.Response:
+        return json_response(await views.models(self._core, request.match_info["app"]))
+
+    async def activate(self, request: web.Request) -> web.Response:
+        return json_response(await self._core.activate(request.match_info["app"],
+                                                       request.match_info["version"]))
