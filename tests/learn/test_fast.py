@@ -108,7 +108,7 @@ def test_binary_fused_paths_and_pickle_round_trip():
     fams = ("ridge", "svm_linear", "mlp", "svm_rbf", "knn", "random_forest", "xgboost")
     params = {"random_forest": {"n_estimators": 10}, "xgboost": {"n_estimators": 10}}
     ests = [_fit(f, X[:300], y[:300], **params.get(f, {})) for f in fams]
-    members = [compile_member(f, e, False, X[:300]) for f, e in zip(fams, ests)]
+    members = [compile_member(f, e, False, X[:300]) for f, e in zip(fams, ests, strict=True)]
     ens = FastEnsemble(None, members, [1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6], ["no", "yes"])
     assert ens._dense is not None and ens._fused is not None
     Xt = X[300:]
@@ -119,3 +119,61 @@ def test_binary_fused_paths_and_pickle_round_trip():
     back = pickle.loads(pickle.dumps(ens))
     np.testing.assert_array_equal(back.vote(Xt)[0], batch)
     assert back.vote_one(Xt[0]) == single[0]
+
+
+def _all_families(X, y, reducer):
+    """One compiled member per family on raw features, plus a KNN on the reducer's features."""
+    fams = ("ridge", "svm_linear", "mlp", "svm_rbf", "knn", "random_forest", "xgboost")
+    params = {"random_forest": {"n_estimators": 10}, "xgboost": {"n_estimators": 10}}
+    members = [compile_member(f, _fit(f, X, y, **params.get(f, {})), False, X) for f in fams]
+    Xr = reducer(X)
+    members.append(compile_member("knn", _fit("knn", Xr, y), True, Xr))
+    return members
+
+
+def test_matrix_first_flag_matches_the_row_hooks():
+    X, y = make_classification(300, 8, n_informative=5, n_classes=3, random_state=6)
+    from sklearn.decomposition import PCA
+
+    from mliot_daemon.learn.fast import Reducer
+
+    for m in _all_families(X, y, Reducer.from_pca(PCA(4).fit(X))):
+        hooks = [callable(getattr(m, name, None)) for name in ("first_rows", "finish_one")]
+        assert hooks == [m.matrix_first] * 2, m.family
+
+
+def test_pickles_naming_the_single_module_classes_still_load():
+    """Saved models hold pickles written when the predictor was one module, fast.py: they name
+    mliot_daemon.learn.fast._Knn, ._Trees, .FastEnsemble, ... A pickle of today's objects,
+    rewritten to those names, loads and votes the same."""
+    import pickle
+
+    from sklearn.decomposition import PCA
+
+    import mliot_daemon.learn.fast as fast_pkg
+    from mliot_daemon.learn.fast import Reducer
+
+    X, y = make_classification(400, 10, n_informative=5, n_classes=3, random_state=9)
+    red = Reducer.from_pca(PCA(4).fit(X[:300]))
+    members = _all_families(X[:300], y[:300], red)
+    ens = FastEnsemble(None, members, [1.0 + 0.1 * i for i in range(len(members))],
+                       ["a", "b", "c"], red)
+    old_names = {"LinearMember": "_Linear", "MlpMember": "_Mlp", "RbfSvmMember": "_RbfSvm",
+                 "KnnMember": "_Knn", "TreesMember": "_Trees", "FastEnsemble": "FastEnsemble",
+                 "Reducer": "Reducer"}
+    # protocol 2 names a class as a text line pair ("c<module>\n<name>\n"), so it can be rewritten
+    data = pickle.dumps(ens, protocol=2)
+    for cls in {type(o) for o in [ens, red, *members]}:
+        new_ref = f"c{cls.__module__}\n{cls.__qualname__}\n".encode()
+        assert new_ref in data, cls
+        data = data.replace(new_ref, f"cmliot_daemon.learn.fast\n{old_names[cls.__name__]}\n"
+                            .encode())
+    assert b"mliot_daemon.learn.fast." not in data  # only the old, single-module paths are left
+    assert b"cmliot_daemon.learn.fast\n_Knn\n" in data
+
+    back = pickle.loads(data)
+    assert [type(m) for m in back.members] == [type(m) for m in members]
+    assert type(back.members[4]) is fast_pkg._Knn
+    Xt = X[300:]
+    np.testing.assert_array_equal(back.vote(Xt)[0], ens.vote(Xt)[0])
+    assert [back.vote_one(x) for x in Xt] == [ens.vote_one(x) for x in Xt]
