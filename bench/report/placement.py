@@ -70,7 +70,7 @@ def _fleet(r: dict[str, Any]) -> list[str]:
     from."""
     tm, rtt = r["this_machine"], r["rtt_model"]
     t4 = tm["table4_measured"]
-    out = ["A simulation of the scheduler's pure rule (`mliot_daemon.placement.plan`): no "
+    out = ["A simulation of the scheduler's pure rule (`actors.placement.plan`): no "
            "daemon, no network. Measured here: the ensembles' latencies "
            f"(`python -m bench table4`, this machine, {t4['date']}) and this machine's speed "
            f"(`learn.plan.machine_speed`: median {tm['speed']} of {tm['speed_samples']}, "
