@@ -113,11 +113,7 @@ def mlserver(model_file: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             _wait(f"{base}/v2/models/digits-rf/ready", proc)
             yield f"{base}/v2/models/digits-rf/infer", proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
             log.close()
 
 
@@ -132,11 +128,15 @@ def handmade(model_file: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         _wait(f"{base}/health", proc)
         yield f"{base}/predict", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def mlserver_body(row: list[float]) -> dict:

@@ -114,6 +114,13 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def teach(self, app: str, X: Any, y: Any, timeout: float = 300.0) -> None:
+        """Post labelled rows to an app and wait until its first training run has finished."""
+        body = {"samples": [{"features": x.tolist(), "label": t}
+                            for x, t in zip(X, y, strict=True)]}
+        assert self.request("POST", f"/v1/apps/{app}/samples", body)[0] == 200
+        wait_for(lambda: self.events("training_run_finished"), timeout, 0.5)
+
     def events(self, *names: str) -> list[dict[str, Any]]:
         """Log lines (JSON) whose event is one of ``names``, in the order they were written."""
         out = []

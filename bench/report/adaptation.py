@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import header, plt, save_plot
+from bench.report.common import header, plt, save_plot, table_head
 
 
 def section(r: dict[str, Any]) -> list[str]:
@@ -13,9 +13,9 @@ def section(r: dict[str, Any]) -> list[str]:
     out += ["Accuracy on a fixed drifted check set after k corrections (measured once the "
             "trainer is idle), with feedback (adapt) and without (static: same requests, no "
             "feedback). Drift as in tests/integration/test_adaptation.py; confirmations of "
-            "right answers are sent too (they are feedback).", "",
-            "| drift | before drift | right after | final with adaptation | final without | "
-            "corrections | back to 95 % of before after |", "|---|---|---|---|---|---|---|"]
+            "right answers are sent too (they are feedback).", ""]
+    out += table_head("drift", "before drift", "right after", "final with adaptation",
+                      "final without", "corrections", "back to 95 % of before after")
     fig, ax = plt.subplots(figsize=(8, 3.8))
     for drift in ("swap", "gain"):
         d = r[drift]

@@ -47,6 +47,11 @@ def header(r: dict[str, Any], title: str) -> list[str]:
             f"wall time {r['wall_s']} s.", ""]
 
 
+def table_head(*columns: str) -> list[str]:
+    """A Markdown table's header row and separator."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def verdict(ok: bool) -> str:
     return "**met**" if ok else "**MISSED**"
 

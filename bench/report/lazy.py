@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import header, plt, save_plot, verdict
+from bench.report.common import header, plt, save_plot, table_head, verdict
 
 # The quick job's step names as recorded by the pool worker, spelled out for the text.
 STEP_NAMES = {"ids": "sample ids", "probe": "probe", "read": "read", "front_end": "front end",
@@ -20,8 +20,8 @@ def section(r: dict[str, Any]) -> list[str]:
             f"commit); time 0 is its acknowledgement. First served prediction after "
             f"**{r['first_serve_s']} s** (target ≤ 2 s: {verdict(ok)}); accuracy on a fixed "
             f"{r['n_probe']}-image test subset reaches {r['final_accuracy']} when the trainer "
-            f"goes idle after {r['training_seconds']} s.", "",
-            "| version | at (s) | accuracy then | members |", "|---|---|---|---|"]
+            f"goes idle after {r['training_seconds']} s.", ""]
+    out += table_head("version", "at (s)", "accuracy then", "members")
     for b in r["version_bumps"]:
         out.append(f"| {b['version']} | {b['t_s']} | {b['accuracy']} | "
                    f"{', '.join(b.get('members', []))} |")

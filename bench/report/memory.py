@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import header, verdict
+from bench.report.common import header, table_head, verdict
 
 
 def section(r: dict[str, Any]) -> list[str]:
@@ -13,7 +13,7 @@ def section(r: dict[str, Any]) -> list[str]:
     ok = r["met"]["daemon_rss_mib"]
     rows = [("idle, no apps", r["idle"]),
             ("3 digits apps, 7-member ensembles, served", r["three_apps"])]
-    out += ["| state | main process MiB | pool workers (+ forkserver) MiB |", "|---|---|---|"]
+    out += table_head("state", "main process MiB", "pool workers (+ forkserver) MiB")
     for label, v in rows:
         out.append(f"| {label} | {v['main_mib']} | {v['children_mib']} "
                    f"({v['children']} processes) |")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import header, load, plt, save_plot, verdict
+from bench.report.common import header, load, plt, save_plot, table_head, verdict
 
 
 def section(r: dict[str, Any]) -> list[str]:
     out = header(r, "Scale — training time against data size and workers")
     out += ["MNIST subsets posted in one request to a fresh daemon; training time = from the "
-            "acknowledgement until the trainer is idle (all seven families fitted).", "",
-            "| workers | n | first serve s | training s | versions | loop lag p50 / p99 ms |",
-            "|---|---|---|---|---|---|"]
+            "acknowledgement until the trainer is idle (all seven families fitted).", ""]
+    out += table_head("workers", "n", "first serve s", "training s", "versions",
+                      "loop lag p50 / p99 ms")
     for p in r["points"]:
         out.append(f"| {p['workers']} | {p['n']} | {p['first_serve_s']} | {p['training_s']} | "
                    f"{p['versions']} | {p['loop_lag_p50_ms']} / {p['loop_lag_p99_ms']} |")

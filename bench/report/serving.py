@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import header, plt, save_plot, verdict
+from bench.report.common import header, plt, save_plot, table_head, verdict
 
 APPS = (("digits7", "mliot, 7-member ensemble"), ("digits3", "mliot, low latency"))
 COMPETITORS = (("mlserver", "MLServer 1.7, RF(100)"),
@@ -22,9 +22,9 @@ def section(r: dict[str, Any]) -> list[str]:
             f"low-latency choice ({', '.join(r['members']['digits3'])}); MLServer "
             "(mlserver-sklearn, V2 protocol, `parallel_workers: 0`) and the hand-written server "
             "serve ONE RandomForest(100). Throughput: 8 concurrent keep-alive clients. RSS: "
-            "server process (+ children) after the load.", "",
-            "| server | p50 ms | p99 ms | p50 ms, aiohttp client | req/s (8 clients) | RSS MiB |",
-            "|---|---|---|---|---|---|"]
+            "server process (+ children) after the load.", ""]
+    out += table_head("server", "p50 ms", "p99 ms", "p50 ms, aiohttp client",
+                      "req/s (8 clients)", "RSS MiB")
     for app, label in APPS:
         a = r[app]
         aio = a.get("aiohttp_client", {}).get("http_ms", {}).get("p50")

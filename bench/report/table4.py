@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import header, pctchg, plt, save_plot, verdict
+from bench.report.common import header, pctchg, plt, save_plot, table_head, verdict
 
 # The three columns of the table and the plot: key prefix in a result row, and plot label.
 KINDS = (("best_member", "best single"), ("ensemble", "best effort 7"),
@@ -16,9 +16,9 @@ def section(r: dict[str, Any]) -> list[str]:
     out += ["Test accuracy and per-prediction latency (one row at a time as served: front end + "
             "fast predictor, p50). The best single model is the member with the best *test* "
             "accuracy (the strictest baseline); changes in parentheses are relative to it, as "
-            "the paper's are relative to each block's first row.", "",
-            "| data set | n train / test | best single model | best effort (≤ 7) | "
-            "low latency (≤ 3) |", "|---|---|---|---|---|"]
+            "the paper's are relative to each block's first row.", ""]
+    out += table_head("data set", "n train / test", "best single model", "best effort (≤ 7)",
+                      "low latency (≤ 3)")
     for row in r["rows"]:
         out.append(
             f"| {row['dataset']} | {row['n_train']} / {row['n_test']} | {row['best_member']}: "

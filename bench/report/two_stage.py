@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.common import header, plt, save_plot, verdict
+from bench.report.common import header, plt, save_plot, table_head, verdict
 
 TASKS = ("audio", "digits")
 
@@ -15,10 +15,11 @@ def section(r: dict[str, Any]) -> list[str]:
             "(same members and weights), in-process (the daemon's `ServedModel.predict`, one "
             "row at a time) and end to end over HTTP keep-alive against a real daemon; and "
             "on test streams that are 50 % and 80 % background, the mean latency and the "
-            "accuracy with and without the gate.", "",
-            "| task | members | in-process p50 plain → gate (speedup) | front end p50 | "
-            "HTTP p50 plain → gate (speedup_e2e) | 50 % bg: mean ms, accuracy plain → gate | "
-            "80 % bg: mean ms, accuracy plain → gate |", "|---|---|---|---|---|---|---|"]
+            "accuracy with and without the gate.", ""]
+    out += table_head("task", "members", "in-process p50 plain → gate (speedup)",
+                      "front end p50", "HTTP p50 plain → gate (speedup_e2e)",
+                      "50 % bg: mean ms, accuracy plain → gate",
+                      "80 % bg: mean ms, accuracy plain → gate")
     for name in TASKS:
         t = r[name]
         bgd, e = t["background"], t["e2e"]

@@ -22,12 +22,7 @@ def test_unloadable_version_is_retrained_from_stored_samples(daemon_factory: Any
     d = daemon_factory(extra="[training]\nworkers = 1\n").start()
     d.request("PUT", "/v1/apps/a", {"data_type": "vector"})
     X, y = blobs(200, 1)
-    body = {"samples": [{"features": x.tolist(), "label": t} for x, t in zip(X, y, strict=True)]}
-    assert d.request("POST", "/v1/apps/a/samples", body)[0] == 200
-    deadline = time.monotonic() + 300
-    while not d.events("training_run_finished"):
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    d.teach("a", X, y)
     current = d.request("GET", "/v1/apps/a/models")[1]["current"]
     assert d.stop() == 0
     version_dir = d.data_dir / "models" / "a" / "versions" / f"{current:06d}"

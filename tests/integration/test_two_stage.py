@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -26,13 +25,7 @@ def test_background_is_answered_by_the_gate(daemon_factory: Any) -> None:
     spec = {"data_type": "vector", "classes": ["background", "kettle", "tap"],
             "background_class": "background"}
     assert d.request("PUT", "/v1/apps/kitchen", spec)[0] == 201
-    X, y = sounds(600, seed=1)
-    body = {"samples": [{"features": x.tolist(), "label": t} for x, t in zip(X, y, strict=True)]}
-    assert d.request("POST", "/v1/apps/kitchen/samples", body)[0] == 200
-    deadline = time.monotonic() + 300
-    while not d.events("training_run_finished"):
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    d.teach("kitchen", *sounds(600, seed=1))
     X_test, y_test = sounds(300, seed=2)
     status, body = d.request("POST", "/v1/apps/kitchen/predict", {"instances": X_test.tolist()})
     assert status == 200

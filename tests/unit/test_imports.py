@@ -1,0 +1,105 @@
+"""The house rules on imports, read from the source: the learning library stays a plain
+library, only the named modules speak HTTP or MQTT, actors reach each other only through
+messages, and nothing imports in a cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+PACKAGES = ("mliot_daemon", "actors")
+
+# Inside the daemon, aiohttp belongs to the server's HTTP layer and surfaces (never its serving
+# core) and to the peers actor; the CLI's `mliot watch` is a client and may use it too.
+AIOHTTP = {"actors.server.app", "actors.server.http", "actors.server.v1", "actors.server.oip",
+           "actors.server.peer_api", "actors.server.streams", "actors.server.actor",
+           "actors.peers", "mliot_daemon.commands"}
+SERVING_CORE = {"actors.server.core", "actors.server.routing", "actors.server.serving",
+                "actors.server.catalog", "actors.server.payloads", "actors.server.views",
+                "actors.server.hosting", "actors.server.oip_codec"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    return out
+
+
+def imports(path: Path, top_level_only: bool = False) -> set[str]:
+    """Every module ``path`` imports (with ``top_level_only``, only those that run when it is
+    imported: not inside functions)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def uses(found: set[str], library: str) -> bool:
+    return any(m == library or m.startswith(f"{library}.") for m in found)
+
+
+MODULES = modules()
+
+
+def test_learn_is_a_plain_library() -> None:
+    for name, path in MODULES.items():
+        if name.startswith("mliot_daemon.learn"):
+            found = imports(path)
+            for banned in ("actors", "asyncio", "aiohttp", "aiomqtt", "uvloop"):
+                assert not uses(found, banned), f"{name} imports {banned}"
+
+
+def test_only_the_named_modules_speak_http_or_mqtt() -> None:
+    for name, path in MODULES.items():
+        found = imports(path)
+        if uses(found, "aiohttp"):
+            assert name in AIOHTTP, f"{name} imports aiohttp"
+        if uses(found, "aiomqtt"):
+            assert name.startswith("actors.mqtt"), f"{name} imports aiomqtt"
+    assert SERVING_CORE.isdisjoint(AIOHTTP)
+    assert SERVING_CORE <= set(MODULES)  # the rule names modules that exist
+
+
+def test_actors_reach_each_other_only_through_messages() -> None:
+    def package(name: str) -> str:  # actors.server.core -> actors.server
+        return ".".join(name.split(".")[:2])
+
+    for name, path in MODULES.items():
+        found = {m for m in imports(path) if m.startswith("actors.")}
+        if name.startswith("actors."):
+            foreign = {m for m in found if package(m) != package(name)}
+            if name == "actors.scheduler":  # the placement rule is the scheduler's own module
+                foreign -= {"actors.placement", "actors.placement.AppDemand",
+                            "actors.placement.MachineView", "actors.placement.plan"}
+            assert not foreign, f"{name} imports another actor's code: {sorted(foreign)}"
+        elif name != "mliot_daemon.daemon":  # the composition root builds the actors
+            assert not found, f"{name} (shared core) imports {sorted(found)}"
+
+
+def test_no_import_cycles() -> None:
+    graph = {name: {m for m in imports(path, top_level_only=True) if m in MODULES} - {name}
+             for name, path in MODULES.items()}
+    done: set[str] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        if name in stack:
+            raise AssertionError(f"import cycle: {' -> '.join([*stack[stack.index(name):], name])}")
+        if name in done:
+            return
+        for dep in sorted(graph[name]):
+            visit(dep, [*stack, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
