@@ -60,8 +60,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from actors import placement
 from actors.placement import AppDemand, Decision, MachineView, plan, predicted_ms
-from mliot_daemon import placement
 from mliot_daemon.learn.plan import machine_speed
 
 RESULTS = Path(__file__).resolve().parent / "results"
