@@ -17,12 +17,12 @@ import numpy as np
 
 from bench import datasets
 from mliot_daemon.learn.ensemble import Policy, Selection, member_weight
-from mliot_daemon.learn.fast import compile_member, single_thread_blas
 from mliot_daemon.learn.families import make_estimator
-from mliot_daemon.learn.fit import default_budget
+from mliot_daemon.learn.fast import compile_member, single_thread_blas
 from mliot_daemon.learn.pipeline import assemble, fit_all, prepare
 from mliot_daemon.learn.plan import lazy_plan
 from mliot_daemon.learn.profile import latency_percentiles_ms
+from mliot_daemon.learn.search import default_budget
 
 
 def _codes(classes: list[str], y: Any) -> np.ndarray:
@@ -43,7 +43,8 @@ def _ensemble_report(model, X_test, y_test) -> dict[str, Any]:
     return {"members": model.selection.families,
             "weights": [round(w, 4) for w in model.selection.weights],
             "accuracy": _acc(model.fast().predict_features(Z), y),
-            "best_member": max(members, key=members.get), "best_member_accuracy": max(members.values()),
+            "best_member": max(members, key=members.get),
+            "best_member_accuracy": max(members.values()),
             "candidates_accuracy": members, "latency_ms_p50": round(lat["p50"], 4),
             "latency_ms_p99": round(lat["p99"], 4)}
 
@@ -111,7 +112,8 @@ def first_model_seconds(X, y, data_type: str) -> dict[str, Any]:
     est = make_estimator(step.family).fit(Z, codes[rows])
     member = compile_member(step.family, est, False, Z)
     member.predict(Z[:1])
-    return {"family": step.family, "rows": int(step.rows), "seconds": round(time.perf_counter() - t0, 3)}
+    return {"family": step.family, "rows": int(step.rows),
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def task_part(name: str, loader, data_type: str, budget: float | None) -> dict[str, Any]:
@@ -124,10 +126,12 @@ def task_part(name: str, loader, data_type: str, budget: float | None) -> dict[s
     rep = _ensemble_report(model, Xte, yte)
     n, d = prep.features.Z.shape
     rep.update({"n_train": len(ytr), "n_test": len(yte), "fit_seconds_total": round(total, 1),
-                "budget_s_per_family": round(budget if budget is not None else default_budget(n, d), 1),
+                "budget_s_per_family": round(
+                    budget if budget is not None else default_budget(n, d), 1),
                 "fit_seconds": {c.family: round(c.fit_seconds, 1) for c in cands},
                 "reduced_dims": {c.family: c.reduced_dims for c in cands},
-                "ensemble_minus_best_member": round(rep["accuracy"] - rep["best_member_accuracy"], 5)})
+                "ensemble_minus_best_member": round(
+                    rep["accuracy"] - rep["best_member_accuracy"], 5)})
     return rep
 
 
@@ -135,7 +139,8 @@ def run(quick: bool) -> dict:
     single_thread_blas()  # serving-process setting; fits run in pool workers
     budget = 2.0 if quick else None
     out: dict[str, Any] = {"digits": digits_part(budget or 5.0)}
-    out["sensor_watch"] = task_part("watch", lambda: datasets.watch(with_groups=True), "sensor", budget)
+    out["sensor_watch"] = task_part("watch", lambda: datasets.watch(with_groups=True), "sensor",
+                                    budget)
     out["audio_espeak"] = task_part("audio", datasets.audio, "audio", budget)
     if not quick:
         Xtr, Xte, ytr, yte = datasets.mnist()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from mliot_daemon.learn import jobs
+from mliot_daemon.learn.fit import FitResult
 from mliot_daemon.learn.plan import PlanStep
 
 
@@ -23,7 +23,7 @@ class FitBackend(Protocol):
     width: int  # fits of one run in flight at once
 
     async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
-                  ) -> jobs.FitResult:
+                  ) -> FitResult:
         """Fit ``step`` on the features prepared in ``directory`` (with ``params``: refit a
         served member with its parameters); the artifact is written locally either way."""
         ...

@@ -27,7 +27,8 @@ from typing import Any
 
 import structlog
 
-from mliot_daemon.learn import jobs
+from mliot_daemon.learn import shipping
+from mliot_daemon.learn.fit import FitResult
 from mliot_daemon.learn.plan import PlanStep
 from mliot_daemon.settings import TrainingSettings
 
@@ -79,7 +80,7 @@ class DaskClients:
         self._training = training
         self._link: DaskLink | None = None  # the configured scheduler's, made on first use
         self._retired: set[DaskLink] = set()  # old addresses' clients, still used by a run
-        self._versions: dict[str, str] | None = None  # jobs.compatible_versions(), once
+        self._versions: dict[str, str] | None = None  # shipping.compatible_versions(), once
 
     def check_installed(self) -> None:
         if (self._training().backend == "dask"
@@ -108,7 +109,7 @@ class DaskClients:
         """A run's fits on the link's cluster, connected first."""
         client = await self._connect(link)
         if self._versions is None:  # imports xgboost: not on the loop
-            self._versions = await asyncio.to_thread(jobs.compatible_versions)
+            self._versions = await asyncio.to_thread(shipping.compatible_versions)
         return ClusterFits(client, link, app, out_dir, self._training().fit_timeout_s,
                            self._versions)
 
@@ -177,18 +178,18 @@ class ClusterFits:
         self.width = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
     async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
-                  ) -> jobs.FitResult:
+                  ) -> FitResult:
         async with self._scatter:
             if self._data is None:
                 await self._scatter_features(directory)
-        reducer = await asyncio.to_thread(jobs.load_reducer, directory)
+        reducer = await asyncio.to_thread(shipping.load_reducer, directory)
         future = self._client.submit(
-            jobs.dask_fit_job, self._data, reducer, step, None, 0, params, self._versions,
+            shipping.dask_fit_job, self._data, reducer, step, None, 0, params, self._versions,
             key=f"mliot-fit-{self._app}-{step.family}-{uuid.uuid4().hex[:12]}")
         deadline = asyncio.timeout(self._timeout_s)
         try:
             async with deadline:
-                shipped: jobs.ShippedFit = await future
+                shipped: shipping.ShippedFit = await future
         except (OSError, concurrent.futures.CancelledError) as exc:
             # distributed's FutureCancelledError is a concurrent.futures.CancelledError: the
             # scheduler went away meanwhile (an overrun fit is a failure like in the pool)
@@ -200,10 +201,10 @@ class ClusterFits:
             # a fit cut short (timeout, cancelled run) is forgotten: the scheduler drops it
             # if it has not started, a worker cannot stop it once it has
             future.release()
-        return await asyncio.to_thread(jobs.save_shipped, shipped, self._out_dir)
+        return await asyncio.to_thread(shipping.save_shipped, shipped, self._out_dir)
 
     async def _scatter_features(self, directory: Path) -> None:
-        features = await asyncio.to_thread(jobs.load_features, directory)
+        features = await asyncio.to_thread(shipping.load_features, directory)
         try:
             # distributed waits up to its connect timeout for a worker to take them
             async with asyncio.timeout(self._timeout_s):

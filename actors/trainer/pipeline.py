@@ -32,7 +32,9 @@ from actors.trainer.drift import PageHinkley
 from actors.trainer.pool import PoolFits, WorkerPool
 from actors.trainer.state import AppState
 from mliot_daemon.learn import jobs
+from mliot_daemon.learn.dataset import TrainingData
 from mliot_daemon.learn.ensemble import Policy
+from mliot_daemon.learn.fit import FitResult
 from mliot_daemon.learn.plan import PlanStep
 from mliot_daemon.messages import ServerMsg, TrainingEvent, VersionPublished
 from mliot_daemon.registry import Registry
@@ -70,13 +72,13 @@ class Pipeline:
                              quick=quick)
         self.event(app, "retraining_finished", ok=True, reason=reason)
 
-    def training_data(self, state: AppState, upto: int, **kw: Any) -> jobs.TrainingData:
-        return jobs.TrainingData(db_path=self.store.path, app=state.spec.name, upto_id=upto,
-                                 feedback_repeats=FEEDBACK_REPEATS,
-                                 stale_before_id=state.stale_before_id,
-                                 stale_labels=tuple(sorted(state.stale_labels)), **kw)
+    def training_data(self, state: AppState, upto: int, **kw: Any) -> TrainingData:
+        return TrainingData(db_path=self.store.path, app=state.spec.name, upto_id=upto,
+                            feedback_repeats=FEEDBACK_REPEATS,
+                            stale_before_id=state.stale_before_id,
+                            stale_labels=tuple(sorted(state.stale_labels)), **kw)
 
-    async def fit_steps(self, state: AppState, data: jobs.TrainingData, run_dir: Path,
+    async def fit_steps(self, state: AppState, data: TrainingData, run_dir: Path,
                         reason: str, n: int, refit: dict[str, dict[str, Any]] | None = None,
                         quick: bool = False) -> tuple[Path | None, dict[str, Any]]:
         """The quick version first (``quick``), then prepare and fit; assemble and publish
@@ -107,7 +109,7 @@ class Pipeline:
             if link is not None:
                 await asyncio.shield(self.dask.drop(link))
 
-    async def _quick(self, state: AppState, data: jobs.TrainingData, reason: str, n: int
+    async def _quick(self, state: AppState, data: TrainingData, reason: str, n: int
                      ) -> bool:
         """Publish the quick version; True when it was. A failure is logged and the run goes
         on: the quick version only brings the first one forward."""
@@ -137,7 +139,7 @@ class Pipeline:
         return True
 
     async def _prepare_and_fit(self, fits: FitBackend, state: AppState,
-                               data: jobs.TrainingData, run_dir: Path, reason: str, n: int,
+                               data: TrainingData, run_dir: Path, reason: str, n: int,
                                refit: dict[str, dict[str, Any]] | None, published: bool = False
                                ) -> tuple[Path | None, dict[str, Any]]:
         spec = state.spec
@@ -151,7 +153,7 @@ class Pipeline:
         # is why nothing of this preparation comes before the quick version)
         await self.pool.call(jobs.reduce_job, info.directory)
         steps = info.plan if refit is None else [PlanStep(f, info.n, 0.0) for f in refit]
-        fitted: dict[str, jobs.FitResult] = {}
+        fitted: dict[str, FitResult] = {}
         policy = spec.policy
         staging: Path | None = None
         summary: dict[str, Any] = {}
@@ -159,7 +161,7 @@ class Pipeline:
         # each one that finishes is assembled and published at once (lazy), before the next
         # fit takes the freed worker (assembly runs in the pool too).
         todo = list(steps)
-        running: dict[asyncio.Task[jobs.FitResult], PlanStep] = {}
+        running: dict[asyncio.Task[FitResult], PlanStep] = {}
 
         def start_next() -> None:
             if todo:
@@ -196,7 +198,7 @@ class Pipeline:
         return staging, summary
 
     async def _assemble(self, fits: FitBackend, state: AppState,
-                        directory: Path, fitted: dict[str, jobs.FitResult], reason: str,
+                        directory: Path, fitted: dict[str, FitResult], reason: str,
                         n: int, last: bool, policy: Policy) -> tuple[Path, dict[str, Any]]:
         """Select the ensemble from what is fitted so far and save it to a staging path."""
         spec = state.spec

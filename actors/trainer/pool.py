@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import structlog
 
 from mliot_daemon.learn import jobs
+from mliot_daemon.learn.fit import FitResult
 from mliot_daemon.learn.plan import PlanStep
 from mliot_daemon.settings import TrainingSettings
 
@@ -101,8 +102,8 @@ class PoolFits:
         self.width = workers  # fits of one run in flight at once
 
     async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
-                  ) -> jobs.FitResult:
-        result: jobs.FitResult = await self._pool.call(jobs.fit_job, directory, step,
+                  ) -> FitResult:
+        result: FitResult = await self._pool.call(jobs.fit_job, directory, step,
                                                        self._out_dir, None, 0, params)
         return result
 

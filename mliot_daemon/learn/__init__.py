@@ -5,6 +5,8 @@ for the API a caller uses. Modules:
 
 - ``frontends``: per data type feature extraction (image, audio log-mel, sensor, vector).
 - ``families``: the seven model families and their search spaces.
+- ``features``: ``FeatureSet``, folds and the shared PCA.
+- ``search``: the search's time budget (default, halving plan).
 - ``fit``: one family on prepared features (PCA decision, budgeted search, validation, profile).
 - ``ensemble``: policies and ensemble selection.
 - ``fast``: the numpy fast predictor the server calls.
@@ -13,4 +15,7 @@ for the API a caller uses. Modules:
 - ``pipeline``: ``prepare``/``fit_all``/``assemble``/``train`` and ``TrainedModel``.
 - ``persist``: versioned model directories.
 - ``evaluate``: the ``mliot evaluate`` command.
+- ``dataset``: training samples read straight from the daemon's SQLite file.
+- ``jobs``: the trainer's process-pool entry points.
+- ``shipping``: fits shipped to a Dask cluster and their results written back.
 """

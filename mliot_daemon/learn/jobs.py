@@ -2,8 +2,9 @@
 assemble, score.
 
 Each function runs in a pool worker (forkserver), takes paths and small values, reads what it
-needs itself (samples straight from the SQLite file, read-only) and writes its result to disk
-atomically, returning only a small picklable summary. No asyncio, no logging set-up.
+needs itself (samples straight from the SQLite file, read-only: ``dataset``) and writes its
+result to disk atomically, returning only a small picklable summary. No asyncio, no logging
+set-up.
 
 :func:`quick_job` makes an app's first version on its own, before :func:`prepare_job` reads
 everything: it reads a subsample spread over the app's sample ids (the ids from the
@@ -13,18 +14,13 @@ measured cost, fits the front end and the quick model on it, scores it on a held
 and saves a one-member model folder, ready to publish. On MNIST-60k (784-d) that is KNN on a
 few thousand rows in about a second, where reading and preparing all rows takes 4 s and more.
 
-With ``[training] backend = "dask"`` the fits run on a Dask cluster instead, whose workers may
-be other machines: :func:`dask_fit_job` takes the features themselves (scattered once per
-training run) rather than a path, and returns the fitted model as bytes, which the daemon
-writes locally with :func:`save_shipped`, so the rest of the run sees the same
-:class:`FitResult` as from :func:`fit_job`. Workers need this package installed, in the
-daemon's versions (:func:`dask_fit_job` checks).
+With ``[training] backend = "dask"`` the fits run on a Dask cluster instead (``shipping``),
+through the same :func:`fit_step` and into the same :func:`artifact_path` as :func:`fit_job`.
 """
 
 from __future__ import annotations
 
 import pickle
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,22 +28,22 @@ from typing import Any
 
 import numpy as np
 
+from mliot_daemon.learn.dataset import (
+    TrainingData,
+    as_input,
+    read_ids,
+    read_samples,
+    sample_ids,
+    spread,
+    training_rows,
+)
 from mliot_daemon.learn.ensemble import Policy
 from mliot_daemon.learn.errors import DataError
-from mliot_daemon.learn.fast import Reducer
-from mliot_daemon.learn.fit import (
-    FeatureSet,
-    FitResult,
-    FittedModel,
-    _atomic_write,
-    fit_family,
-    load_fitted,
-    make_folds,
-    prepare_features,
-)
+from mliot_daemon.learn.features import FeatureSet, make_folds, prepare_features
+from mliot_daemon.learn.fit import FitResult, FittedModel, fit_family, load_fitted
 from mliot_daemon.learn.frontends import encode_labels, make_front_end
 from mliot_daemon.learn.gate import fit_gate
-from mliot_daemon.learn.persist import library_versions, load_model, save_model
+from mliot_daemon.learn.persist import atomic_write, load_model, save_model
 from mliot_daemon.learn.pipeline import (
     Prepared,
     TrainedModel,
@@ -58,28 +54,11 @@ from mliot_daemon.learn.pipeline import (
     quick_model,
 )
 from mliot_daemon.learn.plan import FIRST_DEADLINE_S, PlanStep, lazy_plan, quick_step
-from mliot_daemon.sample_codec import decode
 
 PROBE_ROWS = 50
 QUICK_PROBE_ROWS = 64  # read first, to measure the cost of a row and learn the feature width
 QUICK_VAL_SHARE = 0.15  # of the quick sample, held out to score the quick model ...
 QUICK_MAX_VAL_ROWS = 500  # ... at most (a KNN scores each against all its rows)
-ID_CHUNK = 4096  # ids per "id IN (...)" query (SQLite allows 32,766 variables)
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """Which stored samples a training run uses."""
-
-    db_path: Path
-    app: str
-    upto_id: int  # the newest sample id included
-    holdout_ids: tuple[int, ...] = ()  # kept out of training, for the publish decision
-    feedback_repeats: int = 1  # corrections count this many times
-    # After a detected drift: samples older than this id with these labels describe a world
-    # that is gone (a swapped label, a shifted sensor) and are left out.
-    stale_before_id: int = 0
-    stale_labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,75 +70,6 @@ class PreparedInfo:
     d: int
     classes: list[str]
     plan: list[PlanStep]
-
-
-def read_samples(db_path: Path, app: str, where: str, args: tuple[Any, ...]
-                 ) -> tuple[list[np.ndarray], list[str], list[str], list[int]]:
-    """(features, labels, sources, ids) of an app's samples matching ``where``."""
-    uri = f"file:{db_path}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as conn:
-        rows = conn.execute(
-            f"SELECT id, features, shape, label, source FROM samples WHERE app=? AND {where} "
-            "ORDER BY id", (app, *args)).fetchall()
-    feats = [decode(r[1], r[2]) for r in rows]
-    return feats, [r[3] for r in rows], [r[4] for r in rows], [r[0] for r in rows]
-
-
-def sample_ids(db_path: Path, app: str, upto_id: int) -> list[int]:
-    """An app's sample ids up to ``upto_id``, in order: read from the ``(app, id)`` index
-    alone, without touching the rows (60,000 ids: ~10 ms)."""
-    uri = f"file:{db_path}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT id FROM samples WHERE app=? AND id <= ? ORDER BY id", (app, upto_id))]
-
-
-def read_ids(db_path: Path, app: str, ids: list[int]
-             ) -> tuple[list[np.ndarray], list[str], list[str], list[int]]:
-    """:func:`read_samples` for the given ids (looked up by primary key, in chunks)."""
-    out: tuple[list[Any], list[str], list[str], list[int]] = ([], [], [], [])
-    for s in range(0, len(ids), ID_CHUNK):
-        chunk = tuple(ids[s:s + ID_CHUNK])
-        part = read_samples(db_path, app, f"id IN ({','.join('?' * len(chunk))})", chunk)
-        for acc, got in zip(out, part, strict=True):
-            acc.extend(got)
-    return out
-
-
-def spread(ids: list[int], k: int) -> list[int]:
-    """``k`` of ``ids`` evenly spaced over them (all when k >= len(ids)): a subsample that
-    covers the whole history, whatever order the classes arrived in."""
-    if k >= len(ids):
-        return list(ids)
-    if k <= 0:
-        return []
-    return [ids[i] for i in np.linspace(0, len(ids) - 1, k).round().astype(np.int64)]
-
-
-def _training_rows(data: TrainingData, feats: list[np.ndarray], labels: list[str],
-                   sources: list[str], ids: list[int]) -> tuple[list[np.ndarray], list[str]]:
-    """The rows a run trains on: without the held-out and the stale samples, corrections
-    repeated ``feedback_repeats`` times."""
-    held = set(data.holdout_ids)
-    stale = set(data.stale_labels)
-    X: list[np.ndarray] = []
-    y: list[str] = []
-    for f, label, source, i in zip(feats, labels, sources, ids, strict=True):
-        # corrections are never stale: they are the newest word on what a sample is
-        if i in held or (i < data.stale_before_id and label in stale and source != "feedback"):
-            continue
-        repeats = data.feedback_repeats if source == "feedback" else 1
-        X.extend([f] * repeats)
-        y.extend([label] * repeats)
-    return X, y
-
-
-def _as_input(feats: list[np.ndarray], dtype: Any = None) -> np.ndarray | list[np.ndarray]:
-    """One array when every sample has one shape (in ``dtype``: one copy, not two), else the
-    list (ragged audio)."""
-    if feats and all(f.shape == feats[0].shape for f in feats):
-        return np.stack(feats, dtype=dtype)
-    return feats
 
 
 @dataclass(frozen=True)
@@ -219,14 +129,14 @@ def quick_job(data: TrainingData, data_type: str, sample_rate: int, policy: Poli
     t = time.perf_counter()
     feats, labels, sources, got = read_ids(data.db_path, data.app,
                                            spread(ids, QUICK_PROBE_ROWS))
-    X, y = _training_rows(data, feats, labels, sources, got)
+    X, y = training_rows(data, feats, labels, sources, got)
     probe_fe = make_front_end(data_type, sample_rate)
-    d = probe_fe.fit_transform(_as_input(X)).shape[1] if X else 1
+    d = probe_fe.fit_transform(as_input(X)).shape[1] if X else 1
     row_s = (time.perf_counter() - t) / max(len(got), 1)
     step = quick_step(len(ids), d, deadline_s=deadline_s, row_s=row_s)
     lap("probe")
     feats, labels, sources, got = read_ids(data.db_path, data.app, spread(ids, step.rows))
-    X, y = _training_rows(data, feats, labels, sources, got)
+    X, y = training_rows(data, feats, labels, sources, got)
     lap("read")
     n_val = min(QUICK_MAX_VAL_ROWS, int(len(y) * QUICK_VAL_SHARE))
     val = _holdout(y, n_val, seed)
@@ -239,7 +149,7 @@ def quick_job(data: TrainingData, data_type: str, sample_rate: int, policy: Poli
     index = {c: i for i, c in enumerate(classes)}
     y_val = np.array([index.get(label, -1) for label in y[n_tr:]], dtype=np.int64)
     front_end = make_front_end(data_type, sample_rate)
-    Z = front_end.fit_transform(_as_input(X, np.float64))  # as the front end computes
+    Z = front_end.fit_transform(as_input(X, np.float64))  # as the front end computes
     lap("front_end")
     member = fit_quick(step.family, Z[:n_tr], codes, Z[n_tr:], y_val, len(classes), seed)
     lap("fit")
@@ -253,7 +163,7 @@ def quick_job(data: TrainingData, data_type: str, sample_rate: int, policy: Poli
         fold[n_tr:] = 0
         gate = fit_gate(Z, np.concatenate([codes, y_val]), index[background_class], fold)
         lap("gate")
-    fe_ms = front_end_latency_ms(front_end, _as_input(X[:PROBE_ROWS]), repeats=30)
+    fe_ms = front_end_latency_ms(front_end, as_input(X[:PROBE_ROWS]), repeats=30)
     model = quick_model(front_end, classes, member, policy, front_end_ms=fe_ms,
                         data_hash=data_hash(Z[:n_tr], codes), gate=gate)
     lap("assemble")
@@ -272,19 +182,19 @@ def prepare_job(data: TrainingData, data_type: str, sample_rate: int, out_dir: P
     (all on every row: the quick first version is :func:`quick_job`'s)."""
     feats, labels, sources, ids = read_samples(
         data.db_path, data.app, "id <= ?", (data.upto_id,))
-    X, y = _training_rows(data, feats, labels, sources, ids)
+    X, y = training_rows(data, feats, labels, sources, ids)
     del feats
     # Front end and folds only: the PCA decision waits for reduce_job, after the quick first
     # model (IncrementalPCA on MNIST-sized data takes most of a minute).
     codes, classes = encode_labels(np.asarray(y))
     front_end = make_front_end(data_type, sample_rate)
-    Z = front_end.fit_transform(_as_input(X))
+    Z = front_end.fit_transform(as_input(X))
     features = FeatureSet(Z=Z, y=codes, n_classes=len(classes), fold=make_folds(codes),
                           reducer=None)
     out_dir.mkdir(parents=True, exist_ok=True)
     features.save(out_dir / "features.npz")
     probe = X[:PROBE_ROWS]
-    _atomic_write(out_dir / "prepared.pkl", lambda f: pickle.dump(
+    atomic_write(out_dir / "prepared.pkl", lambda f: pickle.dump(
         {"front_end": front_end, "classes": classes, "probe": probe}, f,
         protocol=pickle.HIGHEST_PROTOCOL))
     n, d = Z.shape
@@ -316,94 +226,24 @@ def fit_job(prepared_dir: Path, step: PlanStep, out_dir: Path, budget_s: float |
     """Fit one plan step on all prepared rows. With ``params`` (a refit of a served member)
     the search is skipped."""
     fs = FeatureSet.load(prepared_dir / "features.npz")
-    model = _fit_step(fs, step, budget_s, seed, params)
-    out = _artifact_path(out_dir, step)
-    _atomic_write(out, lambda f: pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL))
+    model = fit_step(fs, step, budget_s, seed, params)
+    out = artifact_path(out_dir, step)
+    atomic_write(out, lambda f: pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL))
     return FitResult(family=step.family, artifact=out, summary=model.summary(),
                      val_pred=model.val_pred)
 
 
-def _fit_step(fs: FeatureSet, step: PlanStep, budget_s: float | None, seed: int,
-              params: dict[str, Any] | None) -> FittedModel:
+def fit_step(fs: FeatureSet, step: PlanStep, budget_s: float | None, seed: int,
+             params: dict[str, Any] | None) -> FittedModel:
+    """Fit one plan step on ``fs`` (here or on a Dask worker: ``shipping.dask_fit_job``)."""
     if step.quick:
         raise ValueError("the quick first step is quick_job's, on rows of its own")
     return fit_family(step.family, fs, budget_s=budget_s, seed=seed, params=params)
 
 
-def _artifact_path(out_dir: Path, step: PlanStep) -> Path:
+def artifact_path(out_dir: Path, step: PlanStep) -> Path:
+    """Where a step's fitted model is written, whichever backend fitted it."""
     return out_dir / f"{step.family}.pkl"
-
-
-# -- the Dask backend -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShippedFit:
-    """What :func:`dask_fit_job` returns: the pickled :class:`FittedModel` and its summary."""
-
-    step: PlanStep
-    model: bytes
-    summary: dict[str, Any]
-    val_pred: np.ndarray
-
-
-class WorkerMismatch(RuntimeError):
-    """A Dask worker runs other library versions than the daemon: its models would not load,
-    or not behave, where they are served."""
-
-
-def compatible_versions() -> dict[str, str]:
-    """The versions a worker must share with the daemon: every library the fitted models
-    are pickled with, and Python's minor version."""
-    versions = library_versions()
-    versions["python"] = ".".join(versions["python"].split(".")[:2])
-    return versions
-
-
-def load_features(prepared_dir: Path) -> FeatureSet:
-    """The prepared features without the shared PCA: what a run ships to the cluster once."""
-    fs = FeatureSet.load(prepared_dir / "features.npz")
-    fs.reducer = None
-    return fs
-
-
-def load_reducer(prepared_dir: Path) -> Reducer | None:
-    """The shared PCA ``reduce_job`` added, if any (small: it travels with each fit)."""
-    with np.load(prepared_dir / "features.npz", allow_pickle=False) as d:
-        if "pca_mean" not in d:
-            return None
-        return Reducer(d["pca_mean"], d["pca_components"])
-
-
-def dask_fit_job(features: FeatureSet, reducer: Reducer | None, step: PlanStep,
-                 budget_s: float | None, seed: int, params: dict[str, Any] | None,
-                 versions: dict[str, str]) -> ShippedFit:
-    """Dask worker entry point: :func:`fit_job` on features received rather than read.
-
-    ``features`` is the run's scattered :class:`FeatureSet`, shared by the fits on this worker,
-    so it is not modified; ``versions`` are the daemon's :func:`compatible_versions`.
-    Estimators use one thread (``n_jobs=1``, one BLAS thread), as in the local pool: a worker
-    runs ``--nthreads`` fits at a time.
-    """
-    mine = compatible_versions()
-    if mine != versions:
-        diff = {k: (mine.get(k), v) for k, v in versions.items() if mine.get(k) != v}
-        raise WorkerMismatch("this Dask worker's versions differ from the daemon's "
-                             f"(worker, daemon): {diff}; install the same mliot there")
-    fs = FeatureSet(Z=features.Z, y=features.y, n_classes=features.n_classes,
-                    fold=features.fold, reducer=reducer)
-    model = _fit_step(fs, step, budget_s, seed, params)
-    return ShippedFit(step=step, model=pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL),
-                      summary=model.summary(), val_pred=model.val_pred)
-
-
-def save_shipped(shipped: ShippedFit, out_dir: Path) -> FitResult:
-    """Write a model fitted on the cluster where ``fit_job`` would have (in the daemon, in a
-    thread); the bytes come from our own cluster, see the README on trusting it."""
-    out = _artifact_path(out_dir, shipped.step)
-    _atomic_write(out, lambda f: f.write(shipped.model))
-    return FitResult(family=shipped.step.family, artifact=out, summary=shipped.summary,
-                     val_pred=shipped.val_pred)
 
 
 def assemble_job(prepared_dir: Path, candidates: list[Path], policy: Policy,
@@ -413,7 +253,7 @@ def assemble_job(prepared_dir: Path, candidates: list[Path], policy: Policy,
     directory at ``out_path``; returns its selection summary."""
     prep, probe = _load_prepared(prepared_dir)
     fitted = [load_fitted(p) for p in candidates]
-    model = assemble(prep, fitted, policy, X_probe=_as_input(probe) if probe else None,
+    model = assemble(prep, fitted, policy, X_probe=as_input(probe) if probe else None,
                      background_class=background_class)
     save_model(model, out_path, extra)
     return {"members": [m.family for m in model.members], "weights": model.selection.weights,
@@ -426,7 +266,7 @@ def score_job(model_dirs: list[Path], data: TrainingData, ids: list[int]) -> lis
         return [float("nan")] * len(model_dirs)
     marks = ",".join("?" * len(ids))
     feats, labels, _, _ = read_samples(data.db_path, data.app, f"id IN ({marks})", tuple(ids))
-    X = _as_input(feats)
+    X = as_input(feats)
     out = []
     for directory in model_dirs:
         model: TrainedModel = load_model(directory)

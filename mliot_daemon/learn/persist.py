@@ -15,6 +15,9 @@ reader sees either nothing or a complete model. Loading verifies each artifact's
 the manifest before unpickling; signing later (peers) means an HMAC over ``manifest.json``'s
 bytes, which covers all artifacts through their hashes. Pickles are loaded only from this
 machine's own disk (or after such a signature check).
+
+:func:`atomic_write` is the one-file form of the same promise, for what a training run writes
+between its steps (prepared features, fitted candidates).
 """
 
 from __future__ import annotations
@@ -50,7 +53,26 @@ def library_versions() -> dict[str, str]:
     from mliot_daemon import __version__
 
     return {"python": platform.python_version(), "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "xgboost": xgboost.__version__, "mliot": __version__}
+            "scikit-learn": sklearn.__version__, "xgboost": xgboost.__version__,
+            "mliot": __version__}
+
+
+def atomic_write(path: Path, write: Any) -> Path:
+    """Write one file through ``write(f)`` under a temporary name, fsync it and rename it into
+    place: a reader (another pool worker) sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def _sha256(path: Path) -> str:
@@ -97,10 +119,11 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
 
         put("front_end.pkl", model.front_end)
         if model.reducer is not None:
-            np.savez(tmp / "reducer.npz", mean=model.reducer.mean, components=model.reducer.components)
+            np.savez(tmp / "reducer.npz", mean=model.reducer.mean,
+                     components=model.reducer.components)
             artifacts["reducer.npz"] = _sha256(tmp / "reducer.npz")
         members = []
-        for m, w in zip(model.members, model.selection.weights):
+        for m, w in zip(model.members, model.selection.weights, strict=True):
             name = f"member-{m.family}.pkl"
             put(name, {"estimator": m.estimator, "fast": m.fast, "reduced": m.reduced})
             members.append({"family": m.family, "weight": w, "artifact": name,
@@ -134,7 +157,8 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+    return json.loads(json.dumps(
+        d, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

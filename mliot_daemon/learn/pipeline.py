@@ -31,14 +31,8 @@ from mliot_daemon.learn.ensemble import (
 from mliot_daemon.learn.errors import DataError
 from mliot_daemon.learn.families import FAMILIES, check_family, make_estimator
 from mliot_daemon.learn.fast import FastEnsemble, compile_member
-from mliot_daemon.learn.fit import (
-    FeatureSet,
-    FittedModel,
-    fit_family,
-    fit_family_job,
-    load_fitted,
-    prepare_features,
-)
+from mliot_daemon.learn.features import FeatureSet, prepare_features
+from mliot_daemon.learn.fit import FittedModel, fit_family, fit_family_job, load_fitted
 from mliot_daemon.learn.frontends import FrontEnd, encode_labels, make_front_end
 from mliot_daemon.learn.gate import Gate, fit_gate
 from mliot_daemon.learn.plan import lazy_plan
@@ -61,7 +55,8 @@ def data_hash(X: Any, y: Any) -> str:
     """sha256 over the training arrays (order-sensitive), for the manifest."""
     h = hashlib.sha256()
     for a in (X, y):
-        arr = np.ascontiguousarray(np.asarray(a) if not isinstance(a, list) else np.asarray(a, dtype=object))
+        arr = np.ascontiguousarray(np.asarray(a) if not isinstance(a, list)
+                                   else np.asarray(a, dtype=object))
         if arr.dtype == object:
             for item in arr.ravel():
                 h.update(np.ascontiguousarray(np.asarray(item, dtype=np.float64)).tobytes())
@@ -157,7 +152,8 @@ def fit_all(prep: Prepared, families: Sequence[str] = FAMILIES, *, budget_s: flo
         path = prep.features.save(Path(tmp) / "features.npz")
         with _pool(workers) as pool:
             futures: dict[Future[Any], str] = {
-                pool.submit(fit_family_job, fam, path, Path(tmp), budget_s, seed): fam for fam in order}
+                pool.submit(fit_family_job, fam, path, Path(tmp), budget_s, seed): fam
+                for fam in order}
             for i, fut in enumerate(as_completed(futures)):
                 res = fut.result()
                 done.append(load_fitted(res.artifact))

@@ -7,7 +7,7 @@ import pytest
 
 from mliot_daemon.learn.ensemble import Policy
 from mliot_daemon.learn.errors import DataError
-from mliot_daemon.learn.fit import make_folds
+from mliot_daemon.learn.features import make_folds
 from mliot_daemon.learn.gate import fit_gate
 from mliot_daemon.learn.pipeline import assemble, fit_all, prepare
 

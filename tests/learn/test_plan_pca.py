@@ -7,16 +7,10 @@ import pytest
 from sklearn.datasets import make_classification
 
 from mliot_daemon.learn.families import FAMILIES
-from mliot_daemon.learn.fit import (
-    FeatureSet,
-    _plan_search,
-    fit_family,
-    fit_family_job,
-    load_fitted,
-    make_folds,
-    prepare_features,
-)
+from mliot_daemon.learn.features import FeatureSet, make_folds, prepare_features
+from mliot_daemon.learn.fit import fit_family, fit_family_job, load_fitted
 from mliot_daemon.learn.plan import lazy_plan, machine_speed
+from mliot_daemon.learn.search import plan_search
 
 
 def test_plan_is_cheapest_first_with_a_quick_first_model():
@@ -36,11 +30,11 @@ def test_plan_for_mnist_size_starts_within_two_seconds():
 
 
 def test_search_is_sized_to_the_budget():
-    big = _plan_search(10_000, 10, per_row=1e-5, alpha=1.0, budget=60.0)
-    small = _plan_search(10_000, 10, per_row=1e-5, alpha=1.0, budget=0.3)
+    big = plan_search(10_000, 10, per_row=1e-5, alpha=1.0, budget=60.0)
+    small = plan_search(10_000, 10, per_row=1e-5, alpha=1.0, budget=0.3)
     assert big is not None and small is not None
     assert small[0] * small[2] < big[0] * big[2]
-    assert _plan_search(10_000, 10, per_row=1e-3, alpha=1.0, budget=0.01) is None
+    assert plan_search(10_000, 10, per_row=1e-3, alpha=1.0, budget=0.01) is None
 
 
 def test_folds():

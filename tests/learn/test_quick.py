@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 
+from mliot_daemon.learn.dataset import TrainingData, sample_ids, spread
 from mliot_daemon.learn.ensemble import Policy
-from mliot_daemon.learn.jobs import TrainingData, quick_job, sample_ids, spread
+from mliot_daemon.learn.jobs import quick_job
 from mliot_daemon.learn.persist import load_model, read_manifest
 from mliot_daemon.learn.plan import lazy_plan, quick_step
 from mliot_daemon.store import Store

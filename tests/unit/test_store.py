@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mliot_daemon.learn.jobs import read_samples
+from mliot_daemon.learn.dataset import read_samples
 from mliot_daemon.store import SCHEMA_VERSION, NotFound, PredictionRecord, Store, StoreFull
 
 
