@@ -16,9 +16,9 @@ from typing import Any, assert_never
 import structlog
 from aiohttp import web
 
+from actors.server.app import build_app
 from actors.server.core import ServingCore
 from actors.server.hosting import HostedModels
-from actors.server.http import build_app
 from mliot_daemon.config import ConfigStore
 from mliot_daemon.learn.fast import single_thread_blas
 from mliot_daemon.messages import (

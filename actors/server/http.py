@@ -1,12 +1,10 @@
-"""The HTTP layer: the aiohttp application, its one middleware, and the single place that maps
-domain errors to HTTP status codes and JSON error bodies.
+"""The HTTP layer: the one middleware, the single place that maps domain errors to HTTP status
+codes and JSON error bodies, body reading, and the probes (``app.build_app`` puts it together).
 
-``build_app(core, ...)`` makes the application from the serving core and registers every
-surface's routes (v1 REST, OIP v2, the peer API, WebSocket streams). The middleware is one
-layer (each layer is a coroutine more on the prediction path): the bearer token (or the peer
-secret, on the peer API), errors as JSON answers, metrics and a debug line. Bodies are read
-with a size limit that follows the live config; big ones are parsed on the core's parser
-thread.
+The middleware is one layer (each layer is a coroutine more on the prediction path): the
+bearer token (or the peer secret, on the peer API), errors as JSON answers, metrics and a debug
+line. Bodies are read with a size limit that follows the live config; big ones are parsed on
+the core's parser thread.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from actors.server.core import ServingCore
-from actors.server.hosting import HostedModels
 from actors.server.payloads import parse_json
 from mliot_daemon import logs
 from mliot_daemon.errors import (
@@ -45,6 +42,7 @@ QUERY_ROUTES = frozenset({"/v1/apps/{app}/predict", "/v2/models/{app}/infer"})  
 STATUS = {Malformed: 400, Invalid: 422, NotFound: 404, Conflict: 409, TooLarge: 413,
           Unavailable: 503}  # the one map from domain errors to HTTP
 CORE = web.AppKey("core", ServingCore)
+READY = web.AppKey("ready", asyncio.Event)  # set once every actor has started
 
 _JSON_HEADERS = CIMultiDict({"Content-Type": "application/json"})  # aiohttp copies it
 
@@ -57,14 +55,15 @@ def error_response(status: int, message: str, details: list[str] | None = None) 
     return json_response({"error": message, "details": details or []}, status)
 
 
-def live_response() -> web.Response:
-    """The liveness probe's answer (v1 and OIP alike): the process runs."""
+async def live(request: web.Request) -> web.Response:
+    """The liveness probe (``/healthz``, ``/v2/health/live``): the process runs."""
     return json_response({"status": "ok"})
 
 
-def ready_response(ready: asyncio.Event) -> web.Response:
-    """The readiness probe's answer: 200 once every actor has started."""
-    if not ready.is_set():
+async def ready(request: web.Request) -> web.Response:
+    """The readiness probe (``/readyz``, ``/v2/health/ready``): 200 once every actor has
+    started."""
+    if not request.app[READY].is_set():
         return error_response(503, "starting")
     return json_response({"status": "ready"})
 
@@ -183,22 +182,3 @@ async def read_json(core: ServingCore, request: web.Request) -> Any:
 
 def _too_big(limit: int) -> TooLarge:
     return TooLarge(f"body larger than {limit} bytes (daemon.max_body_mb)")
-
-
-def build_app(core: ServingCore, started_at: float, ready: asyncio.Event,
-              hosted: HostedModels) -> web.Application:
-    """The aiohttp application with every surface's routes and the middleware (tests call
-    this too). ``ready`` is set once every actor has started; ``hosted`` holds the models
-    peers placed here."""
-    from actors.server.oip import OipApi
-    from actors.server.peer_api import PeerApi
-    from actors.server.streams import Streams
-    from actors.server.v1 import V1Api
-
-    # aiohttp's own limit is set high: `read_body` enforces the live max_body_mb.
-    app = web.Application(client_max_size=2**40, middlewares=[Front(core).middleware])
-    app[CORE] = core
-    for surface in (V1Api(core, started_at, ready), OipApi(core, ready),
-                    PeerApi(core, hosted), Streams(core)):
-        app.router.add_routes(surface.routes())
-    return app

@@ -10,37 +10,24 @@ from aiohttp import web
 
 from actors.server import oip_codec
 from actors.server.core import ServingCore
-from actors.server.http import (
-    error_response,
-    json_response,
-    live_response,
-    read_body,
-    ready_response,
-)
+from actors.server.http import error_response, json_response, live, read_body, ready
 from mliot_daemon.errors import Malformed
 
 
 class OipApi:
     """``/v2/...``."""
 
-    def __init__(self, core: ServingCore, ready: asyncio.Event) -> None:
+    def __init__(self, core: ServingCore) -> None:
         self._core = core
-        self._ready = ready
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/v2/health/live", self.live),
-            web.get("/v2/health/ready", self.ready),
+            web.get("/v2/health/live", live),
+            web.get("/v2/health/ready", ready),
             web.get("/v2/models/{app}", self.metadata),
             web.get("/v2/models/{app}/ready", self.model_ready),
             web.post("/v2/models/{app}/infer", self.infer),
         ]
-
-    async def live(self, request: web.Request) -> web.Response:
-        return live_response()
-
-    async def ready(self, request: web.Request) -> web.Response:
-        return ready_response(self._ready)
 
     async def metadata(self, request: web.Request) -> web.Response:
         entry = self._core.app(request.match_info["app"])

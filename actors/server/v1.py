@@ -4,19 +4,11 @@ shapes the JSON answer; errors are the core's domain errors, mapped by the HTTP 
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from actors.server import views
 from actors.server.core import PARSE_IN_THREAD_BYTES, ServingCore
-from actors.server.http import (
-    json_response,
-    live_response,
-    read_body,
-    read_json,
-    ready_response,
-)
+from actors.server.http import json_response, live, read_body, read_json, ready
 from actors.server.payloads import feedback_in, parse_json, samples_in
 from mliot_daemon.errors import Invalid
 
@@ -26,15 +18,14 @@ PROMETHEUS = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
 class V1Api:
     """``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/...`` (but the peer API and streams)."""
 
-    def __init__(self, core: ServingCore, started_at: float, ready: asyncio.Event) -> None:
+    def __init__(self, core: ServingCore, started_at: float) -> None:
         self._core = core
         self._started_at = started_at
-        self._ready = ready
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
+            web.get("/healthz", live),
+            web.get("/readyz", ready),
             web.get("/metrics", self.metrics),
             web.get("/v1/status", self.status),
             web.post("/v1/reload", self.reload),
@@ -48,12 +39,6 @@ class V1Api:
             web.get("/v1/apps/{app}/models", self.models),
             web.post("/v1/apps/{app}/models/{version}/activate", self.activate),
         ]
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return live_response()
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        return ready_response(self._ready)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self._core.metrics.render(), headers=PROMETHEUS)

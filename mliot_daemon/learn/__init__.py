@@ -18,4 +18,7 @@ for the API a caller uses. Modules:
 - ``dataset``: training samples read straight from the daemon's SQLite file.
 - ``jobs``: the trainer's process-pool entry points.
 - ``shipping``: fits shipped to a Dask cluster and their results written back.
+
+It may import numpy, scipy, scikit-learn, XGBoost, threadpoolctl and ``mliot_daemon``'s
+``sample_codec`` (how the store keeps a sample); never ``actors/``, asyncio, aiohttp or aiomqtt.
 """

@@ -59,7 +59,14 @@ class MlpMember(BlockwisePredict):
         self.binary = est.n_outputs_ == 1
 
     def _forward(self, h: np.ndarray) -> np.ndarray:
-        for W, b in self.layers[:-1]:
+        return self._after_first(h @ self.layers[0][0])
+
+    def _after_first(self, h: np.ndarray) -> np.ndarray:
+        """The output logits from the first layer's product (which the ensemble may have
+        computed, fused with other members': ``finish_one``)."""
+        h += self.layers[0][1]
+        np.maximum(h, 0.0, out=h)
+        for W, b in self.layers[1:-1]:
             h = h @ W
             h += b
             np.maximum(h, 0.0, out=h)
@@ -76,15 +83,7 @@ class MlpMember(BlockwisePredict):
         return self.layers[0][0].T
 
     def finish_one(self, h: np.ndarray, z: np.ndarray, zz: float) -> int:
-        h += self.layers[0][1]
-        np.maximum(h, 0.0, out=h)
-        for W, b in self.layers[1:-1]:
-            h = h @ W
-            h += b
-            np.maximum(h, 0.0, out=h)
-        W, b = self.layers[-1]
-        s = h @ W
-        s += b
+        s = self._after_first(h)
         return int(s[0] > 0) if self.binary else int(s.argmax())
 
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:

@@ -1,29 +1,16 @@
-"""The durable store: one SQLite file (WAL) with apps, samples, predictions, feedback and events.
-
-Every write goes through one writer thread, and writes are *group committed*: while one
-transaction commits, new requests queue up and the next transaction takes all of them. So a
-burst of small requests costs one fsync, not one each, and the event loop never runs SQLite.
-Each request runs inside its own SAVEPOINT, so one bad request fails alone.
-
-Durability: ``synchronous = FULL``. In WAL mode NORMAL is already safe against a process crash
-(``kill -9``), but it may lose the last commits on power loss, and an IoT box loses power. An
-acknowledgement here means "on disk", so every commit syncs the WAL; group commits keep that
-cheap (one fsync per group, about 0.2 ms on this machine).
-
-Reads use a second connection on a thread of their own; WAL lets them run beside the writer.
-"""
+"""The store itself: its two connections (a writer thread that group-commits, a reader thread
+beside it), and every read and write. The package docstring says why it commits in groups and
+syncs every commit."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,141 +18,21 @@ import numpy as np
 import orjson
 import structlog
 
-from mliot_daemon.errors import Unavailable
 from mliot_daemon.sample_codec import encode
+from mliot_daemon.store.records import (
+    FeedbackResult,
+    IngestResult,
+    NotFound,
+    PredictionRecord,
+    StoreError,
+    StoreFull,
+)
+from mliot_daemon.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger("mliot.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
 PREDICTION_FLUSH_S = 0.05  # prediction records reach the disk within this (DESIGN: 100 ms)
-MIGRATIONS: dict[int, str] = {
-    # version -> the SQL that takes the schema from version - 1 to version
-    1: """
-    CREATE TABLE apps (
-        name TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        created REAL NOT NULL
-    );
-    CREATE TABLE samples (
-        id INTEGER PRIMARY KEY,
-        app TEXT NOT NULL,
-        features BLOB NOT NULL,      -- float32, C order
-        shape TEXT NOT NULL,         -- "64" or "8,8"
-        label TEXT NOT NULL,
-        source TEXT NOT NULL,        -- http, ws, mqtt, file, feedback
-        created REAL NOT NULL,
-        batch_id TEXT
-    );
-    CREATE INDEX samples_app ON samples (app, id);
-    CREATE TABLE batches (
-        app TEXT NOT NULL,
-        batch_id TEXT NOT NULL,
-        accepted INTEGER NOT NULL,
-        created REAL NOT NULL,
-        PRIMARY KEY (app, batch_id)
-    );
-    CREATE TABLE predictions (
-        id TEXT PRIMARY KEY,
-        app TEXT NOT NULL,
-        label TEXT NOT NULL,
-        confidence REAL NOT NULL,
-        stage INTEGER NOT NULL,
-        model_version INTEGER,
-        features BLOB NOT NULL,
-        shape TEXT NOT NULL,
-        created REAL NOT NULL
-    );
-    CREATE INDEX predictions_created ON predictions (created);
-    CREATE TABLE feedback (
-        id INTEGER PRIMARY KEY,
-        app TEXT NOT NULL,
-        prediction_id TEXT NOT NULL,
-        predicted TEXT NOT NULL,
-        label TEXT NOT NULL,
-        features BLOB NOT NULL,      -- copied, so corrections outlive pruned predictions
-        shape TEXT NOT NULL,
-        created REAL NOT NULL
-    );
-    CREATE INDEX feedback_app ON feedback (app, id);
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        app TEXT,
-        kind TEXT NOT NULL,
-        data TEXT NOT NULL,
-        created REAL NOT NULL
-    );
-    """,
-    2: """
-    ALTER TABLE feedback ADD COLUMN sample_id INTEGER;  -- the training sample it became
-    CREATE UNIQUE INDEX feedback_once ON feedback (app, prediction_id);
-    """,
-}
-
-
-class StoreError(Unavailable):
-    """A write could not be committed (or the database cannot be used): the request may be
-    tried again later."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"store unavailable: {message}")
-
-
-class StoreFull(StoreError):
-    """The disk (or the database's size limit) is full; nothing of the write was kept."""
-
-
-class NotFound(KeyError):
-    """No such row."""
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """What an acknowledged batch of samples did."""
-
-    accepted: int
-    n_samples: int
-    duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FeedbackResult:
-    """A committed correction: the training sample it became, and what had been predicted.
-    One correction per prediction: a repeat (a client's retry) changes nothing."""
-
-    sample_id: int
-    predicted: str
-    label: str  # the label stored (a repeat returns the first one)
-    duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PredictionRecord:
-    """One served prediction, kept for feedback and audit."""
-
-    id: str
-    app: str
-    label: str
-    confidence: float
-    stage: int
-    model_version: int | None
-    features: np.ndarray
-
-
-_ID_BATCH = 256
-_ids: list[str] = []
-
-
-def new_prediction_id() -> str:
-    """128 random bits as hex (a UUID object would only cost time on the hot path). The
-    bits come from ``os.urandom`` 256 ids at a time: one system call, not one per id."""
-    if not _ids:
-        raw = os.urandom(16 * _ID_BATCH).hex()
-        _ids.extend(raw[i:i + 32] for i in range(0, len(raw), 32))
-    return _ids.pop()
-
-
-os.register_at_fork(after_in_child=_ids.clear)  # a forked child must not reuse the parent's
 
 
 class Store:

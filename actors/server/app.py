@@ -1,0 +1,31 @@
+"""The aiohttp application: the HTTP layer's middleware and every surface's routes (v1 REST,
+OIP v2, the peer API, WebSocket streams) around one serving core."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from actors.server.core import ServingCore
+from actors.server.hosting import HostedModels
+from actors.server.http import CORE, READY, Front
+from actors.server.oip import OipApi
+from actors.server.peer_api import PeerApi
+from actors.server.streams import Streams
+from actors.server.v1 import V1Api
+
+
+def build_app(core: ServingCore, started_at: float, ready: asyncio.Event,
+              hosted: HostedModels) -> web.Application:
+    """The aiohttp application with every surface's routes and the middleware (tests call
+    this too). ``ready`` is set once every actor has started; ``hosted`` holds the models
+    peers placed here."""
+    # aiohttp's own limit is set high: `read_body` enforces the live max_body_mb.
+    app = web.Application(client_max_size=2**40, middlewares=[Front(core).middleware])
+    app[CORE] = core
+    app[READY] = ready
+    for surface in (V1Api(core, started_at), OipApi(core), PeerApi(core, hosted),
+                    Streams(core)):
+        app.router.add_routes(surface.routes())
+    return app
