@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from bench.daemon_proc import free_port
 
@@ -106,37 +107,33 @@ def mlserver(model_file: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         (d / "model" / "model-settings.json").write_text(json.dumps({
             "name": "digits-rf", "implementation": "mlserver_sklearn.SKLearnModel",
             "parameters": {"uri": "./model.joblib"}}))
-        log = open(d / "mlserver.log", "wb")
-        proc = subprocess.Popen([str(exe), "start", str(d)], stdout=log, stderr=log, cwd=d)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            _wait(f"{base}/v2/models/digits-rf/ready", proc)
-            yield f"{base}/v2/models/digits-rf/infer", proc
-        finally:
-            _stop(proc)
-            log.close()
+        with open(d / "mlserver.log", "wb") as log:
+            yield from _serve([str(exe), "start", str(d)], d, port, "v2/models/digits-rf/ready",
+                              "v2/models/digits-rf/infer", log)
 
 
 @contextlib.contextmanager
 def handmade(model_file: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Yield (prediction URL, process) of the hand-written aiohttp server."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.handmade_server", str(model_file),
-                             str(port)], cwd=BENCH.parent)
+    yield from _serve([sys.executable, "-m", "bench.handmade_server", str(model_file),
+                       str(port)], BENCH.parent, port, "health", "predict")
+
+
+def _serve(command: list[str], cwd: Path, port: int, health: str, predict: str,
+           log: IO[bytes] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start a competitor, yield (prediction URL, process) once it answers, stop it after."""
+    proc = subprocess.Popen(command, stdout=log, stderr=log, cwd=cwd)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait(f"{base}/health", proc)
-        yield f"{base}/predict", proc
+        _wait(f"{base}/{health}", proc)
+        yield f"{base}/{predict}", proc
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def mlserver_body(row: list[float]) -> dict:

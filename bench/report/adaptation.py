@@ -7,13 +7,14 @@ from typing import Any
 
 from bench.report.common import header, plt, save_plot, table_head
 
+INTRO = """Accuracy on a fixed drifted check set after k corrections (measured once the trainer is
+idle), with feedback (adapt) and without (static: same requests, no feedback). Drift as in
+tests/integration/test_adaptation.py; confirmations of right answers are sent too (they are
+feedback)."""
+
 
 def section(r: dict[str, Any]) -> list[str]:
-    out = header(r, "Adaptation — accuracy against corrections after drift")
-    out += ["Accuracy on a fixed drifted check set after k corrections (measured once the "
-            "trainer is idle), with feedback (adapt) and without (static: same requests, no "
-            "feedback). Drift as in tests/integration/test_adaptation.py; confirmations of "
-            "right answers are sent too (they are feedback).", ""]
+    out = header(r, "Adaptation — accuracy against corrections after drift", INTRO)
     out += table_head("drift", "before drift", "right after", "final with adaptation",
                       "final without", "corrections", "back to 95 % of before after")
     fig, ax = plt.subplots(figsize=(8, 3.8))

@@ -29,7 +29,7 @@ def cmd(r: dict[str, Any]) -> str:
     return f"`python -m bench {r['name']}{' --quick' if r.get('quick') else ''}`"
 
 
-def header(r: dict[str, Any], title: str) -> list[str]:
+def header(r: dict[str, Any], title: str, intro: str = "") -> list[str]:
     """Title and the conditions of the run: a figure means little without the machine and how
     busy it was (others share it), and a quick run must never pass for the figure of record."""
     m = r["machine"]
@@ -44,7 +44,12 @@ def header(r: dict[str, Any], title: str) -> list[str]:
     return [f"## {title}", "",
             f"Command: {cmd(r)}{quick}. Machine: {m['cores']} cores ({m['cpu']}), "
             f"{m['memory_gib']} GiB, Python {m['python']}, {m['date']}; {load_note}; "
-            f"wall time {r['wall_s']} s.", ""]
+            f"wall time {r['wall_s']} s.", "", *([paragraph(intro), ""] if intro else [])]
+
+
+def paragraph(text: str) -> str:
+    """A paragraph written over several source lines, as one Markdown line."""
+    return " ".join(text.split())
 
 
 def table_head(*columns: str) -> list[str]:

@@ -7,22 +7,23 @@ from typing import Any
 
 from bench.report.common import header, plt, save_plot, table_head, verdict
 
+INTRO = """Digits, one row per request, HTTP keep-alive, client on the same machine: the lean
+client of `bench/lean_client.py` (prebuilt requests, a busy-polled socket, so the figure is the
+server's, not the client's wake-up); the aiohttp column is what a Python client on aiohttp sees.
+mliot serves a 7-member ensemble ({digits7}) and the low-latency choice ({digits3}); MLServer
+(mlserver-sklearn, V2 protocol, `parallel_workers: 0`) and the hand-written server serve ONE
+RandomForest(100). Throughput: 8 concurrent keep-alive clients. RSS: server process
+(+ children) after the load."""
 APPS = (("digits7", "mliot, 7-member ensemble"), ("digits3", "mliot, low latency"))
 COMPETITORS = (("mlserver", "MLServer 1.7, RF(100)"),
                ("handmade", "hand-written aiohttp, RF(100)"))
 
 
 def section(r: dict[str, Any]) -> list[str]:
-    out = header(r, "Serving — mliot vs MLServer 1.7 vs a hand-written aiohttp server")
-    out += ["Digits, one row per request, HTTP keep-alive, client on the same machine: the lean "
-            "client of `bench/lean_client.py` (prebuilt requests, a busy-polled socket, so the "
-            "figure is the server's, not the client's wake-up); the aiohttp column is what a "
-            "Python client on aiohttp sees. mliot "
-            f"serves a 7-member ensemble ({', '.join(r['members']['digits7'])}) and the "
-            f"low-latency choice ({', '.join(r['members']['digits3'])}); MLServer "
-            "(mlserver-sklearn, V2 protocol, `parallel_workers: 0`) and the hand-written server "
-            "serve ONE RandomForest(100). Throughput: 8 concurrent keep-alive clients. RSS: "
-            "server process (+ children) after the load.", ""]
+    members = r["members"]
+    out = header(r, "Serving — mliot vs MLServer 1.7 vs a hand-written aiohttp server",
+                 INTRO.format(digits7=", ".join(members["digits7"]),
+                              digits3=", ".join(members["digits3"])))
     out += table_head("server", "p50 ms", "p99 ms", "p50 ms, aiohttp client",
                       "req/s (8 clients)", "RSS MiB")
     for app, label in APPS:

@@ -10,13 +10,15 @@ from bench.report.common import header, pctchg, plt, save_plot, table_head, verd
 KINDS = (("best_member", "best single"), ("ensemble", "best effort 7"),
          ("low_latency", "low latency 3"))
 
+INTRO = """Test accuracy and per-prediction latency (one row at a time as served: front end + fast
+predictor, p50). The best single model is the member with the best *test* accuracy (the
+strictest baseline); changes in parentheses are relative to it, as the paper's are relative
+to each block's first row."""
+
 
 def section(r: dict[str, Any]) -> list[str]:
-    out = header(r, "Table 4 — best single model vs best-effort (7) and low-latency (3) ensembles")
-    out += ["Test accuracy and per-prediction latency (one row at a time as served: front end + "
-            "fast predictor, p50). The best single model is the member with the best *test* "
-            "accuracy (the strictest baseline); changes in parentheses are relative to it, as "
-            "the paper's are relative to each block's first row.", ""]
+    out = header(r, "Table 4 — best single model vs best-effort (7) and low-latency (3) ensembles",
+                 INTRO)
     out += table_head("data set", "n train / test", "best single model", "best effort (≤ 7)",
                       "low latency (≤ 3)")
     for row in r["rows"]:

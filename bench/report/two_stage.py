@@ -8,14 +8,14 @@ from bench.report.common import header, plt, save_plot, table_head, verdict
 
 TASKS = ("audio", "digits")
 
+INTRO = """Latency of one prediction on background samples with and without the gate (same members
+and weights), in-process (the daemon's `ServedModel.predict`, one row at a time) and end
+to end over HTTP keep-alive against a real daemon; and on test streams that are 50 % and
+80 % background, the mean latency and the accuracy with and without the gate."""
+
 
 def section(r: dict[str, Any]) -> list[str]:
-    out = header(r, "Fig. 8 — two-stage serving (background gate)")
-    out += ["Latency of one prediction on background samples with and without the gate "
-            "(same members and weights), in-process (the daemon's `ServedModel.predict`, one "
-            "row at a time) and end to end over HTTP keep-alive against a real daemon; and "
-            "on test streams that are 50 % and 80 % background, the mean latency and the "
-            "accuracy with and without the gate.", ""]
+    out = header(r, "Fig. 8 — two-stage serving (background gate)", INTRO)
     out += table_head("task", "members", "in-process p50 plain → gate (speedup)",
                       "front end p50", "HTTP p50 plain → gate (speedup_e2e)",
                       "50 % bg: mean ms, accuracy plain → gate",

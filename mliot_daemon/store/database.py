@@ -19,14 +19,7 @@ import orjson
 import structlog
 
 from mliot_daemon.sample_codec import encode
-from mliot_daemon.store.records import (
-    FeedbackResult,
-    IngestResult,
-    NotFound,
-    PredictionRecord,
-    StoreError,
-    StoreFull,
-)
+from mliot_daemon.store import records
 from mliot_daemon.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger("mliot.store")
@@ -45,7 +38,7 @@ class Store:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._predictions: list[PredictionRecord] = []
+        self._predictions: list[records.PredictionRecord] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -99,8 +92,8 @@ class Store:
         conn = self._wconn = self._connect()
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {version} is newer than this mliot "
-                             f"({SCHEMA_VERSION}); upgrade mliot")
+            raise records.StoreError(f"{self.path}: schema version {version} is newer than this "
+                                     f"mliot ({SCHEMA_VERSION}); upgrade mliot")
         for v in range(version + 1, SCHEMA_VERSION + 1):
             try:  # one transaction per step: a crash mid-migration leaves the old version
                 conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[v]}\n"
@@ -139,11 +132,11 @@ class Store:
             self._idle.clear()
             try:
                 results = await loop.run_in_executor(self._writer, self._commit, batch, predictions)
-            except StoreError as exc:
+            except records.StoreError as exc:
                 results = [exc] * len(batch)
             except Exception as exc:  # never leave a writer waiting: the loop must go on
                 log.exception("store_commit_crashed")
-                results = [StoreError(f"commit failed: {exc!r}")] * len(batch)
+                results = [records.StoreError(f"commit failed: {exc!r}")] * len(batch)
             self.commits += 1
             # Look again at once when writes queued during the commit: someone awaits them.
             # Prediction records that queued meanwhile wait for their timer (or the next
@@ -162,7 +155,7 @@ class Store:
                     fut.set_result(res)
 
     def _commit(self, batch: Sequence[tuple[Callable[[sqlite3.Connection], Any], Any]],
-                predictions: Sequence[PredictionRecord]) -> list[Any]:
+                predictions: Sequence[records.PredictionRecord]) -> list[Any]:
         conn = self._wconn
         assert conn is not None
         labels = {app: Counter(c) for app, c in self._labels.items()}
@@ -187,7 +180,7 @@ class Store:
                         raise  # SQLite may have rolled the whole transaction back already
                     conn.execute("ROLLBACK TO item")
                     conn.execute("RELEASE item")
-                    results.append(StoreError(str(exc)))
+                    results.append(records.StoreError(str(exc)))
                 except Exception as exc:  # a request's own error (NotFound, ...): fail it alone
                     conn.execute("ROLLBACK TO item")
                     conn.execute("RELEASE item")
@@ -201,9 +194,9 @@ class Store:
                 raise
             if _is_full(exc):
                 log.error("store_full", error=str(exc))
-                raise StoreFull("disk full: the write was not stored") from exc
+                raise records.StoreFull("disk full: the write was not stored") from exc
             log.error("store_commit_failed", error=str(exc))
-            raise StoreError(f"commit failed: {exc}") from exc
+            raise records.StoreError(f"commit failed: {exc}") from exc
         return results
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -215,18 +208,18 @@ class Store:
     # -- samples ------------------------------------------------------------------------------
 
     async def add_samples(self, app: str, features: Iterable[np.ndarray], labels: Sequence[str],
-                          source: str, batch_id: str | None = None) -> IngestResult:
+                          source: str, batch_id: str | None = None) -> records.IngestResult:
         """Store a batch of labelled samples atomically; a repeated batch_id is accepted once."""
 
-        def write(conn: sqlite3.Connection) -> IngestResult:
+        def write(conn: sqlite3.Connection) -> records.IngestResult:
             if app in self._gone:
-                raise NotFound(app)
+                raise records.NotFound(app)
             rows = [encode(x) for x in features]  # on the writer thread, not the loop
             if batch_id is not None:
                 seen = conn.execute("SELECT accepted FROM batches WHERE app=? AND batch_id=?",
                                     (app, batch_id)).fetchone()
                 if seen is not None:
-                    return IngestResult(seen[0], self.count_samples(app), duplicate=True)
+                    return records.IngestResult(seen[0], self.count_samples(app), duplicate=True)
                 conn.execute("INSERT INTO batches VALUES (?,?,?,?)",
                              (app, batch_id, len(rows), time.time()))
             now = time.time()
@@ -236,7 +229,7 @@ class Store:
                 [(app, blob, shape, label, source, now, batch_id)
                  for (blob, shape), label in zip(rows, labels, strict=True)])
             self._labels.setdefault(app, Counter()).update(labels)
-            return IngestResult(len(rows), self.count_samples(app), duplicate=False)
+            return records.IngestResult(len(rows), self.count_samples(app), duplicate=False)
 
         return await self._write(write)
 
@@ -292,10 +285,10 @@ class Store:
 
     # -- predictions, feedback, events --------------------------------------------------------
 
-    def record_predictions(self, records: Iterable[PredictionRecord]) -> None:
+    def record_predictions(self, batch: Iterable[records.PredictionRecord]) -> None:
         """Queue prediction records; a group commit writes them within PREDICTION_FLUSH_S (or
         sooner, with the next write), so the hot path never waits for a commit."""
-        self._predictions.extend(records)
+        self._predictions.extend(batch)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(PREDICTION_FLUSH_S, self._flush_predictions)
@@ -309,19 +302,20 @@ class Store:
         return await self._write(lambda c: c.execute(
             "DELETE FROM predictions WHERE created < ?", (cutoff,)).rowcount)
 
-    async def add_feedback(self, app: str, prediction_id: str, label: str) -> FeedbackResult:
+    async def add_feedback(self, app: str, prediction_id: str, label: str
+                           ) -> records.FeedbackResult:
         """Store a correction of a served prediction, and the sample it makes; NotFound when
         the prediction is unknown (or pruned)."""
 
-        def write(conn: sqlite3.Connection) -> FeedbackResult:
+        def write(conn: sqlite3.Connection) -> records.FeedbackResult:
             first = conn.execute("SELECT label, predicted, sample_id FROM feedback "
                                  "WHERE app=? AND prediction_id=?", (app, prediction_id)).fetchone()
             if first is not None:  # a retried request: the first answer stands
-                return FeedbackResult(int(first[2]), first[1], first[0], duplicate=True)
+                return records.FeedbackResult(int(first[2]), first[1], first[0], duplicate=True)
             row = conn.execute("SELECT label, features, shape FROM predictions "
                                "WHERE id=? AND app=?", (prediction_id, app)).fetchone()
             if row is None:
-                raise NotFound(prediction_id)
+                raise records.NotFound(prediction_id)
             predicted, blob, shape = row
             now = time.time()
             cur = conn.execute("INSERT INTO samples (app, features, shape, label, source, created)"
@@ -330,7 +324,8 @@ class Store:
                          "shape, created, sample_id) VALUES (?,?,?,?,?,?,?,?)",
                          (app, prediction_id, predicted, label, blob, shape, now, cur.lastrowid))
             self._labels.setdefault(app, Counter())[label] += 1
-            return FeedbackResult(int(cur.lastrowid or 0), predicted, label, duplicate=False)
+            return records.FeedbackResult(int(cur.lastrowid or 0), predicted, label,
+                                          duplicate=False)
 
         return await self._write(write)
 
