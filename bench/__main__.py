@@ -33,11 +33,11 @@ def machine() -> dict:
     }
 
 
-def run_one(name: str, quick: bool) -> dict:
+def run_one(name: str, quick: bool, **options: int) -> dict:
     module = importlib.import_module(f"bench.{name}")
     started = time.perf_counter()
-    result = module.run(quick=quick)
-    result = {"name": name, "quick": quick, "machine": machine(),
+    result = module.run(quick=quick, **options)
+    result = {"name": name, "quick": quick, "machine": machine(), **options,
               "wall_s": round(time.perf_counter() - started, 2), **result}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -48,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("name", choices=[*NAMES, "all"])
     parser.add_argument("--quick", action="store_true", help="a short run, for smoke tests")
+    parser.add_argument("--watchers", type=int, default=0,
+                        help="serving only: N dashboard pages open on the measured app (watch "
+                             "sockets at the page's rate cap, and the page's API polling)")
     args = parser.parse_args(argv)
+    if args.watchers and args.name != "serving":
+        parser.error("--watchers goes with serving")
     names = NAMES if args.name == "all" else [args.name]
     for name in names:
         if importlib.util.find_spec(f"bench.{name}") is None:
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.name != "all":
                 return 2
             continue
-        result = run_one(name, args.quick)
+        result = run_one(name, args.quick,
+                         **({"watchers": args.watchers} if args.watchers else {}))
         print(json.dumps(result, indent=2))
     return 0
 

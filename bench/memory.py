@@ -25,8 +25,15 @@ import numpy as np
 import orjson
 
 from bench import competitors
-from bench.common import (dir_size_mib, in_child, request, rss_mib, smaps_breakdown, training,
-                          wait_quiet)
+from bench.common import (
+    dir_size_mib,
+    in_child,
+    request,
+    rss_mib,
+    smaps_breakdown,
+    training,
+    wait_quiet,
+)
 from bench.daemon_proc import running_daemon
 from bench.datasets import digits, mnist
 from bench.serving import build_models

@@ -32,7 +32,6 @@ from bench import datasets
 from bench.common import request, scrape, training, wait_quiet
 from bench.daemon_proc import DaskCluster, histogram, quantile_between, running_daemon
 
-
 NOTE = ("A run's fits go side by side, as many as the pool (or the cluster) has workers, so a "
         'second pool worker shortens training once the data is big enough for the fits to '
         'dominate. The Dask points ran on this same 2-core machine: its two workers share the '

@@ -302,7 +302,25 @@ def first_serve(url: str) -> dict[str, float]:
                                                     * 1000, 3)}
 
 
-def run(quick: bool) -> dict[str, Any]:
+@contextlib.contextmanager
+def dashboard_pages(url: str, app: str, n: int) -> Iterator[None]:
+    """``n`` dashboard pages open on ``app`` meanwhile (``bench/dashboard_load.py``)."""
+    if not n:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-m", "bench.dashboard_load", url, app, str(n)],
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        time.sleep(1.0)  # the sockets are open and the first polls are done
+        if proc.poll() is not None:
+            raise RuntimeError("the dashboard load did not start")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run(quick: bool, watchers: int = 0) -> dict[str, Any]:
     n = 300 if quick else 3000
     pipelined = 2000 if quick else 20000
     env = wait_quiet(quick)
@@ -325,14 +343,15 @@ def run(quick: bool) -> dict[str, Any]:
         with floor_server() as floor, \
                 running_daemon(apps + "[training]\nworkers = 1\n", data_dir=data) as (url, proc):
             bodies = [orjson.dumps({"instances": [r.tolist()]}) for r in X_test]
-            for app in members:
-                t = around(floor, url, app, X_test, n, floor_t)
-                rate = asyncio.run(http_throughput(f"{url}/v1/apps/{app}/predict", bodies, n,
-                                                   CONCURRENCY))
-                result[app] = {**_channels(t),
-                               "ws_pipelined_per_s": round(asyncio.run(
-                                   ws_pipelined(url, app, X_test, pipelined))),
-                               "http_throughput_per_s": round(rate)}
+            with dashboard_pages(url, "digits7", watchers):
+                for app in members:
+                    t = around(floor, url, app, X_test, n, floor_t)
+                    rate = asyncio.run(http_throughput(f"{url}/v1/apps/{app}/predict", bodies,
+                                                       n, CONCURRENCY))
+                    result[app] = {**_channels(t),
+                                   "ws_pipelined_per_s": round(asyncio.run(
+                                       ws_pipelined(url, app, X_test, pipelined))),
+                                   "http_throughput_per_s": round(rate)}
             loaded = rss_mib(proc.pid)
             result["mliot_rss"] = loaded
             result.update(first_serve(url))

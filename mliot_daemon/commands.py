@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import signal
 import subprocess
@@ -82,18 +83,20 @@ class Progress:
 
 
 def import_file(client: Client, app: str, path: Path) -> int:
-    """POST a file's labelled rows in batches. Batch ids derive from the file's content, so
-    importing the same file again (after an interruption, say) stores nothing twice."""
+    """Send a file's labelled rows to the app's import endpoint in parts of BATCH rows (so a
+    file of any size stays under the daemon's body limit), each as an npz whose flat rows the
+    daemon reshapes to the app's shape. Batch ids derive from the file's content, so importing
+    the same file again (after an interruption, say) stores nothing twice."""
     X, y = load_table(path, labelled=True)
     assert y is not None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     bar = Progress(len(X), f"import {path.name}")
     total = 0
     for start in range(0, len(X), BATCH):
-        body = {"batch_id": f"{digest}-{start}", "samples": [
-            {"features": x.tolist(), "label": label}
-            for x, label in zip(X[start:start + BATCH], y[start:start + BATCH], strict=True)]}
-        result = client.request("POST", f"/v1/apps/{app}/samples", body)
+        part = io.BytesIO()
+        np.savez(part, X=X[start:start + BATCH], y=np.array(y[start:start + BATCH]))
+        result = client.request("POST", f"/v1/apps/{app}/import?batch_id={digest}-{start}",
+                                raw=part.getvalue(), content_type="application/x-npz")
         total = result["n_samples"]
         bar.update(min(start + BATCH, len(X)))
     print(json.dumps({"app": app, "rows": len(X), "n_samples": total}))
@@ -176,6 +179,7 @@ def demo(client: Client, config: Path | None) -> int:
             if "digits" not in client.request("GET", "/v1/apps"):
                 client.request("PUT", "/v1/apps/digits", {"data_type": "vector", "shape": [64]})
             print("demo app 'digits': 8x8 handwritten digits as 64 numbers", flush=True)
+            print(f"see it learn, and teach it, at {client.url}/#/app/digits", flush=True)
             return asyncio.run(_demo_loop(client, X_train, y_train, X_test, y_test))
         except KeyboardInterrupt:
             print("\nstopping the demo", flush=True)

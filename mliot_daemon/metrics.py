@@ -45,6 +45,8 @@ class Metrics:
                                     registry=r)
         self.ws_connections = Gauge("mliot_ws_connections", "Open WebSocket streams",
                                     registry=r)
+        self.ws_watch_skipped = Counter("mliot_ws_watch_skipped", "Predictions not sent to a "
+                                        "watcher over its max_per_s cap", registry=r)
         self.ws_dropped = Counter("mliot_ws_clients_dropped", "WebSocket clients cut off "
                                   "because they did not read their messages", registry=r)
         self.config_version = Gauge("mliot_config_version", "Configuration version in force",

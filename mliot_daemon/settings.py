@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mliot_daemon.learn.ensemble import Policy
 
@@ -51,6 +52,15 @@ def _listen(v: str) -> str | None:
     return None
 
 
+def _url(v: str) -> str | None:
+    if not v:
+        return None
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL (or empty)"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Schema
 
@@ -66,6 +76,7 @@ class DaemonSettings:
     token_file: str = ""
     peer_secret: str = ""  # what peer daemons present and sign models with; devices never hold it
     peer_secret_file: str = ""
+    public_url: str = field(default="", metadata=_check(_url))  # how people reach the dashboard
     protect_reads: bool = False
     max_body_mb: float = field(default=16.0, metadata=_check(_positive))
     keep_predictions_days: float = field(default=7.0, metadata=_check(_positive))

@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-if ! command -v mosquitto >/dev/null || ! command -v espeak-ng >/dev/null; then
+if ! command -v mosquitto >/dev/null || ! command -v espeak-ng >/dev/null \
+    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    mosquitto mosquitto-clients espeak-ng >/dev/null
+    mosquitto mosquitto-clients espeak-ng chromium chromium-driver >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -24,11 +24,12 @@ def free_port() -> int:
 
 
 def http(method: str, url: str, body: Any = None, token: str = "", raw: bytes | None = None,
-         timeout: float = 30.0) -> tuple[int, Any]:
-    """One blocking JSON request; returns (status, decoded body or None)."""
+         timeout: float = 30.0, content_type: str = "application/json") -> tuple[int, Any]:
+    """One blocking request (JSON unless told otherwise); returns (status, decoded body or
+    None)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
+    req.add_header("Content-Type", content_type)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:

@@ -16,8 +16,10 @@ from typing import Any, assert_never
 import structlog
 from aiohttp import web
 
+from actors.server import views
 from actors.server.app import build_app
 from actors.server.core import ServingCore
+from actors.server.guard import Guard, machine_names
 from actors.server.hosting import HostedModels
 from mliot_daemon.config import ConfigStore
 from mliot_daemon.learn.fast import single_thread_blas
@@ -71,14 +73,16 @@ class Server(Actor[ServerMsg]):
         await asyncio.to_thread(hosted.reset)
         single_thread_blas()  # serving is one row at a time: BLAS threads only add overhead
         await core.open()
-        self._runner = web.AppRunner(build_app(core, self._started_at, self._ready, hosted),
+        guard = Guard(await asyncio.to_thread(machine_names))  # may ask DNS: not on the loop
+        self._runner = web.AppRunner(build_app(core, self._started_at, self._ready, hosted,
+                                               guard),
                                      handle_signals=False, access_log=None,
                                      shutdown_timeout=self._shutdown_timeout)
         await self._runner.setup()
         d = core.settings.daemon
         site = web.TCPSite(self._runner, d.host, d.port, reuse_address=True)
         await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.port = guard.port = self._runner.addresses[0][1]
         log.info("http_listening", host=d.host, port=self.port)
 
     async def on_stop(self) -> None:
@@ -103,14 +107,14 @@ class Server(Actor[ServerMsg]):
             case IngestSamples(app=app, samples=samples, source=source, reply=reply):
                 self._query(reply, lambda: core.ingest(app, samples, source))
             case Predict(app=app, instances=instances, reply=reply):
-                self._query(reply, lambda: core.predict(app, list(instances)))
+                self._query(reply, lambda: core.predict(app, list(instances), "mqtt"))
             case SubmitFeedback(app=app, feedback=feedback, reply=reply):
                 self._query(reply, lambda: core.feedback(app, feedback))
             case TrainingEvent(app=app, kind=kind, data=data):
                 core.broadcast(app, {"type": "event", "kind": kind, **dict(data)})
             case GetServerStatus(reply=reply):
                 if not reply.done():
-                    reply.set_result(core.apps_status())
+                    reply.set_result(views.apps_status(core))
             case GetServingFacts(reply=reply):
                 if not reply.done():
                     reply.set_result(core.serving_facts())

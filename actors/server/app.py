@@ -1,5 +1,5 @@
 """The aiohttp application: the HTTP layer's middleware and every surface's routes (v1 REST,
-OIP v2, the peer API, WebSocket streams) around one serving core."""
+OIP v2, the peer API, WebSocket streams, the dashboard) around one serving core."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import asyncio
 from aiohttp import web
 
 from actors.server.core import ServingCore
+from actors.server.dashboard import Dashboard
+from actors.server.guard import Guard
 from actors.server.hosting import HostedModels
-from actors.server.http import CORE, READY, Front
+from actors.server.http import CORE, GUARD, READY, Front
 from actors.server.oip import OipApi
 from actors.server.peer_api import PeerApi
 from actors.server.streams import Streams
@@ -17,15 +19,16 @@ from actors.server.v1 import V1Api
 
 
 def build_app(core: ServingCore, started_at: float, ready: asyncio.Event,
-              hosted: HostedModels) -> web.Application:
+              hosted: HostedModels, guard: Guard) -> web.Application:
     """The aiohttp application with every surface's routes and the middleware (tests call
     this too). ``ready`` is set once every actor has started; ``hosted`` holds the models
-    peers placed here."""
+    peers placed here; ``guard`` knows the names and origins the daemon answers to."""
     # aiohttp's own limit is set high: `read_body` enforces the live max_body_mb.
-    app = web.Application(client_max_size=2**40, middlewares=[Front(core).middleware])
+    app = web.Application(client_max_size=2**40, middlewares=[Front(core, guard).middleware])
     app[CORE] = core
     app[READY] = ready
+    app[GUARD] = guard
     for surface in (V1Api(core, started_at), OipApi(core), PeerApi(core, hosted),
-                    Streams(core)):
+                    Streams(core), Dashboard()):
         app.router.add_routes(surface.routes())
     return app

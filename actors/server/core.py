@@ -10,6 +10,8 @@ catalog are serialized by one lock, and a prediction never awaits until it is st
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -18,6 +20,7 @@ import structlog
 
 from actors.server.catalog import AppEntry, Catalog
 from actors.server.payloads import (
+    SampleBatch,
     check_features,
     check_label,
     label_text,
@@ -26,6 +29,7 @@ from actors.server.payloads import (
 )
 from actors.server.routing import Router, Started
 from actors.server.serving import Answer, ServedApp
+from actors.server.tables import parse_table, read_table
 from mliot_daemon.config import ConfigError, ConfigStore, Rejected, parse_app
 from mliot_daemon.errors import Conflict, Invalid, NotFound, Unavailable, UnknownApp
 from mliot_daemon.messages import (
@@ -47,16 +51,19 @@ log = structlog.get_logger("mliot.server")
 
 PARSE_IN_THREAD_BYTES = 32 * 1024  # below this, parsing on the loop is cheaper than a thread hop
 MAX_INSTANCES = 10_000
+RECENT_FEEDBACK = 100  # "accuracy on recent feedback": over this many corrections/confirmations
 T = TypeVar("T")
 
 
 class Watcher(Protocol):
     """A client that follows an app (a WebSocket stream): training events, and with
-    ``watch`` every prediction from any channel."""
+    ``watch`` every prediction from any channel (at the rate it asked for)."""
 
     watch: bool
 
     def put(self, message: dict[str, Any]) -> None: ...
+
+    def watched(self, message: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -75,6 +82,8 @@ class ServingCore:
         self.catalog = Catalog()
         self.router = Router(registry, refs, metrics, self.settings.daemon.machine_name)
         self.watchers: dict[str, set[Watcher]] = {}
+        # per app, whether each of its newest feedback records confirmed the prediction
+        self.recent_feedback: dict[str, deque[bool]] = {}
         self._catalog_lock = asyncio.Lock()
         self._parser: ThreadPoolExecutor | None = None
 
@@ -88,6 +97,10 @@ class ServingCore:
         names = {a.name for a in self.settings.apps} | set(api_apps)
         shapes = {n: await self.store.sample_shape(n) for n in names}
         self.catalog.load(self.settings.apps, api_apps, shapes)
+        for name in names:
+            pairs = await self.store.feedback_pairs(name, RECENT_FEEDBACK)
+            self.recent_feedback[name] = deque((label == predicted for label, predicted in pairs),
+                                               maxlen=RECENT_FEEDBACK)
         await self._apps_changed()  # first, so the trainer knows the apps a failed load names
         for name in self.catalog.names():
             version = await asyncio.to_thread(self.registry.current, name)
@@ -127,18 +140,13 @@ class ServingCore:
             raise UnknownApp(f"unknown app {name!r}")
         return entry
 
-    async def app_info(self, name: str) -> dict[str, Any]:
-        """The spec plus what the app has: samples, feedback, the served version."""
-        entry = self.app(name)
-        return {**entry.spec.to_json(), "owner": entry.owner,
-                "shape": list(entry.shape) if entry.shape else entry.spec.to_json()["shape"],
-                "n_samples": self.store.count_samples(entry.name),
-                "n_feedback": await self.store.count_feedback(entry.name),
-                "model_version": self.router.version_of(entry.name),
-                "ready": self.is_ready(entry)}
+    def feedback_accuracy(self, app: str) -> float | None:
+        """The share of the app's newest feedback that confirmed its prediction."""
+        recent = self.recent_feedback.get(app)
+        return round(sum(recent) / len(recent), 5) if recent else None
 
-    async def put_app(self, name: str, raw: Any) -> tuple[dict[str, Any], bool]:
-        """Create or change an API app; (its info, whether it is new)."""
+    async def put_app(self, name: str, raw: Any) -> bool:
+        """Create or change an API app; whether it is new."""
         if not isinstance(raw, dict):
             raise Invalid("expected an app spec object")
         if raw.setdefault("name", name) != name:
@@ -161,7 +169,7 @@ class ServingCore:
             self.catalog.put_api_app(spec)
         await self._apps_changed()
         log.info("app_put", app=name, created=old is None)
-        return await self.app_info(name), old is None
+        return old is None
 
     async def delete_app(self, name: str) -> None:
         """Remove an API app with its data (the trainer deletes its models, after stopping a
@@ -172,6 +180,7 @@ class ServingCore:
                 raise Conflict(f"app {name!r} is declared in the config file; remove it there")
             await self.store.delete_app(name)
             self.catalog.remove(name)
+            self.recent_feedback.pop(name, None)
             self.router.forget(name)
             await self._apps_changed()
         self.broadcast(name, None)
@@ -194,16 +203,31 @@ class ServingCore:
                      ) -> dict[str, Any]:
         """Check and commit labelled samples from any channel; the acknowledgement comes after
         the commit. ``size`` (the payload's bytes) decides whether parsing takes a thread."""
+        return await self._ingest_parsed(
+            app, lambda e: parse_samples(samples, e.spec, e.shape), source, size)
+
+    async def import_table(self, app: str, body: bytes, content_type: str, batch_id: str
+                           ) -> dict[str, Any]:
+        """A labelled file (CSV, label last; or npz with X and y), its flat rows reshaped to
+        the app's shape."""
+        def parse(entry: AppEntry) -> SampleBatch:
+            X, labels = read_table(body, content_type)
+            return parse_table(X, labels, entry.spec, entry.shape, batch_id)
+
+        return await self._ingest_parsed(app, parse, "file", len(body))
+
+    async def _ingest_parsed(self, app: str, parse: Callable[[AppEntry], SampleBatch],
+                             source: str, size: int) -> dict[str, Any]:
         entry = self.app(app)
         if entry.shape is None and entry.spec.data_type != "audio":
             # The first batch fixes the app's shape: let no other batch race it to the store.
             async with self._catalog_lock:
-                return await self._commit(self.app(app), samples, source, size)
-        return await self._commit(entry, samples, source, size)
+                return await self._commit(self.app(app), parse, source, size)
+        return await self._commit(entry, parse, source, size)
 
-    async def _commit(self, entry: AppEntry, samples: SamplesIn, source: str, size: int
-                      ) -> dict[str, Any]:
-        batch = await self.offload(size, lambda: parse_samples(samples, entry.spec, entry.shape))
+    async def _commit(self, entry: AppEntry, parse: Callable[[AppEntry], SampleBatch],
+                      source: str, size: int) -> dict[str, Any]:
+        batch = await self.offload(size, lambda: parse(entry))
         try:
             result = await self.store.add_samples(entry.name, batch.features, batch.labels,
                                                   source, batch.batch_id)
@@ -235,6 +259,8 @@ class ServingCore:
         except NoRow:
             raise NotFound(f"unknown prediction id {feedback.prediction_id!r}") from None
         if not result.duplicate:
+            self.recent_feedback.setdefault(entry.name, deque(maxlen=RECENT_FEEDBACK)).append(
+                result.label == result.predicted)
             await self.refs.trainer.send(FeedbackAdded(
                 app=entry.name, wrong=result.label != result.predicted,
                 sample_id=result.sample_id, label=result.label, predicted=result.predicted))
@@ -268,24 +294,25 @@ class ServingCore:
         return self.router.start(entry.name, self.serving(entry), samples, probabilities)
 
     async def finish(self, entry: AppEntry, samples: list[Any], probabilities: bool,
-                     started: Started) -> list[dict[str, Any]]:
+                     started: Started, channel: str) -> list[dict[str, Any]]:
         answers = await self.router.finish(entry.name, self.serving(entry), samples,
                                            probabilities, started)
-        return self.publish(entry, samples, answers)
+        return self.publish(entry, samples, answers, channel)
 
-    async def predict(self, app: str, instances: Any, probabilities: bool = False
-                      ) -> list[dict[str, Any]]:
+    async def predict(self, app: str, instances: Any, channel: str,
+                      probabilities: bool = False) -> list[dict[str, Any]]:
         """Predictions for a request's instances, recorded for feedback."""
         entry = self.app(app)
         self.serving(entry)
         samples = self.instances(entry, instances)
         return await self.finish(entry, samples, probabilities,
-                                 self.start(entry, samples, probabilities))
+                                 self.start(entry, samples, probabilities), channel)
 
-    def publish(self, entry: AppEntry, samples: list[Any], answers: list[Answer]
-                ) -> list[dict[str, Any]]:
+    def publish(self, entry: AppEntry, samples: list[Any], answers: list[Answer],
+                channel: str) -> list[dict[str, Any]]:
         """The answers as JSON items; their records (group-committed off the hot path),
-        metrics, the MQTT state and the watchers."""
+        metrics, the MQTT state and the watchers (told the channel it came by: http, ws,
+        oip, mqtt)."""
         app = entry.name
         records = []
         out = []
@@ -307,10 +334,14 @@ class ServingCore:
             self.refs.mqtt.offer(Predicted(app=app, label=last["label"],
                                            confidence=last["confidence"],
                                            model_version=last["model_version"]))
-        for client in self.watchers.get(app, ()):
-            if client.watch:  # `mliot watch`: every prediction, from any channel
-                for item in out:
-                    client.put({"type": "prediction", "ref": None, **item})
+        watchers = [c for c in self.watchers.get(app, ()) if c.watch]
+        if watchers:  # `mliot watch`, the dashboard: every prediction, from any channel
+            at = round(time.time(), 3)
+            for item in out:
+                message = {"type": "prediction", "ref": None, **item, "channel": channel,
+                           "at": at}
+                for client in watchers:
+                    client.watched(message)
         return out
 
     # -- versions -------------------------------------------------------------------------------
@@ -329,6 +360,10 @@ class ServingCore:
         await self.load(entry.name, version)
         if self.router.version_of(entry.name) != version:
             raise Unavailable(f"version {version} could not be loaded")
+        model = self.router.served[entry.name].current
+        await self.store.add_version(entry.name, version, time.time(), "rollback",
+                                     [m.family for m in model.model.members],
+                                     dict(model.model.metrics), None)
         log.info("version_activated", app=entry.name, version=version)
         return {"current": version}
 
@@ -349,22 +384,6 @@ class ServingCore:
                 client.put(message)
 
     # -- status and reload ----------------------------------------------------------------------
-
-    def placement(self, app: str) -> dict[str, Any]:
-        t = self.settings.training
-        training = f"dask:{t.dask_scheduler}" if t.backend == "dask" else self.router.me
-        return self.router.placement(app, training)
-
-    def apps_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in self.catalog.names():
-            entry = self.app(name)
-            out[name] = {
-                "data_type": entry.spec.data_type, "owner": entry.owner,
-                "n_samples": self.store.count_samples(name),
-                "model_version": self.router.version_of(name), "ready": self.is_ready(entry),
-                "accuracy": self.router.accuracy(name), "placement": self.placement(name)}
-        return out
 
     def serving_facts(self) -> Any:
         policies = {n: e.spec.policy for n in self.catalog.names() if (e := self.catalog.get(n))}

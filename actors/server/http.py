@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from actors.server.core import ServingCore
+from actors.server.guard import Guard
 from actors.server.payloads import parse_json
 from mliot_daemon import logs
 from mliot_daemon.errors import (
@@ -37,12 +38,14 @@ from mliot_daemon.settings import Settings
 log = structlog.get_logger("mliot.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/"})
+STATIC = "/ui/"  # the dashboard's files: no token, even with protect_reads
 QUERY_ROUTES = frozenset({"/v1/apps/{app}/predict", "/v2/models/{app}/infer"})  # reads by POST
 STATUS = {Malformed: 400, Invalid: 422, NotFound: 404, Conflict: 409, TooLarge: 413,
           Unavailable: 503}  # the one map from domain errors to HTTP
 CORE = web.AppKey("core", ServingCore)
 READY = web.AppKey("ready", asyncio.Event)  # set once every actor has started
+GUARD = web.AppKey("guard", Guard)
 
 _JSON_HEADERS = CIMultiDict({"Content-Type": "application/json"})  # aiohttp copies it
 
@@ -78,8 +81,9 @@ def http_status(exc: DomainError) -> int:
 class Front:
     """The middleware: auth, errors, metrics. It reads the live settings from the core."""
 
-    def __init__(self, core: ServingCore) -> None:
+    def __init__(self, core: ServingCore, guard: Guard) -> None:
         self._core = core
+        self._guard = guard
         self._secrets: tuple[Settings, bytes, bytes] | None = None
 
     def _keys(self) -> tuple[bytes, bytes]:
@@ -93,12 +97,19 @@ class Front:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         response: web.StreamResponse | None = None
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
         try:
             token, peer_secret = self._keys()
-            if request.path.startswith("/v1/peer/"):
+            self._guard.refresh(self._core.settings)
+            refused = self._guard.check(request, route)
+            if refused is not None:
+                response = error_response(*refused)
+            elif request.path.startswith("/v1/peer/"):
                 response = self._peer_auth(request, peer_secret)
-            elif token and request.path not in OPEN_PATHS and self._needs_token(
-                    request) and not hmac.compare_digest(_bearer(request, True), token):
+            elif token and request.path not in OPEN_PATHS and not request.path.startswith(
+                    STATIC) and self._needs_token(request, route) and not hmac.compare_digest(
+                    _bearer(request, True), token):
                 response = error_response(401, "missing or wrong bearer token")
             if response is None:
                 response = await handler(request)
@@ -115,8 +126,6 @@ class Front:
             response = error_response(500, "internal error; see the daemon log")
         finally:
             status = response.status if response is not None else 500
-            info = request.match_info.route.resource
-            route = info.canonical if info is not None else "unmatched"
             elapsed = time.perf_counter() - start
             self._core.metrics.observe_http(request.method, route, status, elapsed)
             if logs.DEBUG:
@@ -124,11 +133,9 @@ class Front:
                           ms=round(elapsed * 1000, 3), app=request.match_info.get("app"))
         return response
 
-    def _needs_token(self, request: web.Request) -> bool:
+    def _needs_token(self, request: web.Request, route: str) -> bool:
         if self._core.settings.daemon.protect_reads:
             return True
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else ""
         if route == "/v1/apps/{app}/stream":
             return True  # a stream carries samples and feedback: writes
         return request.method not in ("GET", "HEAD", "OPTIONS") and route not in QUERY_ROUTES

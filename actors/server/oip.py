@@ -58,7 +58,8 @@ class OipApi:
             len(body), lambda: oip_codec.decode_request(body, header_length))
         core.serving(entry)
         samples = await core.offload(len(body), lambda: core.instances(entry, list(array)))
-        answers = await core.finish(entry, samples, False, core.start(entry, samples, False))
+        answers = await core.finish(entry, samples, False, core.start(entry, samples, False),
+                                    "oip")
         payload, json_len = oip_codec.encode_response(
             entry.name, answers[0]["model_version"], req.get("id"),
             [a["label"] for a in answers],

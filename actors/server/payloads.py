@@ -130,7 +130,7 @@ def check_features(value: Any, spec: AppSpec, shape: tuple[int, ...] | None,
         x = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError) as exc:
         raise Invalid(f"{path}: must be a (nested) list of numbers: {exc}") from exc
-    _check_shape(x, spec, shape, path)
+    check_shape(x, spec, shape, path)
     if not np.isfinite(x).all():
         raise Invalid(f"{path}: NaN or infinite values")
     return x
@@ -148,7 +148,9 @@ def peer_instance(value: Any) -> np.ndarray:
     return x
 
 
-def _check_shape(x: np.ndarray, spec: AppSpec, shape: tuple[int, ...] | None, path: str) -> None:
+def check_shape(x: np.ndarray, spec: AppSpec, shape: tuple[int, ...] | None, path: str
+                ) -> None:
+    """One sample's shape is one its app takes (422 otherwise)."""
     kind = spec.data_type
     if kind == "vector":
         rank_ok = x.ndim == 1
@@ -247,7 +249,7 @@ def _parse_uniform(items: tuple[Any, ...], spec: AppSpec, shape: tuple[int, ...]
     if spec.classes is not None and not set(labels) <= set(spec.classes):
         return None
     try:
-        _check_shape(x[0], spec, shape, "features")
+        check_shape(x[0], spec, shape, "features")
     except Invalid:
         return None
     if not np.isfinite(x).all():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ class Streams:
     async def stream(self, request: web.Request) -> web.WebSocketResponse:
         core = self._core
         app = core.app(request.match_info["app"]).name
+        watch = request.query.get("watch") in ("1", "true")
+        max_per_s = _rate(request.query.get("max_per_s", "0"))
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=int(
             core.settings.daemon.max_body_mb * 2**20))
         await ws.prepare(request)
@@ -53,8 +56,7 @@ class Streams:
         core.metrics.ws_connections.inc()
         try:
             async with asyncio.TaskGroup() as tg:
-                client = Client(ws, tg, request.query.get("watch") in ("1", "true"),
-                                request.transport, core.metrics)
+                client = Client(ws, tg, watch, max_per_s, request.transport, core.metrics)
                 core.follow(app, client)
                 writer = tg.create_task(client.write_loop(), name=f"ws.{app}.tx")
                 async for msg in ws:
@@ -96,7 +98,7 @@ class Streams:
             if not isinstance(started, list):  # queued here (this turn's batch) or a peer's
                 work.started = started
                 return None, work
-            (prediction,) = core.publish(entry, work.samples, started)
+            (prediction,) = core.publish(entry, work.samples, started, "ws")
             return {"type": "prediction", "ref": work.ref, **prediction}, work
         except Exception as exc:
             return _error(app, work.ref, exc), work
@@ -110,7 +112,8 @@ class Streams:
             if kind == "predict":  # started by _now
                 assert work.samples is not None and work.started is not None
                 (prediction,) = await core.finish(core.app(app), work.samples,
-                                                  bool(msg.get("probabilities")), work.started)
+                                                  bool(msg.get("probabilities")), work.started,
+                                                  "ws")
                 client.put({"type": "prediction", "ref": ref, **prediction})
             elif kind == "sample":
                 item = {"features": msg.get("features"), "label": msg.get("label")}
@@ -126,6 +129,17 @@ class Streams:
             client.put(_error(app, ref, exc))
         finally:
             in_flight.release()
+
+
+def _rate(text: str) -> float:
+    """``max_per_s``: predictions a watcher wants a second at most (0: all of them)."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1e6:
+        raise Invalid("max_per_s: a number of predictions per second from 0 (no cap) to 1e6")
+    return rate
 
 
 def _error(app: str, ref: Any, exc: Exception) -> dict[str, Any]:
@@ -154,11 +168,16 @@ class Client:
     """One WebSocket connection's outgoing queue (a ``core.Watcher``)."""
 
     def __init__(self, ws: web.WebSocketResponse, tg: asyncio.TaskGroup, watch: bool,
-                 transport: asyncio.Transport | None, metrics: Metrics) -> None:
+                 max_per_s: float, transport: asyncio.Transport | None, metrics: Metrics
+                 ) -> None:
         self.ws = ws
         self.metrics = metrics
         self.transport = transport
         self.watch = watch
+        self.max_per_s = max_per_s
+        self._allowance = max_per_s  # a token bucket: up to a second's worth in a burst
+        self._refilled = time.monotonic()
+        self.skipped = 0  # watched predictions not sent since the last one that was
         self.tg = tg  # the connection's task group: the close task belongs to it
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(WS_QUEUE)
         self.closing = False
@@ -170,6 +189,24 @@ class Client:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
             self.drop()
+
+    def watched(self, message: dict[str, Any]) -> None:
+        """A prediction of the app from any channel: sent unless the client's rate cap says
+        skip it (a browser must never be flooded); the next one sent says how many were."""
+        if self.max_per_s:
+            now = time.monotonic()
+            self._allowance = min(self.max_per_s, self._allowance
+                                  + (now - self._refilled) * self.max_per_s)
+            self._refilled = now
+            if self._allowance < 1.0:
+                self.skipped += 1
+                self.metrics.ws_watch_skipped.inc()
+                return
+            self._allowance -= 1.0
+        if self.skipped:
+            message = {**message, "skipped": self.skipped}
+            self.skipped = 0
+        self.put(message)
 
     def drop(self) -> None:
         """Cut a client that lets its queue fill: abort the connection at once (a close

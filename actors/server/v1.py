@@ -4,13 +4,15 @@ shapes the JSON answer; errors are the core's domain errors, mapped by the HTTP 
 
 from __future__ import annotations
 
+import hashlib
+
 from aiohttp import web
 
 from actors.server import views
 from actors.server.core import PARSE_IN_THREAD_BYTES, ServingCore
 from actors.server.http import json_response, live, read_body, read_json, ready
 from actors.server.payloads import feedback_in, parse_json, samples_in
-from mliot_daemon.errors import Invalid
+from mliot_daemon.errors import Invalid, TooLarge
 
 PROMETHEUS = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
 
@@ -36,6 +38,9 @@ class V1Api:
             web.post("/v1/apps/{app}/samples", self.samples),
             web.post("/v1/apps/{app}/predict", self.predict),
             web.post("/v1/apps/{app}/feedback", self.feedback),
+            web.post("/v1/apps/{app}/import", self.import_file),
+            web.get("/v1/apps/{app}/history", self.history),
+            web.get("/v1/apps/{app}/quality", self.quality),
             web.get("/v1/apps/{app}/models", self.models),
             web.post("/v1/apps/{app}/models/{version}/activate", self.activate),
         ]
@@ -53,12 +58,12 @@ class V1Api:
         return json_response(self._core.catalog.names())
 
     async def get_app(self, request: web.Request) -> web.Response:
-        return json_response(await self._core.app_info(request.match_info["app"]))
+        return json_response(await views.app_info(self._core, request.match_info["app"]))
 
     async def put_app(self, request: web.Request) -> web.Response:
-        raw = await read_json(self._core, request)
-        info, created = await self._core.put_app(request.match_info["app"], raw)
-        return json_response(info, 201 if created else 200)
+        app = request.match_info["app"]
+        created = await self._core.put_app(app, await read_json(self._core, request))
+        return json_response(await views.app_info(self._core, app), 201 if created else 200)
 
     async def delete_app(self, request: web.Request) -> web.Response:
         await self._core.delete_app(request.match_info["app"])
@@ -85,13 +90,34 @@ class V1Api:
             await core.offload(len(body), lambda: core.instances(entry, payload["instances"]))
         probabilities = bool(payload.get("probabilities"))
         predictions = await core.finish(entry, samples, probabilities,
-                                        core.start(entry, samples, probabilities))
+                                        core.start(entry, samples, probabilities), "http")
         return json_response({"predictions": predictions})
 
     async def feedback(self, request: web.Request) -> web.Response:
         app = self._core.app(request.match_info["app"]).name
         payload = await read_json(self._core, request)
         return json_response(await self._core.feedback(app, feedback_in(payload)))
+
+    async def import_file(self, request: web.Request) -> web.Response:
+        """A labelled CSV or npz file; its batch id (``?batch_id=``, else its content's hash)
+        makes a retry store nothing twice."""
+        core = self._core
+        app = core.app(request.match_info["app"]).name
+        try:
+            body = await read_body(core, request)
+        except TooLarge as exc:
+            raise TooLarge(f"{exc.message}: import a file this big with `mliot import {app} "
+                           "FILE`, which sends it in parts") from None
+        batch_id = request.query.get("batch_id") or \
+            f"import-{hashlib.sha256(body).hexdigest()[:32]}"
+        return json_response(await core.import_table(app, body, request.content_type,
+                                                     batch_id))
+
+    async def history(self, request: web.Request) -> web.Response:
+        return json_response(await views.history(self._core, request.match_info["app"]))
+
+    async def quality(self, request: web.Request) -> web.Response:
+        return json_response(await views.quality(self._core, request.match_info["app"]))
 
     async def models(self, request: web.Request) -> web.Response:
         return json_response(await views.models(self._core, request.match_info["app"]))

@@ -15,6 +15,52 @@ from mliot_daemon import __version__
 from mliot_daemon.messages import GetLoad, GetTrainerStatus, MachineLoad
 
 ASK_TIMEOUT_S = 5.0
+DRIFT_ALERT_S = 24 * 3600  # a drift detection is news for a day
+QUALITY_FEEDBACK = 500  # the feedback confusion counts the newest this many records
+
+
+async def app_info(core: ServingCore, name: str) -> dict[str, Any]:
+    """The spec plus what the app has: samples, feedback, the served version."""
+    entry = core.app(name)
+    counts = core.store.label_counts(entry.name)
+    served = core.router.served.get(entry.name)
+    known = served.current.classes if served else list(entry.spec.classes or ())
+    return {**entry.spec.to_json(), "owner": entry.owner,
+            "shape": list(entry.shape) if entry.shape else entry.spec.to_json()["shape"],
+            "n_samples": core.store.count_samples(entry.name),
+            "n_feedback": await core.store.count_feedback(entry.name),
+            "model_version": core.router.version_of(entry.name),
+            "ready": core.is_ready(entry), "class_counts": counts,
+            "labels": sorted(set(known) | set(counts)),
+            "feedback_accuracy": core.feedback_accuracy(entry.name)}
+
+
+def placement(core: ServingCore, app: str) -> dict[str, Any]:
+    """Where an app is served and trained, and why."""
+    t = core.settings.training
+    training = f"dask:{t.dask_scheduler}" if t.backend == "dask" else core.router.me
+    return core.router.placement(app, training)
+
+
+def apps_status(core: ServingCore) -> dict[str, Any]:
+    """Every app as ``/v1/status`` (and the MQTT status topics) show it."""
+    out: dict[str, Any] = {}
+    for name in core.catalog.names():
+        entry = core.app(name)
+        served = core.router.served.get(name)
+        policy = entry.spec.policy
+        out[name] = {
+            "data_type": entry.spec.data_type, "owner": entry.owner,
+            "n_samples": core.store.count_samples(name),
+            "model_version": core.router.version_of(name), "ready": core.is_ready(entry),
+            "accuracy": core.router.accuracy(name), "placement": placement(core, name),
+            "members": [m.family for m in served.current.model.members] if served else [],
+            "policy": {"mode": policy.mode, "latency_ms": policy.latency_ms,
+                       "max_models": policy.max_models},
+            "class_counts": core.store.label_counts(name),
+            "feedback_accuracy": core.feedback_accuracy(name),
+            "n_feedback_recent": len(core.recent_feedback.get(name, ()))}
+    return out
 
 
 async def status(core: ServingCore, started_at: float) -> dict[str, Any]:
@@ -22,9 +68,10 @@ async def status(core: ServingCore, started_at: float) -> dict[str, Any]:
     this process, mailboxes and loop lag."""
     load: MachineLoad = await core.refs.monitor.ask(lambda f: GetLoad(reply=f), ASK_TIMEOUT_S)
     training = await core.refs.trainer.ask(lambda f: GetTrainerStatus(reply=f), ASK_TIMEOUT_S)
-    apps = core.apps_status()
+    apps = apps_status(core)
     for name, app in apps.items():
         app["training"] = training.get(name, {})
+        app["alerts"] = alerts(app)
     machines = core.router.machines or [{  # before the scheduler's first plan
         "name": core.router.me, "local": True, "up": True,
         "cpu_percent": load.daemon_cpu_percent, "memory_percent": load.memory_percent,
@@ -78,3 +125,54 @@ async def models(core: ServingCore, app: str) -> dict[str, Any]:
         return {"current": core.router.version_of(name), "versions": versions}
 
     return await asyncio.to_thread(read)
+
+
+def alerts(app: dict[str, Any]) -> list[dict[str, Any]]:
+    """What on an app needs a person's look: a failed run, a refused placement, drift."""
+    out = []
+    training, placed = app.get("training", {}), app.get("placement", {})
+    if training.get("last_error"):
+        out.append({"kind": "run_failed",
+                    "message": f"the last training run failed: {training['last_error']}"})
+    if placed.get("serving") is None and placed.get("reason") != "no model yet":
+        out.append({"kind": "placement_refused", "message": f"not served: {placed['reason']}"})
+    drift_at = training.get("drift_at")
+    if drift_at is not None and time.time() - drift_at < DRIFT_ALERT_S:
+        out.append({"kind": "drift", "at": drift_at,
+                    "message": "drift detected in the corrections: older samples of the "
+                               "corrected classes are left out, the members refitted"})
+    return out
+
+
+async def history(core: ServingCore, app: str) -> list[dict[str, Any]]:
+    """``GET /v1/apps/{app}/history``: every version ever published or activated."""
+    return await core.store.history(core.app(app).name)
+
+
+async def quality(core: ServingCore, app: str) -> dict[str, Any]:
+    """``GET /v1/apps/{app}/quality``: confusion counts and recall per class, of the served
+    version on its validation rows and of the newest feedback on what was predicted."""
+    name = core.app(app).name
+    served = core.router.served.get(name)
+    classes = list(served.current.classes) if served else []
+    validation = served.current.model.metrics.get("confusion") if served else None
+    pairs = await core.store.feedback_pairs(name, QUALITY_FEEDBACK)
+    classes += sorted({c for pair in pairs for c in pair} - set(classes))
+    if validation is not None:  # labels only feedback knows get empty rows and columns
+        grow = len(classes) - len(validation)
+        validation = [row + [0] * grow for row in validation] + [[0] * len(classes)] * grow
+    feedback = None
+    if pairs:
+        index = {c: i for i, c in enumerate(classes)}
+        feedback = [[0] * len(classes) for _ in classes]
+        for label, predicted in pairs:
+            feedback[index[label]][index[predicted]] += 1
+    return {"classes": classes,
+            "validation": {"confusion": validation, "recall": _recall(validation)},
+            "feedback": {"confusion": feedback, "recall": _recall(feedback), "n": len(pairs)}}
+
+
+def _recall(matrix: list[list[int]] | None) -> list[float | None] | None:
+    if matrix is None:
+        return None
+    return [round(row[i] / sum(row), 5) if sum(row) else None for i, row in enumerate(matrix)]

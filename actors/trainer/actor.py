@@ -17,7 +17,7 @@ import asyncio
 import math
 import shutil
 import time
-from typing import assert_never
+from typing import Any, assert_never
 
 import structlog
 
@@ -139,13 +139,7 @@ class Trainer(Actor[TrainerMsg]):
                     await self._maybe_train(app)
             case GetTrainerStatus(reply=reply):
                 if not reply.done():
-                    reply.set_result({name: {"training": s.running is not None,
-                                             "trained_on": s.trained_on,
-                                             "corrections_pending": len(s.corrections),
-                                             "last_reason": s.last_reason,
-                                             "last_error": s.last_error,
-                                             "fitting_on": s.fitting_on}
-                                      for name, s in self._apps.items()})
+                    reply.set_result({name: _status(s) for name, s in self._apps.items()})
             case ApplyConfig(settings=settings):
                 old, self._settings = self._settings.training, settings
                 new = settings.training
@@ -236,6 +230,7 @@ class Trainer(Actor[TrainerMsg]):
         state.last_reason = reason
         state.retry_at = math.inf
         state.last_error = None
+        state.run_started, state.planned, state.fitted = time.monotonic(), 0, 0
         state.running = asyncio.create_task(self._run(state, reason, n),
                                             name=f"trainer.run.{state.spec.name}")
 
@@ -268,3 +263,14 @@ class Trainer(Actor[TrainerMsg]):
                  seconds=round(time.perf_counter() - started, 2), error=error)
         await self.ref.send(RunFinished(app=app, n_samples=n, error=error,
                                         generation=generation))
+
+
+def _status(s: AppState) -> dict[str, Any]:
+    """One app's training state as ``/v1/status`` shows it."""
+    running = s.running is not None
+    return {"training": running, "trained_on": s.trained_on,
+            "corrections_pending": len(s.corrections), "last_reason": s.last_reason,
+            "last_error": s.last_error, "fitting_on": s.fitting_on,
+            "planned": s.planned if running else None, "fitted": s.fitted if running else None,
+            "elapsed_s": round(time.monotonic() - s.run_started, 1) if running else None,
+            "drift_at": s.drift_at}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def observe_feedback(state: AppState, msg: FeedbackAdded) -> None:
         # corrected classes describe the old world
         start = state.observed[state.detector.change_started_at]
         state.drift_sample_id = state.drift_sample_id or start.sample_id
+        state.drift_at = time.time()
         log.info("drift_detected", app=msg.app, feedback_seen=state.detector.n,
                  corrections=len(state.corrections), from_sample=start.sample_id)
         state.detector.reset()

@@ -153,6 +153,7 @@ class Pipeline:
         # is why nothing of this preparation comes before the quick version)
         await self.pool.call(jobs.reduce_job, info.directory)
         steps = info.plan if refit is None else [PlanStep(f, info.n, 0.0) for f in refit]
+        state.planned, state.fitted = len(steps), 0
         fitted: dict[str, FitResult] = {}
         policy = spec.policy
         staging: Path | None = None
@@ -178,6 +179,7 @@ class Pipeline:
                 for task in done:
                     step = running.pop(task)
                     fitted[step.family] = result = task.result()
+                    state.fitted += 1
                     self.event(app, "model_fitted", family=step.family, quick=False,
                                accuracy=result.summary.get("val_accuracy"))
                 last = not running and not todo
@@ -225,7 +227,9 @@ class Pipeline:
         # drift is measured against what the new version is expected to get wrong
         state.detector = PageHinkley(1.0 - state.val_accuracy)
         state.observed = []
-        await self.store.add_event("version_published", app, {**meta, "version": version})
+        await self.store.add_version(app, version, meta["created"], reason,
+                                     list(summary.get("members", [])),
+                                     dict(summary.get("metrics", {})), decision)
         await self.server.send(VersionPublished(app=app, version=version))
         log.info("version_published", app=app, version=version, reason=reason,
                  members=summary.get("members"), val_accuracy=state.val_accuracy)

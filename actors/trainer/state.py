@@ -35,3 +35,9 @@ class AppState:
     stale_before_id: int = 0
     stale_labels: frozenset[str] = frozenset()
     last_reason: str = ""
+    # the run in flight, for the status page: when it started (monotonic), and the families
+    # planned and fitted so far
+    run_started: float = 0.0
+    planned: int = 0
+    fitted: int = 0
+    drift_at: float | None = None  # wall time of the last drift detection

@@ -105,6 +105,15 @@ def vote(preds: np.ndarray, weights: Sequence[float], n_classes: int) -> np.ndar
     return score.argmax(axis=1)
 
 
+def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
+    """Counts of (true class, predicted class), rows true; rows whose true class the model
+    never saw (-1) are left out."""
+    seen = y >= 0
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (y[seen], pred[seen]), 1)
+    return counts.tolist()
+
+
 def by_weight(weights: Sequence[float]) -> list[int]:
     """Member positions, highest weight first: the order in which the scheduler keeps
     members when it trims an ensemble."""

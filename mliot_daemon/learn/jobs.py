@@ -165,7 +165,7 @@ def quick_job(data: TrainingData, data_type: str, sample_rate: int, policy: Poli
         lap("gate")
     fe_ms = front_end_latency_ms(front_end, as_input(X[:PROBE_ROWS]), repeats=30)
     model = quick_model(front_end, classes, member, policy, front_end_ms=fe_ms,
-                        data_hash=data_hash(Z[:n_tr], codes), gate=gate)
+                        data_hash=data_hash(Z[:n_tr], codes), gate=gate, y_val=y_val)
     lap("assemble")
     save_model(model, out_path, {**extra, "fitted_on": {step.family: fitted_on},
                                  "quick": {"family": step.family, "rows": n_tr,

@@ -24,9 +24,11 @@ import numpy as np
 from mliot_daemon.learn.ensemble import (
     Policy,
     Selection,
+    confusion,
     member_weight,
     select_ensemble,
     trim_accuracies,
+    vote,
 )
 from mliot_daemon.learn.errors import DataError
 from mliot_daemon.learn.families import FAMILIES, check_family, make_estimator
@@ -202,7 +204,10 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
     model.metrics = {"val_accuracy": sel.val_accuracy, "estimated_latency_ms": sel.latency_ms,
                      "measured_latency_ms": measured, "front_end_ms": fe_ms,
                      "within_budget": bool(sel.within_budget and measured <= policy.latency_ms),
-                     "trim_accuracy": trim_accuracies(candidates, sel, y_val, fs.n_classes)}
+                     "trim_accuracy": trim_accuracies(candidates, sel, y_val, fs.n_classes),
+                     "confusion": confusion(y_val, vote(np.stack(
+                         [candidates[i].val_pred for i in sel.members]), sel.weights,
+                         fs.n_classes), fs.n_classes)}
     if background_class is not None:
         if background_class not in prep.classes:
             raise DataError(f"background class {background_class!r} is not among the labels")
@@ -245,8 +250,8 @@ def fit_quick(family: str, Z: np.ndarray, y: np.ndarray, Z_val: np.ndarray, y_va
 
 
 def quick_model(front_end: FrontEnd, classes: list[str], member: FittedModel, policy: Policy,
-                *, front_end_ms: float, data_hash: str = "", gate: Gate | None = None
-                ) -> TrainedModel:
+                *, front_end_ms: float, data_hash: str = "", gate: Gate | None = None,
+                y_val: np.ndarray | None = None) -> TrainedModel:
     """A one-member version of the quick model, without :func:`assemble`'s selection and
     ensemble timing: its latency is the front end's plus the member's, both measured."""
     latency = front_end_ms + member.latency_ms
@@ -259,6 +264,8 @@ def quick_model(front_end: FrontEnd, classes: list[str], member: FittedModel, po
     model.metrics = {"val_accuracy": member.val_accuracy, "estimated_latency_ms": latency,
                      "measured_latency_ms": latency, "front_end_ms": front_end_ms,
                      "within_budget": within, "quick": dict(member.notes)}
+    if y_val is not None:
+        model.metrics["confusion"] = confusion(y_val, member.val_pred, len(classes))
     return model
 
 

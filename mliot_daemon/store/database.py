@@ -277,7 +277,7 @@ class Store:
         self._gone.add(name)
 
         def write(conn: sqlite3.Connection) -> None:
-            for table in ("samples", "batches", "predictions", "feedback"):
+            for table in ("samples", "batches", "predictions", "feedback", "versions"):
                 conn.execute(f"DELETE FROM {table} WHERE app=?", (name,))
             conn.execute("DELETE FROM apps WHERE name=?", (name,))
             self._labels.pop(name, None)
@@ -312,17 +312,18 @@ class Store:
                                  "WHERE app=? AND prediction_id=?", (app, prediction_id)).fetchone()
             if first is not None:  # a retried request: the first answer stands
                 return records.FeedbackResult(int(first[2]), first[1], first[0], duplicate=True)
-            row = conn.execute("SELECT label, features, shape FROM predictions "
+            row = conn.execute("SELECT label, features, shape, model_version FROM predictions "
                                "WHERE id=? AND app=?", (prediction_id, app)).fetchone()
             if row is None:
                 raise records.NotFound(prediction_id)
-            predicted, blob, shape = row
+            predicted, blob, shape, version = row
             now = time.time()
             cur = conn.execute("INSERT INTO samples (app, features, shape, label, source, created)"
                                " VALUES (?,?,?,?,?,?)", (app, blob, shape, label, "feedback", now))
             conn.execute("INSERT INTO feedback (app, prediction_id, predicted, label, features, "
-                         "shape, created, sample_id) VALUES (?,?,?,?,?,?,?,?)",
-                         (app, prediction_id, predicted, label, blob, shape, now, cur.lastrowid))
+                         "shape, created, sample_id, model_version) VALUES (?,?,?,?,?,?,?,?,?)",
+                         (app, prediction_id, predicted, label, blob, shape, now, cur.lastrowid,
+                          version))
             self._labels.setdefault(app, Counter())[label] += 1
             return records.FeedbackResult(int(cur.lastrowid or 0), predicted, label,
                                           duplicate=False)
@@ -334,11 +335,47 @@ class Store:
             "SELECT count(*) FROM feedback WHERE app=?", (app,)).fetchone())
         return int(row[0])
 
-    async def add_event(self, kind: str, app: str | None, data: dict[str, Any]) -> None:
-        blob = orjson.dumps(data).decode()
+    async def add_version(self, app: str, version: int, created: float, reason: str,
+                          members: list[str], metrics: dict[str, Any],
+                          decision: dict[str, Any] | None) -> None:
+        """Record a version published (or activated again: ``rollback``) in the app's history,
+        which retention never prunes."""
+        row = (app, version, created, reason, orjson.dumps(members).decode(),
+               orjson.dumps(metrics, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+               None if decision is None else orjson.dumps(decision).decode())
         await self._write(lambda c: c.execute(
-            "INSERT INTO events (app, kind, data, created) VALUES (?,?,?,?)",
-            (app, kind, blob, time.time())))
+            "INSERT INTO versions (app, version, created, reason, members, metrics, decision) "
+            "VALUES (?,?,?,?,?,?,?)", row))
+
+    async def history(self, app: str) -> list[dict[str, Any]]:
+        """Every version of the app in order, each with the accuracy people's feedback gave
+        its predictions (``feedback_accuracy``, ``feedback_n``)."""
+
+        def read(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            scored = {v: (n, hits) for v, n, hits in c.execute(
+                "SELECT model_version, count(*), sum(label = predicted) FROM feedback "
+                "WHERE app=? GROUP BY model_version", (app,))}
+            out = []
+            for version, created, reason, members, metrics, decision in c.execute(
+                    "SELECT version, created, reason, members, metrics, decision FROM versions "
+                    "WHERE app=? ORDER BY id", (app,)):
+                n, hits = scored.get(version, (0, 0))
+                out.append({"version": version, "created": created, "reason": reason,
+                            "members": orjson.loads(members), "metrics": orjson.loads(metrics),
+                            "decision": orjson.loads(decision) if decision else None,
+                            "feedback_accuracy": round(hits / n, 5) if n else None,
+                            "feedback_n": n})
+            return out
+
+        return await self._read(read)
+
+    async def feedback_pairs(self, app: str, limit: int) -> list[tuple[str, str]]:
+        """(label, predicted) of the app's newest ``limit`` corrections and confirmations,
+        oldest first."""
+        rows = await self._read(lambda c: c.execute(
+            "SELECT label, predicted FROM feedback WHERE app=? ORDER BY id DESC LIMIT ?",
+            (app, limit)).fetchall())
+        return [(label, predicted) for label, predicted in reversed(rows)]
 
 
 def _is_full(exc: sqlite3.Error) -> bool:

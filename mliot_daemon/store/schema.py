@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, str] = {
     # version -> the SQL that takes the schema from version - 1 to version
     1: """
@@ -64,5 +64,25 @@ MIGRATIONS: dict[int, str] = {
     2: """
     ALTER TABLE feedback ADD COLUMN sample_id INTEGER;  -- the training sample it became
     CREATE UNIQUE INDEX feedback_once ON feedback (app, prediction_id);
+    """,
+    3: """
+    CREATE TABLE versions (             -- every version ever published or activated: the
+        id INTEGER PRIMARY KEY,         -- history outlives the model folders retention prunes
+        app TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created REAL NOT NULL,
+        reason TEXT NOT NULL,           -- initial, lazy, data, feedback, rollback
+        members TEXT NOT NULL,          -- JSON list of the member families
+        metrics TEXT NOT NULL,          -- JSON: validation accuracy, confusion, ...
+        decision TEXT                   -- JSON: an adaptation's decision, or NULL
+    );
+    CREATE INDEX versions_app ON versions (app, id);
+    INSERT INTO versions (app, version, created, reason, members, metrics, decision)
+        SELECT app, json_extract(data, '$.version'), created, json_extract(data, '$.reason'),
+               '[]', '{}', json_extract(data, '$.decision')
+        FROM events WHERE kind = 'version_published' ORDER BY id;
+    ALTER TABLE feedback ADD COLUMN model_version INTEGER;  -- the version it corrects
+    UPDATE feedback SET model_version = (SELECT model_version FROM predictions p
+                                         WHERE p.id = feedback.prediction_id);
     """,
 }

@@ -147,7 +147,8 @@ def _ws_open(port: int, rcvbuf: int | None = None, query: str = "") -> socket.so
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /v1/apps/v/stream{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    sock.sendall(f"GET /v1/apps/v/stream{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                 "Upgrade: websocket\r\n"
                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                  "Sec-WebSocket-Version: 13\r\n\r\n".encode())
     head = b""

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,13 @@ def test_readme_quickstart_brings_the_daemon_up(tmp_path: Path) -> None:
             pytest.fail("the daemon did not come up")
         status, body = http("GET", "http://127.0.0.1:8080/v1/status")
         assert status == 200 and body["machines"][0]["local"] is True
+        # `pip install .` is not editable: the dashboard's files are the wheel's package data
+        served = urllib.request.urlopen("http://127.0.0.1:8080/", timeout=10).read()
+        assert served == (clone / "actors/server/static/index.html").read_bytes()
+        for source in sorted((clone / "actors/server/static").iterdir()):
+            with urllib.request.urlopen(f"http://127.0.0.1:8080/ui/{source.name}",
+                                        timeout=10) as resp:
+                assert resp.read() == source.read_bytes(), source.name
         assert (tmp_path / "home/.local/share/mliot/mliot.db").exists()
         while "predicted" not in (tmp_path / "quickstart.log").read_text():  # the demo serves
             assert time.monotonic() < deadline and proc.poll() is None

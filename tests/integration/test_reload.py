@@ -14,7 +14,10 @@ APP = '[[apps]]\nname = "{name}"\ndata_type = "vector"\n'
 
 def raw_get(sock: socket.socket, path: str) -> bytes:
     """One HTTP/1.1 keep-alive request on an open socket."""
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n".encode())
+    address, port = sock.getpeername()[:2]
+    host = f"{address}:{port}"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n"
+                 .encode())
     data = b""
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
@@ -85,9 +88,9 @@ def test_undecodable_and_hostile_files_never_kill_the_daemon(daemon_factory: Any
         assert status == 422 and why in err["details"][0], err
         rejected = len(d.events("config_reload_rejected"))
         d.signal(signal.SIGHUP)
-        wait_for(lambda: len(d.events("config_reload_rejected")) > rejected)
-        wait_for(lambda: any(e.get("source") == "file"  # noqa: B023 - waited on at once
-                             for e in d.events("config_reload_rejected")[rejected:]))
+        wait_for(lambda n=rejected: len(d.events("config_reload_rejected")) > n)
+        wait_for(lambda n=rejected: any(e.get("source") == "file"
+                                        for e in d.events("config_reload_rejected")[n:]))
     d.config_path.write_bytes(good)
     token_file.write_bytes(b"\xff\xfe\n")
     status, err = d.request("POST", "/v1/reload", token="s3cret")

@@ -12,12 +12,13 @@ PACKAGES = ("mliot_daemon", "actors")
 
 # Inside the daemon, aiohttp belongs to the server's HTTP layer and surfaces (never its serving
 # core) and to the peers actor; the CLI's `mliot watch` is a client and may use it too.
-AIOHTTP = {"actors.server.app", "actors.server.http", "actors.server.v1", "actors.server.oip",
-           "actors.server.peer_api", "actors.server.streams", "actors.server.actor",
-           "actors.peers", "mliot_daemon.commands"}
+AIOHTTP = {"actors.server.app", "actors.server.http", "actors.server.guard", "actors.server.v1",
+           "actors.server.oip", "actors.server.peer_api", "actors.server.streams",
+           "actors.server.dashboard", "actors.server.actor", "actors.peers",
+           "mliot_daemon.commands"}
 SERVING_CORE = {"actors.server.core", "actors.server.routing", "actors.server.serving",
                 "actors.server.catalog", "actors.server.payloads", "actors.server.views",
-                "actors.server.hosting", "actors.server.oip_codec"}
+                "actors.server.hosting", "actors.server.oip_codec", "actors.server.tables"}
 
 
 def modules() -> dict[str, Path]:
@@ -71,7 +72,7 @@ def test_only_the_named_modules_speak_http_or_mqtt() -> None:
         if uses(found, "aiomqtt"):
             assert name.startswith("actors.mqtt"), f"{name} imports aiomqtt"
     assert SERVING_CORE.isdisjoint(AIOHTTP)
-    assert SERVING_CORE <= set(MODULES)  # the rule names modules that exist
+    assert set(MODULES) >= SERVING_CORE  # the rule names modules that exist
 
 
 def test_actors_reach_each_other_only_through_messages() -> None:

@@ -64,7 +64,7 @@ async def test_predictions_are_written_and_pruned(store: Store) -> None:
     store.record_predictions([PredictionRecord(id=f"p{i}", app="a", label="x", confidence=1.0,
                                                stage=2, model_version=1,
                                                features=np.zeros(2)) for i in range(5)])
-    await store.add_event("flush", None, {})  # a write after them: they are committed by now
+    await store.put_app("other", {})  # a write after them: they are committed by now
     assert await store.prune_predictions(older_than_s=-1) == 5
 
 
@@ -105,7 +105,7 @@ async def test_writes_queued_behind_a_delete_leave_no_rows(store: Store) -> None
                                          store.add_samples("a", [x], ["l"], "http"),
                                          return_exceptions=True)
     assert deleted is None and isinstance(late, NotFound)  # refused, so never acknowledged
-    await store.add_event("flush", None, {})  # the pending prediction record's commit
+    await store.put_app("other", {})  # the pending prediction record's commit
     with sqlite3.connect(store.path) as conn:
         left = [conn.execute(f"SELECT count(*) FROM {t} WHERE app='a'").fetchone()[0]
                 for t in ("samples", "predictions")]

@@ -1,0 +1,37 @@
+// The kept model versions: members and weights, metrics, reason and the adaptation decision,
+// with a button to serve any other kept version (roll back or forward).
+import { request } from "./api.js";
+import { el, percent, replace, time } from "./dom.js";
+
+export function renderVersions(node, models, path, app, say, changed) {
+  if (!models.versions.length) {
+    replace(node, el("p", { class: "muted" }, "No version yet."));
+    return;
+  }
+  replace(node, el("ol", { class: "versions", reversed: true },
+    ...models.versions.map((v) => el("li", { class: v.version === models.current ? "current" : "" },
+      el("strong", {}, `v${v.version}`), ` · ${v.reason || "?"} · `,
+      v.created ? time(v.created) : "", " · validation ",
+      percent(v.metrics ? v.metrics.val_accuracy : null),
+      el("div", {}, ...v.members.map((m) =>
+        el("span", { class: "chip" }, `${m.family} ${m.weight.toFixed(2)}`))),
+      v.decision ? el("div", { class: "muted" }, decisionText(v.decision)) : null,
+      v.version === models.current
+        ? el("span", { class: "muted" }, "served now")
+        : el("button", { type: "button", "aria-label": `Activate version ${v.version}`,
+                         onclick: async () => {
+                           try {
+                             await request("POST", `${path}/models/${v.version}/activate`);
+                             say(`Serving v${v.version} of ${app.name}.`, "ok");
+                             changed();
+                           } catch (exc) {
+                             say(exc.message);
+                           }
+                         } }, "Activate")))));
+}
+
+function decisionText(d) {
+  return `adaptation: ${d.corrections} corrections, new ${percent(d.new_accuracy)} vs ` +
+         `current ${percent(d.current_accuracy)} on ${d.holdout} held out` +
+         (d.drift ? ", after drift" : "") + (d.published ? ": published" : ": kept the old one");
+}
