@@ -12,12 +12,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from selenium.common.exceptions import NoAlertPresentException, TimeoutException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from support import DaemonProcess, wait_for
 
 pytestmark = pytest.mark.timeout(600)
+RENDERED = (StaleElementReferenceException,)  # the page re-rendered what a wait was reading
 SPEC = {"data_type": "vector", "classes": ["calm", "busy"], "policy": {"retrain_after": 3}}
 
 
@@ -45,16 +50,28 @@ def see(driver: Any, text: str, timeout: float = 10.0) -> Any:
     def found(_: Any) -> Any:
         return next((e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()),
                     False)
-    return WebDriverWait(driver, timeout, 0.1).until(found, f"{text!r} never showed")
+    return WebDriverWait(driver, timeout, 0.1, RENDERED).until(found, f"{text!r} never showed")
 
 
 def button(driver: Any, name: str, timeout: float = 10.0) -> Any:
     """A button by its visible name or its accessible label."""
     xpath = (f"//button[normalize-space(.)={_literal(name)} or "
              f"@aria-label={_literal(name)}]")
-    return WebDriverWait(driver, timeout, 0.1).until(
+    return WebDriverWait(driver, timeout, 0.1, RENDERED).until(
         lambda _: next((e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()),
                        False), f"no button {name!r}")
+
+
+def press(driver: Any, name: str, timeout: float = 10.0) -> None:
+    """Click a button by its name; again if the page re-rendered it meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            button(driver, name, max(0.1, deadline - time.monotonic())).click()
+            return
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
 
 
 def labelled(driver: Any, label: str, timeout: float = 10.0) -> Any:
@@ -64,7 +81,8 @@ def labelled(driver: Any, label: str, timeout: float = 10.0) -> Any:
             return driver.find_element(By.ID, lab.get_attribute("for"))
         hits = driver.find_elements(By.XPATH, f"//*[contains(@aria-label, {_literal(label)})]")
         return hits[0] if hits else False
-    return WebDriverWait(driver, timeout, 0.1).until(found, f"no control labelled {label!r}")
+    return WebDriverWait(driver, timeout, 0.1, RENDERED).until(
+        found, f"no control labelled {label!r}")
 
 
 def _literal(text: str) -> str:
@@ -82,11 +100,19 @@ def test_overview_lists_a_trained_app_with_its_version_and_accuracy(
     d = trained(daemon)
     browser.get(d.url + "/")
     see(browser, "room")
-    info = d.request("GET", "/v1/status")[1]["apps"]["room"]
-    card = browser.find_element(By.XPATH, "//article[@aria-label='App room']")
-    wait_for(lambda: f"v{d.request('GET', '/v1/apps/room')[1]['model_version']}" in card.text)
-    assert "validation" in card.text and "%" in card.text
-    assert info["members"][0] in card.text
+
+    def shows_what_is_served() -> bool:
+        """The card (read anew: the overview redraws every 2 s) names the version the daemon
+        serves and its members; lazy training may publish another meanwhile."""
+        served = d.request("GET", "/v1/status")[1]["apps"]["room"]
+        try:
+            text = browser.find_element(By.XPATH, "//article[@aria-label='App room']").text
+        except StaleElementReferenceException:
+            return False
+        return (f"v{served['model_version']}" in text and served["members"][0] in text
+                and "validation" in text and "%" in text)
+
+    wait_for(shows_what_is_served, 30)
     see(browser, "Loop lag")  # the machine panel
     assert console_errors(browser) == []
 
@@ -126,7 +152,7 @@ def test_activate_serves_an_older_version(daemon: DaemonProcess, browser: Any) -
     models = d.request("GET", "/v1/apps/room/models")[1]
     older = min(v["version"] for v in models["versions"])
     browser.get(d.url + "/#/app/room")
-    button(browser, f"Activate version {older}", timeout=20).click()
+    press(browser, f"Activate version {older}", timeout=20)
     see(browser, f"Serving v{older} of room")
     assert d.request("GET", "/v1/apps/room/models")[1]["current"] == older
     assert d.request("GET", "/v1/apps/room/history")[1][-1]["reason"] == "rollback"

@@ -2,7 +2,7 @@
 // how it learned (the curve, recall and confusion), its versions, its data, and its spec.
 import { get, request } from "./api.js";
 import { el, percent, replace } from "./dom.js";
-import { renderData, renderTestSample } from "./data.js";
+import { renderCounts, testSampleForm, uploadForm } from "./data.js";
 import { appForm } from "./forms.js";
 import { LiveStream } from "./live.js";
 import { placementText, trainingText } from "./overview.js";
@@ -24,12 +24,12 @@ export function showApp(main, name, say) {
   const quality = el("div");
   const versions = el("div");
   const data = el("div");
-  const test = el("div");
+  const forms = el("div");  // upload and test sample: built once, never re-rendered
   const edit = el("div");
   replace(main, el("p", {}, el("a", { href: "#/" }, "← all apps")), el("h1", {}, name), summary,
           queries, section("live", "Live predictions", live),
           section("curve", "How it learned", curve), section("quality", "Per class", quality),
-          section("versions", "Versions", versions), section("data", "Data", data, test),
+          section("versions", "Versions", versions), section("data", "Data", data, forms),
           section("spec", "Settings", edit));
   const stream = new LiveStream(live, name, say, () => refresh(true));
   let stopped = false;
@@ -52,10 +52,11 @@ export function showApp(main, name, say) {
         renderCurve(curve, history);
         renderQuality(quality, q);
         renderVersions(versions, models, path, app, say, () => refresh(true));
-        renderData(data, app, path, say, () => refresh(true));
+        renderCounts(data, app);
       }
       if (first) {
-        renderTestSample(test, app, path, say);
+        replace(forms, uploadForm(app, path, say, () => refresh(true)),
+                testSampleForm(app, path, say));
         replace(edit, appForm(app, () => refresh(true), say), deleteButton(app, path, say));
       }
     } catch (exc) {

@@ -3,8 +3,18 @@
 import { request } from "./api.js";
 import { el, percent, replace } from "./dom.js";
 
-export function renderData(node, app, path, say, changed) {
+export function renderCounts(node, app) {
   const counts = Object.entries(app.class_counts || {});
+  replace(node,
+    el("table", {}, el("caption", {}, `${app.n_samples} samples, ${app.n_feedback} from feedback`),
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "class"),
+                         el("th", { scope: "col" }, "samples"))),
+      el("tbody", {}, ...counts.map(([label, n]) =>
+        el("tr", {}, el("th", { scope: "row" }, label), el("td", {}, n))))));
+}
+
+// Built once per page: a re-render would lose the file a person is choosing.
+export function uploadForm(app, path, say, changed) {
   const file = el("input", { type: "file", id: "upload-file", accept: ".csv,.npz" });
   const upload = el("form", { class: "upload", "aria-label": "Upload labelled samples" },
     el("label", { for: "upload-file" }, "Labelled file: CSV (label last) or npz (X, y)"), file,
@@ -16,22 +26,18 @@ export function renderData(node, app, path, say, changed) {
     const type = f.name.toLowerCase().endsWith(".npz") ? "application/x-npz" : "text/csv";
     try {
       const answer = await request("POST", `${path}/import`, await f.arrayBuffer(), type);
-      say(`Added ${answer.accepted} samples to ${app.name} (${answer.n_samples} in all).`, "ok");
+      say(answer.duplicate ? `${f.name} was imported before: nothing added.`
+                           : `Added ${answer.accepted} samples to ${app.name} ` +
+                             `(${answer.n_samples} in all).`, "ok");
       changed();
     } catch (exc) {
       say(exc.message);
     }
   });
-  replace(node,
-    el("table", {}, el("caption", {}, `${app.n_samples} samples, ${app.n_feedback} from feedback`),
-      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "class"),
-                         el("th", { scope: "col" }, "samples"))),
-      el("tbody", {}, ...counts.map(([label, n]) =>
-        el("tr", {}, el("th", { scope: "row" }, label), el("td", {}, n))))),
-    upload);
+  return upload;
 }
 
-export function renderTestSample(node, app, path, say) {
+export function testSampleForm(app, path, say) {
   const result = el("p", { "aria-live": "polite" });
   const kind = app.data_type;
   const input = kind === "image" || kind === "audio"
@@ -52,7 +58,7 @@ export function renderTestSample(node, app, path, say) {
       say(exc.message);
     }
   });
-  replace(node, form);
+  return form;
 }
 
 async function featuresOf(kind, input, app) {
