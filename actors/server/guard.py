@@ -79,7 +79,14 @@ class Guard:
         if origin is not None and origin.lower() not in self.origins:
             return 403, (f"requests from the web page at {origin[:100]!r} are refused: only "
                          "this daemon's own pages may write to it (or set daemon.public_url)")
+        return None
+
+    @staticmethod
+    def check_body(request: web.Request, route: str) -> tuple[int, str] | None:
+        """(415, why) for a write whose body does not say it is JSON (checked after the
+        token: a client without it learns that first)."""
         if (request.method not in SAFE_METHODS and route not in FILE_ROUTES
+                and not request.path.startswith("/v1/peer/")
                 and (request.content_length or request.headers.get("Transfer-Encoding"))
                 and request.content_type not in JSON_TYPES and _writes(route)):
             return 415, "send JSON with Content-Type: application/json"

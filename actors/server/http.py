@@ -111,6 +111,8 @@ class Front:
                     STATIC) and self._needs_token(request, route) and not hmac.compare_digest(
                     _bearer(request, True), token):
                 response = error_response(401, "missing or wrong bearer token")
+            elif (refused := self._guard.check_body(request, route)) is not None:
+                response = error_response(*refused)
             if response is None:
                 response = await handler(request)
         except DomainError as exc:

@@ -42,7 +42,9 @@ def send(d: DaemonProcess, method: str, path: str, body: bytes = b"",
     conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
     try:
         conn.putrequest(method, path, skip_accept_encoding=True)
-        for name, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+        sent = {"Content-Length": str(len(body)), "Content-Type": "application/json",
+                **(headers or {})}
+        for name, value in sent.items():
             raw = value.encode() if isinstance(value, str) else value  # UTF-8 or any bytes,
             conn.putheader(name, raw.translate(None, b"\r\n\0"))  # but one header line
         conn.endheaders(body)
