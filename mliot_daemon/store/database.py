@@ -42,9 +42,12 @@ class Store:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        # labelled samples per app and label, kept with every commit (owned by the writer
-        # thread): the trainer asks on every ingest, and a GROUP BY would scan the table
+        # labelled samples per app and label as committed: the trainer asks on every ingest,
+        # and a GROUP BY would scan the table. A transaction counts into a draft (the writer
+        # thread's), which replaces them only once it has committed: a reader on the loop
+        # must never see rows a pool worker could not read yet.
         self._labels: dict[str, Counter[str]] = {}
+        self._draft: dict[str, Counter[str]] = {}
         # Apps being deleted: writes queued behind the delete must not leave rows for them
         # (they would turn up in a new app of the same name). Added on the loop when the
         # delete is queued, removed by the writer when an app of that name is put again.
@@ -158,7 +161,7 @@ class Store:
                 predictions: Sequence[records.PredictionRecord]) -> list[Any]:
         conn = self._wconn
         assert conn is not None
-        labels = {app: Counter(c) for app, c in self._labels.items()}
+        self._draft = {app: Counter(c) for app, c in self._labels.items()}
         results: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -186,10 +189,10 @@ class Store:
                     conn.execute("RELEASE item")
                     results.append(exc)
             conn.execute("COMMIT")
+            self._labels = self._draft  # one reference swap: readers see committed counts
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._labels = labels  # the transaction is gone, and so are its counts
+                conn.execute("ROLLBACK")  # the transaction is gone, and so are its counts
             if not isinstance(exc, sqlite3.Error):
                 raise
             if _is_full(exc):
@@ -219,7 +222,7 @@ class Store:
                 seen = conn.execute("SELECT accepted FROM batches WHERE app=? AND batch_id=?",
                                     (app, batch_id)).fetchone()
                 if seen is not None:
-                    return records.IngestResult(seen[0], self.count_samples(app), duplicate=True)
+                    return records.IngestResult(seen[0], self._drafted(app), duplicate=True)
                 conn.execute("INSERT INTO batches VALUES (?,?,?,?)",
                              (app, batch_id, len(rows), time.time()))
             now = time.time()
@@ -228,8 +231,8 @@ class Store:
                 "VALUES (?,?,?,?,?,?,?)",
                 [(app, blob, shape, label, source, now, batch_id)
                  for (blob, shape), label in zip(rows, labels, strict=True)])
-            self._labels.setdefault(app, Counter()).update(labels)
-            return records.IngestResult(len(rows), self.count_samples(app), duplicate=False)
+            self._draft.setdefault(app, Counter()).update(labels)
+            return records.IngestResult(len(rows), self._drafted(app), duplicate=False)
 
         return await self._write(write)
 
@@ -241,6 +244,10 @@ class Store:
         row = await self._read(lambda c: c.execute(
             "SELECT max(id) FROM samples WHERE app=?", (app,)).fetchone())
         return int(row[0] or 0)
+
+    def _drafted(self, app: str) -> int:
+        """An app's samples as the transaction in progress will have committed them."""
+        return sum(self._draft.get(app, {}).values())
 
     def count_samples(self, app: str) -> int:
         """Committed samples of an app (kept in memory; exact after every commit)."""
@@ -280,7 +287,7 @@ class Store:
             for table in ("samples", "batches", "predictions", "feedback", "versions"):
                 conn.execute(f"DELETE FROM {table} WHERE app=?", (name,))
             conn.execute("DELETE FROM apps WHERE name=?", (name,))
-            self._labels.pop(name, None)
+            self._draft.pop(name, None)
         await self._write(write)
 
     # -- predictions, feedback, events --------------------------------------------------------
@@ -324,7 +331,7 @@ class Store:
                          "shape, created, sample_id, model_version) VALUES (?,?,?,?,?,?,?,?,?)",
                          (app, prediction_id, predicted, label, blob, shape, now, cur.lastrowid,
                           version))
-            self._labels.setdefault(app, Counter())[label] += 1
+            self._draft.setdefault(app, Counter())[label] += 1
             return records.FeedbackResult(int(cur.lastrowid or 0), predicted, label,
                                           duplicate=False)
 

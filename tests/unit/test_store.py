@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,24 @@ async def test_writes_queued_behind_a_delete_leave_no_rows(store: Store) -> None
     # an app created again under the name starts empty and takes samples
     await store.put_app("a", {"name": "a", "data_type": "vector"})
     assert (await store.add_samples("a", [x], ["m"], "http")).n_samples == 1
+
+
+async def test_counts_show_only_what_a_pool_worker_can_read(store: Store) -> None:
+    """The trainer starts runs on these counts, and its workers read the file: a count must
+    never run ahead of the commit (a run that found no rows failed, and waited for more)."""
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:  # keeps the group's transaction open
+        inside.set()
+        release.wait(10)
+
+    x = np.ones(2, dtype=np.float32)
+    added = asyncio.ensure_future(store.add_samples("a", [x] * 3, ["l"] * 3, "http"))
+    held = asyncio.ensure_future(store._write(hold))  # joins the same group, after the samples
+    await asyncio.to_thread(inside.wait, 10)
+    assert store.count_samples("a") == 0 and store.label_counts("a") == {}
+    assert read_samples(store.path, "a", "1", ())[0] == []
+    release.set()
+    assert (await added).n_samples == 3
+    await held
+    assert store.count_samples("a") == 3 and len(read_samples(store.path, "a", "1", ())[0]) == 3
