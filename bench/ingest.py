@@ -17,6 +17,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from bench.common import request
 from bench.daemon_proc import histogram, quantile_between, running_daemon
 
 DIM, BATCH, CLIENTS = 64, 500, 4
@@ -56,9 +57,8 @@ def run(quick: bool) -> dict:
         for row in rng.normal(size=(BATCH, DIM)).astype(np.float32)]})
         for i in range(n // BATCH)]
     with running_daemon() as (url, _):
-        req = urllib.request.Request(f"{url}/v1/apps/bench", method="PUT",
-                                     data=b'{"data_type": "vector", "shape": [64]}')
-        urllib.request.urlopen(req).read()
+        assert request(url, "PUT", "/v1/apps/bench", {"data_type": "vector",
+                                                      "shape": [64]})[0] == 201
         before = histogram(scrape(url), "mliot_loop_lag_seconds")
         start = time.perf_counter()
         latencies = asyncio.run(post_all(url, bodies))

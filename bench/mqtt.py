@@ -29,21 +29,11 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
+from bench.common import request
 from bench.daemon_proc import free_port, histogram, quantile_between, running_daemon
 from bench.datasets import digits
 
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
-
-
-def request(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
 
 
 def scrape(url: str) -> str:

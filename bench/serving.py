@@ -46,7 +46,7 @@ import numpy as np
 import orjson
 
 from bench import competitors, lean_client
-from bench.common import rss_mib, wait_quiet
+from bench.common import request, rss_mib, wait_quiet
 from bench.daemon_proc import free_port, histogram, quantile_between, running_daemon
 from bench.datasets import digits
 
@@ -267,16 +267,6 @@ def competitor(kind: str, model_file: Path, rows: np.ndarray, n: int) -> dict[st
 def scrape(url: str) -> str:
     with urllib.request.urlopen(f"{url}/metrics") as r:
         return r.read().decode()
-
-
-def request(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    req = urllib.request.Request(url + path, method=method,
-                                 data=None if body is None else orjson.dumps(body))
-    try:
-        with urllib.request.urlopen(req) as r:
-            return r.status, orjson.loads(r.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
 
 
 def first_serve(url: str) -> dict[str, float]:

@@ -27,39 +27,47 @@ from mliot_daemon.client import ApiError, Client
 BATCH = 500
 
 
-def load_table(path: Path, labelled: bool) -> tuple[np.ndarray, list[str] | None]:
-    """Rows (and labels) from `.npz` (arrays X, y) or `.csv` (last column the label)."""
+def load_rows(path: Path) -> np.ndarray:
+    """Unlabelled rows to predict, from `.npz` (an array X) or `.csv` (numbers only; a header
+    line is skipped)."""
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             if "X" not in data:
-                raise ValueError(f"{path}: an .npz needs an array X (and y to import)")
-            X = np.asarray(data["X"], dtype=np.float64)
-            y = [str(v) for v in data["y"]] if labelled and "y" in data else None
-    elif path.suffix == ".csv":
+                raise ValueError(f"{path}: an .npz needs an array X")
+            return np.asarray(data["X"], dtype=np.float64)
+    if path.suffix == ".csv":
         with open(path, newline="") as f:
             rows = [r for r in csv.reader(f) if r]
-        if rows and not _numeric(rows[0][0]):
-            rows = rows[1:]  # a header line
-        if labelled:
-            X = np.array([[float(v) for v in r[:-1]] for r in rows])
-            y = [r[-1] for r in rows]
-        else:
-            X, y = np.array([[float(v) for v in r] for r in rows]), None
+        try:
+            float(rows[0][0])
+        except (ValueError, IndexError):
+            rows = rows[1:]  # a header line (or no rows at all)
+        try:
+            return np.array([[float(v) for v in r] for r in rows])
+        except ValueError as exc:
+            raise ValueError(f"{path}: a value is not a number: {exc}") from None
+    raise ValueError(f"{path}: expected a .npz or .csv file")
+
+
+def file_parts(path: Path) -> Iterator[tuple[int, bytes, str]]:
+    """A labelled file as (first row, body, content type) parts of BATCH rows, for the
+    daemon's import endpoint, which parses and reshapes them: CSV lines as they are (a header
+    line stays with the first part, where the daemon skips it), npz rows re-packed."""
+    if path.suffix == ".csv":
+        lines = [line for line in path.read_bytes().splitlines(keepends=True) if line.strip()]
+        for start in range(0, len(lines), BATCH):
+            yield start, b"".join(lines[start:start + BATCH]), "text/csv"
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if "X" not in data or "y" not in data:
+                raise ValueError(f"{path}: an .npz needs arrays X and y")
+            X, y = data["X"], data["y"]
+        for start in range(0, len(X), BATCH):
+            part = io.BytesIO()
+            np.savez(part, X=X[start:start + BATCH], y=y[start:start + BATCH])
+            yield start, part.getvalue(), "application/x-npz"
     else:
         raise ValueError(f"{path}: expected a .npz or .csv file")
-    if labelled and y is None:
-        raise ValueError(f"{path}: no labels (y) to import")
-    if labelled and y is not None and len(y) != len(X):
-        raise ValueError(f"{path}: {len(X)} rows but {len(y)} labels")
-    return X, y
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class Progress:
@@ -83,29 +91,27 @@ class Progress:
 
 
 def import_file(client: Client, app: str, path: Path) -> int:
-    """Send a file's labelled rows to the app's import endpoint in parts of BATCH rows (so a
-    file of any size stays under the daemon's body limit), each as an npz whose flat rows the
-    daemon reshapes to the app's shape. Batch ids derive from the file's content, so importing
-    the same file again (after an interruption, say) stores nothing twice."""
-    X, y = load_table(path, labelled=True)
-    assert y is not None
+    """Send a labelled file to the app's import endpoint in parts (so a file of any size fits
+    the daemon's body limit); the daemon parses each and reshapes its flat rows to the app's
+    shape, as for the dashboard's upload. Batch ids derive from the file's content, so
+    importing the same file again (after an interruption, say) stores nothing twice."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    bar = Progress(len(X), f"import {path.name}")
-    total = 0
-    for start in range(0, len(X), BATCH):
-        part = io.BytesIO()
-        np.savez(part, X=X[start:start + BATCH], y=np.array(y[start:start + BATCH]))
+    parts = list(file_parts(path))
+    bar = Progress(len(parts), f"import {path.name}")
+    rows = total = 0
+    for i, (start, body, content_type) in enumerate(parts, 1):
         result = client.request("POST", f"/v1/apps/{app}/import?batch_id={digest}-{start}",
-                                raw=part.getvalue(), content_type="application/x-npz")
+                                raw=body, content_type=content_type)
+        rows += result["accepted"]
         total = result["n_samples"]
-        bar.update(min(start + BATCH, len(X)))
-    print(json.dumps({"app": app, "rows": len(X), "n_samples": total}))
+        bar.update(i)
+    print(json.dumps({"app": app, "rows": rows, "n_samples": total}))
     return 0
 
 
 def predict_file(client: Client, app: str, path: Path) -> int:
     """Predict every row of a file; one JSON line per prediction on stdout."""
-    X, _ = load_table(path, labelled=False)
+    X = load_rows(path)
     for start in range(0, len(X), BATCH):
         body = {"instances": X[start:start + BATCH].tolist()}
         for p in client.request("POST", f"/v1/apps/{app}/predict", body)["predictions"]:

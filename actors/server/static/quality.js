@@ -28,9 +28,10 @@ export function renderCurve(node, history) {
     svg("text", { x: 2, y: y(lo) + 4, class: "tick" }, percent(lo)),
     line((v) => v.metrics.val_accuracy, "validation"),
     line((v) => v.feedback_accuracy, "feedback"),
-    ...history.map((v) => svg("g", { class: `marker ${v.reason}` },
+    ...history.map((v, i) => svg("g", { class: `marker ${v.reason}` },
       svg("circle", { cx: x(v.created), cy: y(v.metrics.val_accuracy ?? lo), r: 4 }),
-      svg("text", { x: x(v.created) + 5, y: y(v.metrics.val_accuracy ?? lo) - 6 },
+      // labels alternate above and below their marker: versions come in quick succession
+      svg("text", { x: x(v.created) + 5, y: y(v.metrics.val_accuracy ?? lo) + (i % 2 ? 16 : -7) },
           `v${v.version} ${v.reason}`))));
   replace(node, chart,
     el("p", { class: "legend" }, el("span", { class: "validation" }, "— validation"), " ",
