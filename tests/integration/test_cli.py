@@ -82,3 +82,23 @@ def test_demo_trains_and_serves_until_stopped(daemon_factory: Any) -> None:
     assert "stopping the demo" in rest
     with pytest.raises(OSError):
         d.request("GET", "/healthz", timeout=2)  # the daemon it started has stopped
+
+
+def test_import_reshapes_a_flat_csv_for_a_sensor_app(daemon: DaemonProcess,
+                                                     tmp_path: Path) -> None:
+    """The daemon reshapes each CSV row to the app's (channels, time) shape; the file goes in
+    parts, so one larger than a request may carry still imports, once."""
+    assert daemon.request("PUT", "/v1/apps/motion", {"data_type": "sensor", "shape": [2, 3]}
+                          )[0] == 201
+    path = tmp_path / "motion.csv"
+    rng = np.random.default_rng(0)
+    path.write_text("a0,a1,a2,b0,b1,b2,label\n" + "".join(
+        ",".join(f"{v:.3f}" for v in rng.normal(size=6)) + f",{'up' if i % 3 else 'down'}\n"
+        for i in range(1200)))
+    conf = ["--config", str(daemon.config_path)]
+    out = mliot("import", "motion", str(path), *conf)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"app": "motion", "rows": 1200, "n_samples": 1200}
+    again = json.loads(mliot("import", "motion", str(path), *conf).stdout)
+    assert again["n_samples"] == 1200  # stored once
+    assert daemon.request("GET", "/v1/apps/motion")[1]["shape"] == [2, 3]
