@@ -135,3 +135,29 @@ async def test_counts_show_only_what_a_pool_worker_can_read(store: Store) -> Non
     assert (await added).n_samples == 3
     await held
     assert store.count_samples("a") == 3 and len(read_samples(store.path, "a", "1", ())[0]) == 3
+
+
+async def test_a_version_2_database_gains_its_history(tmp_path: Path) -> None:
+    """Schema 3 builds the version history from the old events and gives old corrections
+    the version of the prediction they corrected."""
+    from mliot_daemon.store.schema import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        for v in (1, 2):
+            conn.executescript(f"{MIGRATIONS[v]}\nPRAGMA user_version = {v};")
+        conn.execute("INSERT INTO events (app, kind, data, created) VALUES "
+                     "('a', 'version_published', '{\"version\": 1, \"reason\": \"initial\", "
+                     "\"decision\": null}', 5.0)")
+        conn.execute("INSERT INTO predictions VALUES ('p1', 'a', 'x', 1.0, 2, 1, x'00', '1', 6)")
+        conn.execute("INSERT INTO feedback (app, prediction_id, predicted, label, features, "
+                     "shape, created) VALUES ('a', 'p1', 'x', 'y', x'00', '1', 7)")
+    store = Store(path)
+    await store.open()
+    try:
+        (version,) = await store.history("a")
+        assert (version["version"], version["reason"], version["created"]) == (1, "initial", 5.0)
+        assert version["decision"] is None and version["members"] == []
+        assert (version["feedback_n"], version["feedback_accuracy"]) == (1, 0.0)
+    finally:
+        await store.close()
