@@ -23,7 +23,7 @@ class Answer:
     """One prediction, before it gets an id."""
 
     label: str
-    confidence: float  # vote share of the winning class, 0-1
+    confidence: float  # calibrated probability that the label is right, 0-1
     stage: int  # 1: the background gate answered; 2: the ensemble did
     version: int
     probabilities: dict[str, float] | None
@@ -41,6 +41,12 @@ class ServedModel:
         self.classes: list[str] = list(model.classes)
         self.fast = fast or model.fast()
         self.gate = model.gate
+        # vote share -> probability of being right (learn.calibration); versions saved before
+        # calibration existed answer with the raw share. A trimmed ensemble keeps the map of
+        # the whole version: its shares run coarser, and the map stays monotone.
+        self.calibration = getattr(model, "calibration", None)
+        # the gate answers with its out-of-fold precision: how often "background" was right
+        self.gate_confidence = float(self.gate.val_precision) if self.gate is not None else 1.0
         self._trims: dict[int, ServedModel] = {}
 
     @property
@@ -95,8 +101,11 @@ class ServedModel:
             # One row, the common served case: straight to the ensemble's row path, without
             # the batch path's masks (a dozen numpy calls, more than the vote of a small model).
             if self.gate is not None and self.gate.is_background(Z)[0]:
-                return [Answer(self.classes[self.gate.background], 1.0, 1, self.version, None)]
+                return [Answer(self.classes[self.gate.background], self.gate_confidence, 1,
+                               self.version, None)]
             best, share = self.fast.vote_one(Z[0])
+            if self.calibration is not None:
+                share = self.calibration.one(share)
             return [Answer(self.classes[best], float(share), 2, self.version, None)]
         pred = np.empty(n, dtype=np.intp)
         conf = np.ones(n)
@@ -105,10 +114,12 @@ class ServedModel:
         if self.gate is not None:
             background = self.gate.is_background(Z)
             pred[background] = self.gate.background
+            conf[background] = self.gate_confidence
             stage[background] = 1
             rest = ~background
         if rest.any():
-            pred[rest], conf[rest] = self.fast.vote(Z[rest] if not rest.all() else Z)
+            pred[rest], share = self.fast.vote(Z[rest] if not rest.all() else Z)
+            conf[rest] = self.calibration(share) if self.calibration is not None else share
         shares = self._shares(Z) if probabilities else None
         if shares is not None:  # the gate's answer is certain: all its weight on background
             shares[stage == 1] = np.eye(len(self.classes))[self.gate.background] \

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from mliot_daemon.learn.calibration import Calibration
 from mliot_daemon.learn.ensemble import Policy, Selection
 from mliot_daemon.learn.fast import Reducer
 
@@ -140,6 +141,7 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
                           "within_budget": model.selection.within_budget},
             "gate": model.gate.report() | {"background": model.classes[model.gate.background]}
             if model.gate is not None else None,
+            "calibration": model.calibration.as_dict() if model.calibration else None,
             "metrics": _plain(model.metrics), "data_hash": model.data_hash,
             "versions": library_versions(), "artifacts": artifacts, "extra": _plain(extra or {}),
         }
@@ -211,4 +213,5 @@ def load_model(directory: Path) -> Any:
     return TrainedModel(front_end=get("front_end.pkl"), classes=manifest["classes"],
                         candidates=members, selection=selection, policy=policy, reducer=reducer,
                         gate=get("gate.pkl") if "gate.pkl" in manifest["artifacts"] else None,
+                        calibration=Calibration.from_dict(manifest.get("calibration")),
                         data_hash=manifest["data_hash"], metrics=manifest["metrics"])

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mliot_daemon.learn.calibration import Calibration
 from mliot_daemon.learn.ensemble import (
     Policy,
     Selection,
@@ -28,7 +29,7 @@ from mliot_daemon.learn.ensemble import (
     member_weight,
     select_ensemble,
     trim_accuracies,
-    vote,
+    vote_with_share,
 )
 from mliot_daemon.learn.errors import DataError
 from mliot_daemon.learn.families import FAMILIES, check_family, make_estimator
@@ -98,6 +99,7 @@ class TrainedModel:
     policy: Policy
     reducer: Any = None
     gate: Gate | None = None
+    calibration: Calibration | None = None  # vote share -> probability of being right
     data_hash: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     _fast: FastEnsemble | None = field(default=None, repr=False)
@@ -201,13 +203,14 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
         model = TrainedModel(prep.front_end, prep.classes, candidates, sel, policy, fs.reducer,
                              data_hash=prep.data_hash)
         measured = median_latency_ms(model.fast().predict_features, probe, repeats=200) + fe_ms
+    won, share = vote_with_share(np.stack([candidates[i].val_pred for i in sel.members]),
+                                 sel.weights, fs.n_classes)
+    model.calibration = Calibration.fit(share, won == y_val)
     model.metrics = {"val_accuracy": sel.val_accuracy, "estimated_latency_ms": sel.latency_ms,
                      "measured_latency_ms": measured, "front_end_ms": fe_ms,
                      "within_budget": bool(sel.within_budget and measured <= policy.latency_ms),
                      "trim_accuracy": trim_accuracies(candidates, sel, y_val, fs.n_classes),
-                     "confusion": confusion(y_val, vote(np.stack(
-                         [candidates[i].val_pred for i in sel.members]), sel.weights,
-                         fs.n_classes), fs.n_classes)}
+                     "confusion": confusion(y_val, won, fs.n_classes)}
     if background_class is not None:
         if background_class not in prep.classes:
             raise DataError(f"background class {background_class!r} is not among the labels")
@@ -264,8 +267,10 @@ def quick_model(front_end: FrontEnd, classes: list[str], member: FittedModel, po
     model.metrics = {"val_accuracy": member.val_accuracy, "estimated_latency_ms": latency,
                      "measured_latency_ms": latency, "front_end_ms": front_end_ms,
                      "within_budget": within, "quick": dict(member.notes)}
-    if y_val is not None:
+    if y_val is not None and len(y_val):
         model.metrics["confusion"] = confusion(y_val, member.val_pred, len(classes))
+        # one member: its share is always 1, so its confidence is its held-out accuracy
+        model.calibration = Calibration.fit(np.ones(len(y_val)), member.val_pred == y_val)
     return model
 
 

@@ -99,3 +99,36 @@ def test_the_served_model_is_trimmed_no_further_than_its_accuracy_floor(models):
     k = served.min_members(floor)
     assert trims[k - 1] >= floor and all(a < floor for a in trims[:k - 1])
     assert served.min_members(1.01) == len(be.members)  # unreachable: never trimmed
+
+
+def test_served_confidence_is_calibrated_on_test_data(models, digits_split, encode):
+    """The served ``confidence`` (the version's Platt map of the vote share, fitted out of
+    fold) matches the test accuracy at each confidence to within 3 points on average."""
+    from actors.server.serving import ServedModel
+    from mliot_daemon.learn.calibration import expected_calibration_error
+
+    _, Xte, _, yte = digits_split
+    be = models["best_effort"]
+    assert be.calibration is not None
+    y = encode(be.classes, yte)
+    pred, share = be.fast().vote(be.front_end.transform(Xte))
+    served = ServedModel(1, be).predict(Xte)
+    conf = np.array([a.confidence for a in served])
+    assert [a.label for a in served] == [be.classes[p] for p in pred]
+    ece, table = expected_calibration_error(conf, pred == y)
+    assert ece < 0.03, (ece, table)
+    assert np.all(np.diff(be.calibration(np.linspace(0, 1, 11))) >= 0)  # more votes, surer
+    one = ServedModel(1, be).predict(Xte[:1])[0]
+    assert one.confidence == pytest.approx(be.calibration.one(float(share[0])))
+
+
+def test_calibration_is_saved_with_the_version(models, tmp_path):
+    from mliot_daemon.learn.calibration import Calibration
+    from mliot_daemon.learn.persist import load_model, save_model
+
+    be = models["best_effort"]
+    loaded = load_model(save_model(be, tmp_path / "v1"))
+    assert loaded.calibration == be.calibration
+    assert Calibration.from_dict({"slope": 1.0, "intercept": "x"}) is None
+    assert Calibration.from_dict({"slope": float("nan"), "intercept": 0.0}) is None
+    assert Calibration.from_dict(None) is None
