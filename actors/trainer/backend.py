@@ -22,10 +22,11 @@ class FitBackend(Protocol):
     where: str  # the machine's name or dask:<address>: status `fitting_on`, manifest `fitted_on`
     width: int  # fits of one run in flight at once
 
-    async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
-                  ) -> FitResult:
+    async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None,
+                  warm: dict[str, Any] | None = None) -> FitResult:
         """Fit ``step`` on the features prepared in ``directory`` (with ``params``: refit a
-        served member with its parameters); the artifact is written locally either way."""
+        served member with its parameters; with ``warm``: search from the previous version's
+        best); the artifact is written locally either way."""
         ...
 
     def release(self) -> None:

@@ -177,14 +177,15 @@ class ClusterFits:
         workers = client.scheduler_info().get("workers", {})
         self.width = max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
-    async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
-                  ) -> FitResult:
+    async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None,
+                  warm: dict[str, Any] | None = None) -> FitResult:
         async with self._scatter:
             if self._data is None:
                 await self._scatter_features(directory)
         reducer = await asyncio.to_thread(shipping.load_reducer, directory)
         future = self._client.submit(
             shipping.dask_fit_job, self._data, reducer, step, None, 0, params, self._versions,
+            warm,
             key=f"mliot-fit-{self._app}-{step.family}-{uuid.uuid4().hex[:12]}")
         deadline = asyncio.timeout(self._timeout_s)
         try:

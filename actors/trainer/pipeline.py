@@ -138,6 +138,20 @@ class Pipeline:
                  "publish": round(time.perf_counter() - started - job_s, 3)})
         return True
 
+    def _best_params(self, app: str) -> dict[str, dict[str, Any]]:
+        """Family -> the served version's searched parameters (none for a quick version's
+        defaults, or when the manifest cannot be read: the search then starts cold)."""
+        current = self.registry.current(app)
+        if current is None:
+            return {}
+        try:
+            candidates = self.registry.manifest(app, current).get("candidates", [])
+        except (OSError, ValueError) as exc:
+            log.warning("warm_start_unavailable", app=app, error=str(exc))
+            return {}
+        return {c["family"]: c["params"] for c in candidates
+                if isinstance(c, dict) and c.get("params")}
+
     async def _prepare_and_fit(self, fits: FitBackend, state: AppState,
                                data: TrainingData, run_dir: Path, reason: str, n: int,
                                refit: dict[str, dict[str, Any]] | None, published: bool = False
@@ -153,6 +167,8 @@ class Pipeline:
         # is why nothing of this preparation comes before the quick version)
         await self.pool.call(jobs.reduce_job, info.directory)
         steps = info.plan if refit is None else [PlanStep(f, info.n, 0.0) for f in refit]
+        # a retrain on more data searches from the served version's best parameters
+        warm = await asyncio.to_thread(self._best_params, app) if refit is None else {}
         state.planned, state.fitted = len(steps), 0
         fitted: dict[str, FitResult] = {}
         policy = spec.policy
@@ -168,7 +184,8 @@ class Pipeline:
             if todo:
                 step = todo.pop(0)
                 params = refit.get(step.family) if refit else None
-                running[asyncio.create_task(fits.fit(info.directory, step, params))] = step
+                running[asyncio.create_task(fits.fit(info.directory, step, params,
+                                                     warm.get(step.family)))] = step
 
         try:
             for _ in range(fits.width):

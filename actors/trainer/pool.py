@@ -101,10 +101,10 @@ class PoolFits:
         self.where = where
         self.width = workers  # fits of one run in flight at once
 
-    async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None
-                  ) -> FitResult:
+    async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None,
+                  warm: dict[str, Any] | None = None) -> FitResult:
         result: FitResult = await self._pool.call(jobs.fit_job, directory, step,
-                                                       self._out_dir, None, 0, params)
+                                                       self._out_dir, None, 0, params, warm)
         return result
 
     def release(self) -> None:

@@ -7,7 +7,9 @@ the result is a :class:`FittedModel`. The features, their folds and the shared P
 Validation is out-of-fold (folds: see ``features``): a family's validation predictions are
 those of models fitted without that row's fold; the served model is then refitted on every row.
 
-Search: scikit-learn's ``HalvingRandomSearchCV`` (successive halving over random candidates,
+Search: scikit-learn's successive halving (``HalvingGridSearchCV`` over candidates drawn by
+``ParameterSampler``, which is ``HalvingRandomSearchCV``'s own draw, made here so that a warm
+start can put the previous version's best parameters first and draw the others near them;
 3-fold CV, resource = rows). The search classes have no clock, so the search is sized to the
 time budget: a probe fit of the default estimator on a few hundred rows gives the cost per row,
 the cost of the validation and final fits is reserved, and the largest number of candidates and
@@ -38,7 +40,12 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (enables the import below)
-from sklearn.model_selection import HalvingRandomSearchCV, StratifiedKFold, train_test_split
+from sklearn.model_selection import (
+    HalvingGridSearchCV,
+    ParameterSampler,
+    StratifiedKFold,
+    train_test_split,
+)
 
 from mliot_daemon.learn.families import FIT_COST, make_estimator, search_space
 from mliot_daemon.learn.fast import FastMember, Reducer, compile_member
@@ -48,6 +55,7 @@ from mliot_daemon.learn.profile import artifact_bytes, median_latency_ms
 from mliot_daemon.learn.search import (
     default_budget,
     grid_size,
+    near,
     plan_search,
     quiet_warnings,
     timed_fit,
@@ -88,7 +96,8 @@ class FittedModel:
                 "val_accuracy": round(self.val_accuracy, 5),
                 "fit_seconds": round(self.fit_seconds, 3),
                 "latency_ms": round(self.latency_ms, 4), "size_bytes": self.size_bytes,
-                "reduced_dims": self.reduced_dims, "candidates": self.candidates}
+                "reduced_dims": self.reduced_dims, "candidates": self.candidates,
+                "warm_start": self.notes.get("warm_start")}
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +152,8 @@ def _pca_decision(family: str, fs: FeatureSet, seed: int) -> tuple[bool, dict[st
 
 
 def fit_family(family: str, fs: FeatureSet, *, budget_s: float | None = None, seed: int = 0,
-               params: dict[str, Any] | None = None) -> FittedModel:
+               params: dict[str, Any] | None = None, warm: dict[str, Any] | None = None
+               ) -> FittedModel:
     """Fit ``family`` on ``fs``: PCA decision, budgeted search (unless ``params`` given),
     out-of-fold validation, final fit on all rows, compile and profile.
 
@@ -153,6 +163,9 @@ def fit_family(family: str, fs: FeatureSet, *, budget_s: float | None = None, se
         budget_s: seconds this family may take (approximate); None uses :func:`default_budget`.
         seed: seeds the folds' subsamples, the search and the estimators.
         params: fixed hyper-parameters; skips the search (used by retraining and tests).
+        warm: the previous version's best parameters (a retrain on more data): the search
+            starts from them (their candidate first, the others drawn near them) and, when
+            the budget allows no search, they are used instead of the defaults.
     """
     # One BLAS/OpenMP thread: pool workers already use every core, and OpenBLAS threads that
     # spin against each other made a 1,257-row MLP fit 10x slower (measured: 7 ms per 200x64x128
@@ -160,11 +173,11 @@ def fit_family(family: str, fs: FeatureSet, *, budget_s: float | None = None, se
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
-        return _fit_family(family, fs, budget_s=budget_s, seed=seed, params=params)
+        return _fit_family(family, fs, budget_s=budget_s, seed=seed, params=params, warm=warm)
 
 
 def _fit_family(family: str, fs: FeatureSet, *, budget_s: float | None, seed: int,
-                params: dict[str, Any] | None) -> FittedModel:
+                params: dict[str, Any] | None, warm: dict[str, Any] | None) -> FittedModel:
     started = time.perf_counter()
     n, d = fs.Z.shape
     budget = default_budget(n, d) if budget_s is None else float(budget_s)
@@ -215,21 +228,33 @@ def _fit_family(family: str, fs: FeatureSet, *, budget_s: float | None, seed: in
         plan = (plan_search(n, fs.n_classes, per_row, alpha, remaining, per_class)
                 if remaining > 0 else None)
         space = {k: v for k, v in search_space(family, X).items() if k not in fixed}
+        start = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in (warm or {}).items() if k in space}
+        if start:
+            notes["warm_start"] = _jsonable(start)
+            chosen = dict(start)  # what a budget too small for any search falls back to
         if plan is not None:
             c, r0, rmax = plan
             c = min(c, grid_size(space))
-            search = HalvingRandomSearchCV(
-                make_estimator(family, fixed, seed=seed), space, n_candidates=c,
+            # The candidates are drawn here (as HalvingRandomSearchCV would draw them) so that
+            # a warm start can put the previous best first and draw the rest near it.
+            around = near(space, start) if start else space
+            n_drawn = min(c - bool(start), grid_size(around))
+            drawn = [d for d in ParameterSampler(around, n_drawn, random_state=seed)
+                     if d != start]
+            grid = [{k: [v] for k, v in cand.items()} for cand in ([start] if start else [])
+                    + drawn]
+            search = HalvingGridSearchCV(
+                make_estimator(family, fixed, seed=seed), grid,
                 factor=3, resource="n_samples", min_resources=r0, max_resources=rmax,
                 cv=StratifiedKFold(3, shuffle=True, random_state=seed), scoring="accuracy",
-                refit=False, random_state=seed, n_jobs=1, error_score=np.nan,
-                return_train_score=False)
+                refit=False, n_jobs=1, error_score=np.nan, return_train_score=False)
             with quiet_warnings():
                 search.fit(X, y)
             scores = np.asarray(search.cv_results_["mean_test_score"], dtype=float)
             if np.isfinite(scores).any():
                 chosen = dict(search.best_params_)
-            candidates = c
+            candidates = len(grid)
         chosen = {**fixed, **chosen}
     est = make_estimator(family, chosen, seed=seed)
     val_pred = _oof(est, X, y, fs.fold)

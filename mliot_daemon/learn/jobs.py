@@ -222,11 +222,12 @@ def _load_prepared(directory: Path) -> tuple[Prepared, list[Any]]:
 
 
 def fit_job(prepared_dir: Path, step: PlanStep, out_dir: Path, budget_s: float | None = None,
-            seed: int = 0, params: dict[str, Any] | None = None) -> FitResult:
+            seed: int = 0, params: dict[str, Any] | None = None,
+            warm: dict[str, Any] | None = None) -> FitResult:
     """Fit one plan step on all prepared rows. With ``params`` (a refit of a served member)
-    the search is skipped."""
+    the search is skipped; with ``warm`` (the previous version's best) it starts there."""
     fs = FeatureSet.load(prepared_dir / "features.npz")
-    model = fit_step(fs, step, budget_s, seed, params)
+    model = fit_step(fs, step, budget_s, seed, params, warm)
     out = artifact_path(out_dir, step)
     atomic_write(out, lambda f: pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL))
     return FitResult(family=step.family, artifact=out, summary=model.summary(),
@@ -234,11 +235,12 @@ def fit_job(prepared_dir: Path, step: PlanStep, out_dir: Path, budget_s: float |
 
 
 def fit_step(fs: FeatureSet, step: PlanStep, budget_s: float | None, seed: int,
-             params: dict[str, Any] | None) -> FittedModel:
+             params: dict[str, Any] | None, warm: dict[str, Any] | None = None
+             ) -> FittedModel:
     """Fit one plan step on ``fs`` (here or on a Dask worker: ``shipping.dask_fit_job``)."""
     if step.quick:
         raise ValueError("the quick first step is quick_job's, on rows of its own")
-    return fit_family(step.family, fs, budget_s=budget_s, seed=seed, params=params)
+    return fit_family(step.family, fs, budget_s=budget_s, seed=seed, params=params, warm=warm)
 
 
 def artifact_path(out_dir: Path, step: PlanStep) -> Path:

@@ -1,11 +1,11 @@
 """The time budget of one family's hyper-parameter search: its default, and what it buys.
 
-scikit-learn's ``HalvingRandomSearchCV`` (successive halving over random candidates, 3-fold
-CV, resource = rows) has no clock, so ``fit`` sizes it beforehand: given the cost per row of a
+scikit-learn's successive halving (random candidates, 3-fold CV, resource = rows) has no
+clock, so ``fit`` sizes it beforehand: given the cost per row of a
 probe fit and the seconds left, :func:`plan_search` simulates the halving rounds
 (:func:`_halving_cost`) and picks the largest number of candidates and rows that fits. This
-module also holds the two helpers every timed fit uses: :func:`timed_fit` and
-:class:`quiet_warnings`.
+module also holds the two helpers every timed fit uses, :func:`timed_fit` and
+:class:`quiet_warnings`, and :func:`near`, the space a warm-started search draws from.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+from scipy.stats import loguniform
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 
 
@@ -69,6 +70,27 @@ def plan_search(n: int, n_classes: int, per_row: float, alpha: float, budget: fl
                 return c, r0, rmax
             rmax //= 2
     return None
+
+
+def near(space: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]:
+    """``space`` narrowed around a warm start: a list keeps the start's value and its
+    neighbours; a log-uniform range shrinks to a factor of 4 either side of it (inside the
+    range). Keys without a start value keep their whole range."""
+    out: dict[str, Any] = {}
+    for k, v in space.items():
+        s = start.get(k)
+        if s is None:
+            out[k] = v
+        elif isinstance(v, list):
+            i = next((j for j, x in enumerate(v) if x == s), None)
+            out[k] = v if i is None else v[max(i - 1, 0):i + 2]
+        elif hasattr(v, "support") and isinstance(s, int | float) and s > 0:
+            low, high = v.support()
+            out[k] = loguniform(max(low, s / 4), min(high, s * 4)) \
+                if max(low, s / 4) < min(high, s * 4) else [s]
+        else:
+            out[k] = v
+    return out
 
 
 def grid_size(space: dict[str, Any]) -> int:

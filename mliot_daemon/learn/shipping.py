@@ -68,7 +68,7 @@ def load_reducer(prepared_dir: Path) -> Reducer | None:
 
 def dask_fit_job(features: FeatureSet, reducer: Reducer | None, step: PlanStep,
                  budget_s: float | None, seed: int, params: dict[str, Any] | None,
-                 versions: dict[str, str]) -> ShippedFit:
+                 versions: dict[str, str], warm: dict[str, Any] | None = None) -> ShippedFit:
     """Dask worker entry point: ``jobs.fit_job`` on features received rather than read.
 
     ``features`` is the run's scattered :class:`FeatureSet`, shared by the fits on this worker,
@@ -83,7 +83,7 @@ def dask_fit_job(features: FeatureSet, reducer: Reducer | None, step: PlanStep,
                              f"(worker, daemon): {diff}; install the same mliot there")
     fs = FeatureSet(Z=features.Z, y=features.y, n_classes=features.n_classes,
                     fold=features.fold, reducer=reducer)
-    model = fit_step(fs, step, budget_s, seed, params)
+    model = fit_step(fs, step, budget_s, seed, params, warm)
     return ShippedFit(step=step, model=pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL),
                       summary=model.summary(), val_pred=model.val_pred)
 

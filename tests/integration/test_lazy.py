@@ -55,6 +55,20 @@ def test_quick_version_serves_before_the_full_preparation(daemon_factory: Any) -
     assert len(d.events("quick_version")) == 1
     second = [r for r in d.events("version_published") if r.get("reason") == "data"]
     assert second and second[0]["members"] and d.events("features_prepared")[1]["n"] == 1797
+    # the run on more data searched from the served version's best parameters
+    versions = d.data_dir / "models" / "digits" / "versions"
+
+    def candidates(v: str) -> dict[str, dict[str, Any]]:
+        m = json.loads((versions / v / "manifest.json").read_text())
+        return {c["family"]: c for c in m["candidates"]}
+
+    newest = sorted(p.name for p in versions.iterdir())
+    first_run = candidates(newest[newest.index(f"{second[0]['version']:06d}") - 1])
+    warmed = {f: c["warm_start"] for f, c in candidates(f"{second[0]['version']:06d}").items()
+              if c.get("warm_start")}
+    assert warmed, "no family of the second run started from the first run's parameters"
+    for family, start in warmed.items():
+        assert start.items() <= first_run[family]["params"].items()
     status, body = d.request("POST", "/v1/apps/digits/predict", {"instances": X[:200].tolist()})
     assert status == 200
     assert np.mean([p["label"] == str(t) for p, t in zip(body["predictions"], y[:200],
