@@ -16,6 +16,7 @@ import numpy as np
 
 from mliot_daemon.learn.ensemble import by_weight
 from mliot_daemon.learn.fast import FastEnsemble
+from mliot_daemon.learn.gate import Gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +95,41 @@ class ServedModel:
 
     def predict(self, samples: Sequence[np.ndarray] | np.ndarray,
                 probabilities: bool = False) -> list[Answer]:
-        """Front end, then the gate (stage 1), then the ensemble for what the gate let pass."""
+        """The gate (stage 1), then the ensemble for what the gate let pass. A waveform gate
+        (``Gate.raw``) reads the raw samples, so the rows it answers skip the front end."""
+        if self.gate is None or not self.gate.raw:
+            return self._predict(samples, probabilities)
+        G = self.model.front_end.gate_input(samples)
+        if G is None:  # e.g. log-mel patches: nothing for the gate to read
+            return self._predict(samples, probabilities, gate=False)
+        early = self.gate.is_background(G)
+        if not early.any():
+            return self._predict(samples, probabilities, gate=False)
+        answers = [self._background(self.gate, probabilities)] * len(early)
+        rest = np.flatnonzero(~early)
+        if len(rest):
+            some = samples[rest] if isinstance(samples, np.ndarray) \
+                else [samples[i] for i in rest]
+            for i, a in zip(rest, self._predict(some, probabilities, gate=False), strict=True):
+                answers[i] = a
+        return answers
+
+    def _background(self, gate: Gate, probabilities: bool) -> Answer:
+        bg = self.classes[gate.background]
+        return Answer(bg, self.gate_confidence, 1, self.version,
+                      {c: float(c == bg) for c in self.classes} if probabilities else None)
+
+    def _predict(self, samples: Sequence[np.ndarray] | np.ndarray, probabilities: bool,
+                 gate: bool = True) -> list[Answer]:
+        """Front end, then (with ``gate``) a gate on its features, then the ensemble."""
         Z = self.model.front_end.transform(samples)
         n = len(Z)
+        g = self.gate if gate else None
         if n == 1 and not probabilities and Z.dtype == np.float64 and Z.ndim == 2:
             # One row, the common served case: straight to the ensemble's row path, without
             # the batch path's masks (a dozen numpy calls, more than the vote of a small model).
-            if self.gate is not None and self.gate.is_background(Z)[0]:
-                return [Answer(self.classes[self.gate.background], self.gate_confidence, 1,
-                               self.version, None)]
+            if g is not None and g.is_background(Z)[0]:
+                return [self._background(g, False)]
             best, share = self.fast.vote_one(Z[0])
             if self.calibration is not None:
                 share = self.calibration.one(share)
@@ -111,9 +138,9 @@ class ServedModel:
         conf = np.ones(n)
         stage = np.full(n, 2)
         rest = np.ones(n, dtype=bool)
-        if self.gate is not None:
-            background = self.gate.is_background(Z)
-            pred[background] = self.gate.background
+        if g is not None:
+            background = g.is_background(Z)
+            pred[background] = g.background
             conf[background] = self.gate_confidence
             stage[background] = 1
             rest = ~background
@@ -121,9 +148,8 @@ class ServedModel:
             pred[rest], share = self.fast.vote(Z[rest] if not rest.all() else Z)
             conf[rest] = self.calibration(share) if self.calibration is not None else share
         shares = self._shares(Z) if probabilities else None
-        if shares is not None:  # the gate's answer is certain: all its weight on background
-            shares[stage == 1] = np.eye(len(self.classes))[self.gate.background] \
-                if self.gate is not None else shares[stage == 1]
+        if shares is not None and g is not None:  # the gate's answer: all its weight on it
+            shares[stage == 1] = np.eye(len(self.classes))[g.background]
         return [Answer(self.classes[p], float(c), int(s), self.version,
                        None if shares is None else dict(zip(self.classes, map(float, row),
                                                             strict=True)))

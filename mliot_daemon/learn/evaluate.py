@@ -123,10 +123,14 @@ def report(model: TrainedModel, data: dict[str, Any]) -> dict[str, Any]:
     }
     if model.gate is not None:
         g = model.gate
-        pred, stage = model.predict_two_stage(Z)
+        pred, stage = model.predict_two_stage(X_test, Z)
         called = stage == 1
         is_bg = y_test == g.background
-        s1 = median_latency_ms(lambda z: g.is_background(z), Z[:200], repeats=300) + fe_ms
+        if g.raw:  # the gate reads the clip before the front end
+            s1 = median_latency_ms(lambda x: model.background(x, Z[:1]), X_test[:200],
+                                   repeats=300)
+        else:
+            s1 = median_latency_ms(lambda z: g.is_background(z), Z[:200], repeats=300) + fe_ms
         out["two_stage"] = {
             "background_class": classes[g.background], "threshold": round(g.threshold, 6),
             "precision": round(float((called & is_bg).sum() / max(called.sum(), 1)), 5),

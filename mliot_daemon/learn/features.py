@@ -44,6 +44,7 @@ class FeatureSet:
     n_classes: int
     fold: np.ndarray
     reducer: Reducer | None = None
+    G: np.ndarray | None = None  # the gate's cheap features (FrontEnd.gate_input), if any
 
     @property
     def val_rows(self) -> np.ndarray:
@@ -64,6 +65,8 @@ class FeatureSet:
         if self.reducer is not None:
             arrays["pca_mean"] = self.reducer.mean
             arrays["pca_components"] = self.reducer.components
+        if self.G is not None:
+            arrays["G"] = self.G
         return atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
     @classmethod
@@ -71,7 +74,7 @@ class FeatureSet:
         with np.load(path, allow_pickle=False) as d:
             reducer = Reducer(d["pca_mean"], d["pca_components"]) if "pca_mean" in d else None
             return cls(Z=d["Z"], y=d["y"], n_classes=int(d["n_classes"]), fold=d["fold"],
-                       reducer=reducer)
+                       reducer=reducer, G=d["G"] if "G" in d else None)
 
 
 def make_folds(y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:

@@ -126,6 +126,12 @@ class FrontEnd(ABC):
         """JSON-able description for the manifest."""
         return {"data_type": self.data_type, "n_features": int(self.n_features_)}
 
+    def gate_input(self, X: Any) -> np.ndarray | None:
+        """Features much cheaper than :meth:`transform`'s, for the two-stage gate to read
+        before the front end runs; None when this front end has none (it is cheap already)
+        or these samples do not allow them."""
+        return None
+
     # subclasses override
     @abstractmethod
     def _features(self, X: Any) -> np.ndarray:
@@ -341,6 +347,12 @@ class AudioFrontEnd(FrontEnd):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "sample_rate": self.sample_rate}
+
+    def gate_input(self, X: Any) -> np.ndarray | None:
+        """Waveform features of raw clips (``waveform``), a tenth of the log-mel's cost."""
+        from mliot_daemon.learn.waveform import waveform_features
+
+        return waveform_features(self._clips(X), self.sample_rate)
 
 
 def make_front_end(data_type: str, sample_rate: int = SAMPLE_RATE) -> FrontEnd:

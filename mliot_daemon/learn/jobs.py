@@ -161,7 +161,9 @@ def quick_job(data: TrainingData, data_type: str, sample_rate: int, policy: Poli
             raise DataError(f"background class {background_class!r} is not among the labels")
         fold = np.full(len(y), -1, dtype=np.int64)
         fold[n_tr:] = 0
-        gate = fit_gate(Z, np.concatenate([codes, y_val]), index[background_class], fold)
+        G = front_end.gate_input(as_input(X, np.float64))
+        gate = fit_gate(Z if G is None else G, np.concatenate([codes, y_val]),
+                        index[background_class], fold, raw=G is not None)
         lap("gate")
     fe_ms = front_end_latency_ms(front_end, as_input(X[:PROBE_ROWS]), repeats=30)
     model = quick_model(front_end, classes, member, policy, front_end_ms=fe_ms,
@@ -190,7 +192,7 @@ def prepare_job(data: TrainingData, data_type: str, sample_rate: int, out_dir: P
     front_end = make_front_end(data_type, sample_rate)
     Z = front_end.fit_transform(as_input(X))
     features = FeatureSet(Z=Z, y=codes, n_classes=len(classes), fold=make_folds(codes),
-                          reducer=None)
+                          reducer=None, G=front_end.gate_input(as_input(X)))
     out_dir.mkdir(parents=True, exist_ok=True)
     features.save(out_dir / "features.npz")
     probe = X[:PROBE_ROWS]

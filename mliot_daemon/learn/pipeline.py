@@ -61,8 +61,9 @@ def data_hash(X: Any, y: Any) -> str:
         arr = np.ascontiguousarray(np.asarray(a) if not isinstance(a, list)
                                    else np.asarray(a, dtype=object))
         if arr.dtype == object:
-            for item in arr.ravel():
-                h.update(np.ascontiguousarray(np.asarray(item, dtype=np.float64)).tobytes())
+            for item in arr.ravel():  # clips of any length, or labels given as a list
+                h.update(item.encode() if isinstance(item, str) else
+                         np.ascontiguousarray(np.asarray(item, dtype=np.float64)).tobytes())
         else:
             h.update(str(arr.shape).encode() + arr.dtype.str.encode())
             h.update(arr.tobytes())
@@ -85,6 +86,7 @@ def prepare(X: Any, y: Any, data_type: str = "vector", *, sample_rate: int = 160
     if g is not None and len(g) != len(codes):
         raise DataError(f"got {len(g)} group ids for {len(codes)} samples")
     fs = prepare_features(Z, codes, len(classes), seed, g)
+    fs.G = front_end.gate_input(X)
     return Prepared(front_end, classes, fs, data_hash(X, y))
 
 
@@ -123,15 +125,23 @@ class TrainedModel:
         preds = np.stack([m.estimator.predict(Zr if m.reduced else Z) for m in self.members])
         return vote(preds.astype(np.intp), self.selection.weights, len(self.classes))
 
-    def predict_two_stage(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class indices, stage 1 or 2 per row) for front-end features."""
+    def background(self, X: Any, Z: np.ndarray) -> np.ndarray:
+        """Which rows the gate answers (stage 1), for raw samples ``X`` and their front-end
+        features ``Z``; none without a gate, or for a waveform gate on non-waveform input."""
+        if self.gate is None:
+            return np.zeros(len(Z), dtype=bool)
+        if not self.gate.raw:
+            return self.gate.is_background(Z)
+        G = self.front_end.gate_input(X)
+        return self.gate.is_background(G) if G is not None else np.zeros(len(Z), dtype=bool)
+
+    def predict_two_stage(self, X: Any, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices, stage 1 or 2 per row) for raw samples and their features."""
         pred = self.fast().predict_features(Z)
-        stage = np.full(len(Z), 2)
+        bg = self.background(X, Z)
         if self.gate is not None:
-            bg = self.gate.is_background(Z)
             pred = np.where(bg, self.gate.background, pred)
-            stage[bg] = 1
-        return pred, stage
+        return pred, np.where(bg, 1, 2)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -214,7 +224,9 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
     if background_class is not None:
         if background_class not in prep.classes:
             raise DataError(f"background class {background_class!r} is not among the labels")
-        model.gate = fit_gate(fs.Z, fs.y, prep.classes.index(background_class), fs.fold)
+        raw = fs.G is not None  # cheaper features than the front end's: gate before it
+        model.gate = fit_gate(fs.G if raw else fs.Z, fs.y, prep.classes.index(background_class),
+                              fs.fold, raw=raw)
     return model
 
 

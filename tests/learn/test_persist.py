@@ -30,7 +30,8 @@ def test_round_trip(tmp_path, model):
     back = load_model(d)
     np.testing.assert_array_equal(back.fast().predict(X), m.fast().predict(X))
     Z = m.front_end.transform(X)
-    np.testing.assert_array_equal(back.predict_two_stage(Z)[0], m.predict_two_stage(Z)[0])
+    np.testing.assert_array_equal(back.predict_two_stage(X, Z)[0],
+                                  m.predict_two_stage(X, Z)[0])
     assert not list(tmp_path.glob(".*tmp"))  # no temporary directory left behind
 
 
