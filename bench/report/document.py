@@ -8,6 +8,7 @@ from typing import Any
 
 from bench.report import (
     adaptation,
+    drift,
     ingest_mqtt,
     lazy,
     memory,
@@ -25,7 +26,8 @@ Section = Callable[[dict[str, Any]], list[str]]
 SECTIONS: list[tuple[str, Section]] = [
     ("table4", table4.section), ("lazy", lazy.section), ("two_stage", two_stage.section),
     ("serving", serving.section), ("memory", memory.section),
-    ("adaptation", adaptation.section), ("scale", scale.section),
+    ("adaptation", adaptation.section), ("drift", drift.section),
+    ("scale", scale.section),
     ("placement", placement.section), ("ingest", ingest_mqtt.ingest),
     ("mqtt", ingest_mqtt.mqtt),
 ]
