@@ -9,7 +9,14 @@ and their test accuracies. This process then loads them and times one prediction
 served (front end + ``FastEnsemble``, one BLAS thread). Relative changes are against the best
 single model, as the paper's parentheses are against each block's first row.
 
---quick: MNIST subsampled to 6,000 / 2,000 and a 2 s search budget per family.
+Issue 16 asks for the best-effort ensemble against its best member averaged over three split
+seeds: each set is fitted three times (``SEEDS``). digits and the watch set are re-split with
+the seed (the watch set by recording); MNIST's and the audio set's train/test splits are
+fixed (the official MNIST split; unheard test speakers), so for them the seed changes the
+folds, the searches and the estimators' own randomness. The table shows the seed average; the
+JSON and the per-seed lines show each seed. Latencies are those of seed 0's models.
+
+--quick: one seed, MNIST subsampled to 6,000 / 2,000 and a 2 s search budget per family.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ SETS = [("mnist", "image"), ("sensor_watch", "sensor"), ("audio_espeak", "audio"
         ("digits", "vector")]
 
 
-def load(name: str, quick: bool):
+SEEDS = (0, 1, 2)
+
+
+def load(name: str, quick: bool, seed: int = 0):
     if name == "mnist":
         Xtr, Xte, ytr, yte = datasets.mnist()
         if quick:
@@ -38,14 +48,15 @@ def load(name: str, quick: bool):
             Xtr, ytr, Xte, yte = Xtr[a], ytr[a], Xte[b], yte[b]
         return Xtr, Xte, ytr, yte, None
     if name == "sensor_watch":
-        Xtr, Xte, ytr, yte, g = datasets.watch(with_groups=True)
+        Xtr, Xte, ytr, yte, g = datasets.watch(with_groups=True, seed=seed)
         return Xtr, Xte, ytr, yte, g
     if name == "audio_espeak":
         return (*datasets.audio(), None)
-    return (*datasets.digits(), None)
+    return (*datasets.digits(seed), None)
 
 
-def train_set(name: str, data_type: str, quick: bool, out: Path) -> dict[str, Any]:
+def train_set(name: str, data_type: str, quick: bool, out: Path, seed: int = 0
+              ) -> dict[str, Any]:
     """Child process: fit the families, save the three models, score them on the test set."""
     import dataclasses
 
@@ -53,10 +64,10 @@ def train_set(name: str, data_type: str, quick: bool, out: Path) -> dict[str, An
     from mliot_daemon.learn.persist import save_model
     from mliot_daemon.learn.pipeline import assemble, fit_all, prepare
 
-    Xtr, Xte, ytr, yte, groups = load(name, quick)
+    Xtr, Xte, ytr, yte, groups = load(name, quick, seed)
     t = time.perf_counter()
-    prep = prepare(Xtr, np.asarray(ytr).astype(str), data_type, groups=groups)
-    cands = fit_all(prep, budget_s=2.0 if quick else None, workers=2)
+    prep = prepare(Xtr, np.asarray(ytr).astype(str), data_type, groups=groups, seed=seed)
+    cands = fit_all(prep, budget_s=2.0 if quick else None, workers=2, seed=seed)
     fit_s = time.perf_counter() - t
     probe = Xtr[:50]
     models = {"best_effort": assemble(prep, cands, Policy("best_effort"), X_probe=probe),
@@ -111,39 +122,64 @@ def run(quick: bool) -> dict[str, Any]:
     env = wait_quiet(quick)
     rows = []
     for name, data_type in SETS:
-        with tempfile.TemporaryDirectory(prefix=f"mliot-t4-{name}-") as tmp:
-            info = in_child(train_set, name, data_type, quick, Path(tmp))
-            lat = measure(Path(tmp), 500 if quick else 3000)
-        best_acc = info["single"]["accuracy"]
-        row = {"dataset": name, "data_type": data_type, "n_train": info["n_train"],
-               "n_test": info["n_test"], "fit_seconds": info["fit_seconds"],
-               "best_member": info["single"]["members"][0],
-               "best_member_accuracy": best_acc,
-               "ensemble_members": info["best_effort"]["members"],
-               "ensemble_accuracy": info["best_effort"]["accuracy"],
-               "ensemble_val_accuracy": info["best_effort"]["val_accuracy"],
-               "low_latency_val_accuracy": info["low_latency"]["val_accuracy"],
-               "low_latency_members": info["low_latency"]["members"],
-               "low_latency_accuracy": info["low_latency"]["accuracy"],
-               "best_member_latency_ms": lat["single"]["p50"],
-               "ensemble_latency_ms": lat["best_effort"]["p50"],
-               "low_latency_latency_ms": lat["low_latency"]["p50"],
-               "latency_p99_ms": {k: v["p99"] for k, v in lat.items()},
-               "ensemble_accuracy_change": rel(info["best_effort"]["accuracy"], best_acc),
-               "low_latency_accuracy_change": rel(info["low_latency"]["accuracy"], best_acc),
-               "ensemble_latency_change": rel(lat["best_effort"]["p50"], lat["single"]["p50"]),
-               "low_latency_latency_change": rel(lat["low_latency"]["p50"], lat["single"]["p50"]),
-               "member_test_accuracy": info["member_test_accuracy"],
-               "member_val_accuracy": info["member_val_accuracy"]}
-        row["ensemble_ge_best_member"] = row["ensemble_accuracy"] >= best_acc
-        row["low_latency_ge_best_member"] = row["low_latency_accuracy"] >= best_acc
-        rows.append(row)
-        print(f"table4 {name}: {row['best_member']} {best_acc} | 7: {row['ensemble_accuracy']} "
-              f"| 3: {row['low_latency_accuracy']}", flush=True)
-    return {**env, "rows": rows,
+        seeds = []
+        for seed in SEEDS[:1] if quick else SEEDS:
+            with tempfile.TemporaryDirectory(prefix=f"mliot-t4-{name}-") as tmp:
+                info = in_child(train_set, name, data_type, quick, Path(tmp), seed)
+                lat = measure(Path(tmp), 500 if quick else 3000) if seed == SEEDS[0] else lat
+            seeds.append({"seed": seed, **info})
+            print(f"table4 {name} seed {seed}: best member {info['single']['members'][0]} "
+                  f"{info['single']['accuracy']} | 7: {info['best_effort']['accuracy']} "
+                  f"{info['best_effort']['members']} | 3: {info['low_latency']['accuracy']}",
+                  flush=True)
+        rows.append(_row(name, data_type, seeds, lat))
+    return {**env, "seeds": list(SEEDS[:1] if quick else SEEDS), "rows": rows,
             "targets": {"every_ensemble_ge_best_member": True},
             "met": {"every_ensemble_ge_best_member": all(
-                r["ensemble_ge_best_member"] and r["low_latency_ge_best_member"] for r in rows)},
-            "note": "best single model = the member with the best test accuracy (strictest "
-                    "baseline); latency = one row at a time as served (front end + fast "
-                    "predictor, one BLAS thread), in this process; fits in a child process"}
+                r["ensemble_ge_best_member"] for r in rows)},
+            "note": "accuracies are averages over the split seeds (each seed in `per_seed`); "
+                    "best single model = the member with the best test accuracy (strictest "
+                    "baseline), per seed; latency = one row at a time as served (front end + "
+                    "fast predictor, one BLAS thread), seed 0's models, in this process; fits "
+                    "in a child process"}
+
+
+def _mean(values: list[float]) -> float:
+    return round(float(np.mean(values)), 5)
+
+
+def _row(name: str, data_type: str, seeds: list[dict[str, Any]],
+         lat: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One table row: seed averages, seed 0's members and latencies, every seed's figures."""
+    first = seeds[0]
+    acc = {k: _mean([s[k]["accuracy"] for s in seeds])
+           for k in ("single", "best_effort", "low_latency")}
+    row = {"dataset": name, "data_type": data_type, "n_train": first["n_train"],
+           "n_test": first["n_test"], "fit_seconds": first["fit_seconds"],
+           "best_member": first["single"]["members"][0],
+           "best_member_accuracy": acc["single"],
+           "ensemble_members": first["best_effort"]["members"],
+           "ensemble_accuracy": acc["best_effort"],
+           "ensemble_val_accuracy": _mean([s["best_effort"]["val_accuracy"] for s in seeds]),
+           "low_latency_val_accuracy": _mean([s["low_latency"]["val_accuracy"] for s in seeds]),
+           "low_latency_members": first["low_latency"]["members"],
+           "low_latency_accuracy": acc["low_latency"],
+           "best_member_latency_ms": lat["single"]["p50"],
+           "ensemble_latency_ms": lat["best_effort"]["p50"],
+           "low_latency_latency_ms": lat["low_latency"]["p50"],
+           "latency_p99_ms": {k: v["p99"] for k, v in lat.items()},
+           "ensemble_accuracy_change": rel(acc["best_effort"], acc["single"]),
+           "low_latency_accuracy_change": rel(acc["low_latency"], acc["single"]),
+           "ensemble_latency_change": rel(lat["best_effort"]["p50"], lat["single"]["p50"]),
+           "low_latency_latency_change": rel(lat["low_latency"]["p50"], lat["single"]["p50"]),
+           "member_test_accuracy": first["member_test_accuracy"],
+           "member_val_accuracy": first["member_val_accuracy"],
+           "per_seed": [{"seed": s["seed"], "best_member": s["single"]["members"][0],
+                         "best_member_accuracy": s["single"]["accuracy"],
+                         "ensemble_members": s["best_effort"]["members"],
+                         "ensemble_accuracy": s["best_effort"]["accuracy"],
+                         "low_latency_accuracy": s["low_latency"]["accuracy"],
+                         "fit_seconds": s["fit_seconds"]} for s in seeds]}
+    row["ensemble_ge_best_member"] = row["ensemble_accuracy"] >= row["best_member_accuracy"]
+    row["low_latency_ge_best_member"] = row["low_latency_accuracy"] >= row["best_member_accuracy"]
+    return row

@@ -73,9 +73,9 @@ def summary() -> list[str]:
                    f"{mm['daemon_rss_mib']} MiB{_quick(mm)} | "
                    f"{verdict(mm['daemon_rss_mib'] <= 200)} |")
     if t4:
-        worst = min(min(row["ensemble_accuracy"], row["low_latency_accuracy"])
-                    - row["best_member_accuracy"] for row in t4["rows"])
-        out.append(f"| every ensemble ≥ its best member (test) | "
+        worst = min(row["ensemble_accuracy"] - row["best_member_accuracy"]
+                    for row in t4["rows"])
+        out.append(f"| every best-effort ensemble ≥ its best member (test, seed average) | "
                    f"worst gap {worst:+.4f}{_quick(t4)} | "
                    f"{verdict(t4['met']['every_ensemble_ge_best_member'])} |")
     return out
