@@ -5,7 +5,9 @@ served latency and their ratio), the 7-member digits fast predictor (single-row 
 batched rows/s, agreement with the reference ensemble, and the naive per-member `.predict`
 latency for comparison), MNIST 60k/10k best effort (accuracy, first model ready, total fit
 time; skipped with --quick), and the sensor (seglearn watch) and audio (espeak-ng spoken
-digits) ensembles against their best member.
+digits) ensembles against their best member. For every best-effort ensemble, the calibration
+of the served ``confidence`` on the test rows: expected calibration error (10 equal bins) of
+the calibrated confidence and of the raw vote share, and the reliability table behind it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from bench import datasets
+from actors.server.serving import ServedModel
+from mliot_daemon.learn.calibration import expected_calibration_error
 from mliot_daemon.learn.ensemble import Policy, Selection, member_weight
 from mliot_daemon.learn.families import make_estimator
 from mliot_daemon.learn.fast import compile_member, single_thread_blas
@@ -40,13 +44,26 @@ def _ensemble_report(model, X_test, y_test) -> dict[str, Any]:
     Zr = model.reducer(Z) if model.reducer is not None else None
     members = {m.family: _acc(m.fast.predict(Zr if m.reduced else Z), y) for m in model.candidates}
     lat = latency_percentiles_ms(model.fast().predict, np.asarray(X_test[:300]), repeats=2000)
-    return {"members": model.selection.families,
+    return {**_calibration(model, X_test, y, Z), "members": model.selection.families,
             "weights": [round(w, 4) for w in model.selection.weights],
             "accuracy": _acc(model.fast().predict_features(Z), y),
             "best_member": max(members, key=members.get),
             "best_member_accuracy": max(members.values()),
             "candidates_accuracy": members, "latency_ms_p50": round(lat["p50"], 4),
             "latency_ms_p99": round(lat["p99"], 4)}
+
+
+def _calibration(model, X_test, y: np.ndarray, Z: np.ndarray) -> dict[str, Any]:
+    """ECE of the served confidence (as the daemon answers: ``ServedModel``) and of the raw
+    vote share, on the test rows, with the reliability table of the served one."""
+    pred, share = model.fast().vote(Z)
+    served = ServedModel(0, model).predict(X_test)
+    conf = np.array([a.confidence for a in served])
+    right = pred == y
+    ece, table = expected_calibration_error(conf, right)
+    raw, _ = expected_calibration_error(share, right)
+    return {"ece": round(ece, 5), "ece_raw_vote_share": round(raw, 5), "reliability": table,
+            "calibration": model.calibration.as_dict() if model.calibration else None}
 
 
 def _full_ensemble(prep, cands):

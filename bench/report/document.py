@@ -11,6 +11,7 @@ from bench.report import (
     drift,
     ingest_mqtt,
     lazy,
+    learn,
     memory,
     placement,
     scale,
@@ -24,7 +25,7 @@ Section = Callable[[dict[str, Any]], list[str]]
 
 # (benchmark name = result file, its section). The order is the document's.
 SECTIONS: list[tuple[str, Section]] = [
-    ("table4", table4.section), ("lazy", lazy.section), ("two_stage", two_stage.section),
+    ("table4", table4.section), ("learn", learn.section), ("lazy", lazy.section), ("two_stage", two_stage.section),
     ("serving", serving.section), ("memory", memory.section),
     ("adaptation", adaptation.section), ("drift", drift.section),
     ("scale", scale.section),
