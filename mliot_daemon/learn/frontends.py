@@ -26,9 +26,9 @@ same fitted object transforms training data, validation data and every served re
   ``stats_seg4`` adds the band means of 4 time segments, ``stats_seg8`` mean, std, delta and 8
   segment means. The temporal envelope did not help once speakers are unheard and offsets
   random (on the easier first data set all three reached 1.0), and ``stats`` is the smallest.
-- ``sensor``: (channels, time) windows -> per channel min, max, range, mean, sum, std,
-  spectral centroid and ``SENSOR_BANDS`` log FFT band energies (the Mites featurization), then
-  standardized.
+- ``sensor``: (channels, time) windows -> the Mites statistics, plus the downsampled series
+  and its autocorrelation where cross-validation on the app's data shows they pay, then
+  standardized (``sensor``).
 - ``vector``: (d,) samples, standardized.
 
 Bad input raises :class:`~mliot_daemon.learn.errors.DataError` (a ``ValueError``).
@@ -58,7 +58,6 @@ LOG_OFFSET = 0.01
 PATCH_FRAMES = 96
 PATCH_SAMPLES = WINDOW + (PATCH_FRAMES - 1) * HOP  # 15,600 samples
 MIN_AUDIO_SECONDS = 0.5
-SENSOR_BANDS = 8
 
 
 def _finite(X: np.ndarray, what: str) -> None:
@@ -132,6 +131,11 @@ class FrontEnd(ABC):
         or these samples do not allow them."""
         return None
 
+    def choose(self, X: Any, y: np.ndarray, fold: np.ndarray, seed: int = 0) -> None:
+        """Before :meth:`fit`: settle what this front end computes by measurement on the
+        training samples, labels ``y`` and their fold ids (only the sensor front end has a
+        choice to make)."""
+
     # subclasses override
     @abstractmethod
     def _features(self, X: Any) -> np.ndarray:
@@ -198,36 +202,6 @@ class ImageFrontEnd(FrontEnd):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "pixel_scale": self.pixel_scale_}
-
-
-def sensor_features(W: np.ndarray, bands: int = SENSOR_BANDS) -> np.ndarray:
-    """Mites-style features of (n, channels, time) windows -> (n, channels * (7 + bands))."""
-    mn, mx = W.min(axis=2), W.max(axis=2)
-    mean, std, total = W.mean(axis=2), W.std(axis=2), W.sum(axis=2)
-    power = np.abs(np.fft.rfft(W - mean[..., None], axis=2)) ** 2
-    freqs = np.arange(power.shape[2], dtype=np.float64)
-    psum = power.sum(axis=2)
-    centroid = np.where(psum > 0, (power * freqs).sum(axis=2) / np.where(psum > 0, psum, 1.0), 0.0)
-    centroid = centroid / max(power.shape[2] - 1, 1)
-    edges = np.linspace(0, power.shape[2], bands + 1).astype(int)
-    energies = [np.log1p(power[..., a:max(b, a + 1)].sum(axis=2)) for a, b in zip(edges[:-1], edges[1:])]
-    feats = [mn, mx, mx - mn, mean, total, std, centroid, *energies]
-    return np.stack(feats, axis=2).reshape(W.shape[0], -1)
-
-
-class SensorFrontEnd(FrontEnd):
-    """(n, channels, time) windows -> Mites statistics and FFT band energies, standardized."""
-
-    data_type = "sensor"
-
-    def _features(self, X: Any) -> np.ndarray:
-        arr = as_array(X)
-        if arr.ndim != 3:
-            raise DataError(
-                f"sensor samples must form an (n, channels, time) array, got shape {arr.shape}")
-        if arr.shape[2] < 2:
-            raise DataError("sensor windows need at least 2 time steps")
-        return sensor_features(arr)
 
 
 def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
@@ -362,6 +336,8 @@ def make_front_end(data_type: str, sample_rate: int = SAMPLE_RATE) -> FrontEnd:
     if data_type == "image":
         return ImageFrontEnd()
     if data_type == "sensor":
+        from mliot_daemon.learn.sensor import SensorFrontEnd
+
         return SensorFrontEnd()
     if data_type == "audio":
         return AudioFrontEnd(sample_rate)
@@ -384,3 +360,13 @@ def encode_labels(y: Any) -> tuple[np.ndarray, list[str]]:
     if len(names) < 2:
         raise DataError(f"need at least 2 classes to train, got only {names.tolist()}")
     return codes.astype(np.int64), [str(n) for n in names]
+
+
+def __getattr__(name: str) -> Any:
+    """The sensor front end lives in ``sensor`` (which imports this module); versions saved
+    before it moved name this module in their pickles, so its class is still found here."""
+    if name in ("SensorFrontEnd", "sensor_features", "SENSOR_BANDS"):
+        from mliot_daemon.learn import sensor
+
+        return getattr(sensor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

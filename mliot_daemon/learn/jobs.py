@@ -189,9 +189,11 @@ def prepare_job(data: TrainingData, data_type: str, sample_rate: int, out_dir: P
     # Front end and folds only: the PCA decision waits for reduce_job, after the quick first
     # model (IncrementalPCA on MNIST-sized data takes most of a minute).
     codes, classes = encode_labels(np.asarray(y))
+    fold = make_folds(codes)
     front_end = make_front_end(data_type, sample_rate)
+    front_end.choose(as_input(X), codes, fold)
     Z = front_end.fit_transform(as_input(X))
-    features = FeatureSet(Z=Z, y=codes, n_classes=len(classes), fold=make_folds(codes),
+    features = FeatureSet(Z=Z, y=codes, n_classes=len(classes), fold=fold,
                           reducer=None, G=front_end.gate_input(as_input(X)))
     out_dir.mkdir(parents=True, exist_ok=True)
     features.save(out_dir / "features.npz")

@@ -34,7 +34,7 @@ from mliot_daemon.learn.ensemble import (
 from mliot_daemon.learn.errors import DataError
 from mliot_daemon.learn.families import FAMILIES, check_family, make_estimator
 from mliot_daemon.learn.fast import FastEnsemble, compile_member
-from mliot_daemon.learn.features import FeatureSet, prepare_features
+from mliot_daemon.learn.features import FeatureSet, make_folds, prepare_features
 from mliot_daemon.learn.fit import FittedModel, fit_family, fit_family_job, load_fitted
 from mliot_daemon.learn.frontends import FrontEnd, encode_labels, make_front_end
 from mliot_daemon.learn.gate import Gate, fit_gate
@@ -80,11 +80,12 @@ def prepare(X: Any, y: Any, data_type: str = "vector", *, sample_rate: int = 160
     n = len(X) if isinstance(X, Sequence | np.ndarray) else 0
     if n != len(codes):
         raise DataError(f"got {n} samples but {len(codes)} labels")
-    front_end = make_front_end(data_type, sample_rate)
-    Z = front_end.fit_transform(X)
     g = None if groups is None else np.asarray(groups)
     if g is not None and len(g) != len(codes):
         raise DataError(f"got {len(g)} group ids for {len(codes)} samples")
+    front_end = make_front_end(data_type, sample_rate)
+    front_end.choose(X, codes, make_folds(codes, seed, g), seed)
+    Z = front_end.fit_transform(X)
     fs = prepare_features(Z, codes, len(classes), seed, g)
     fs.G = front_end.gate_input(X)
     return Prepared(front_end, classes, fs, data_hash(X, y))

@@ -10,12 +10,12 @@ from mliot_daemon.learn.frontends import (
     MEL_BANDS,
     PATCH_FRAMES,
     PATCH_SAMPLES,
-    SENSOR_BANDS,
     encode_labels,
     log_mel_patches,
     make_front_end,
 )
 from mliot_daemon.learn.pipeline import prepare
+from mliot_daemon.learn.sensor import SENSOR_BANDS, sensor_features
 
 rng = np.random.default_rng(0)
 
@@ -43,8 +43,6 @@ def test_sensor_features_shape_and_values():
     fe = make_front_end("sensor")
     Z = fe.fit_transform(W)
     assert Z.shape == (7, 3 * (7 + SENSOR_BANDS))
-    from mliot_daemon.learn.frontends import sensor_features
-
     F = sensor_features(W)
     row = F[0].reshape(3, -1)[1]
     assert row[0] == 0 and row[1] == 49 and row[2] == 49  # min, max, range
@@ -138,3 +136,21 @@ def test_audio_summaries_and_the_served_vector_path():
     np.testing.assert_array_equal(fe.transform(row), fe.transform(row.tolist()))
     with pytest.raises(DataError, match="NaN"):
         fe.transform(np.array([[1.0, np.nan, 3.0, 4.0]]))
+
+
+def test_a_sensor_front_end_saved_before_the_move_still_loads():
+    """Versions saved before the sensor front end had its own module name the old module."""
+    import pickle
+
+    from mliot_daemon.learn import frontends
+
+    W = rng.normal(size=(6, 2, 40))
+    fe = make_front_end("sensor").fit(W)
+    # protocol 0 names classes in plain text lines, so the module can be swapped in place
+    old = pickle.dumps(fe, protocol=0).replace(b"mliot_daemon.learn.sensor\n",
+                                               b"mliot_daemon.learn.frontends\n")
+    assert b"mliot_daemon.learn.frontends\nSensorFrontEnd" in old
+    back = pickle.loads(old)
+    del back.__dict__["blocks"]  # nor did it have blocks: the statistics alone
+    np.testing.assert_array_equal(back.transform(W), fe.transform(W))
+    assert frontends.SensorFrontEnd is type(fe)
