@@ -21,7 +21,7 @@ from typing import Any, assert_never
 
 import structlog
 
-from actors.trainer.adaptation import adapt, observe_feedback
+from actors.trainer.adaptation import FEEDBACK_KEPT, adapt, observe_feedback
 from actors.trainer.cluster import CLUSTER_RETRY_S, ClusterUnavailable, DaskClients
 from actors.trainer.pipeline import Pipeline
 from actors.trainer.pool import WorkerPool
@@ -195,6 +195,7 @@ class Trainer(Actor[TrainerMsg]):
             return
         if msg.wrong:
             state.corrections.append(msg)
+        state.feedback = [*state.feedback[-(FEEDBACK_KEPT - 1):], msg]
         observe_feedback(state, msg)
         await self._maybe_train(msg.app)
 

@@ -17,6 +17,7 @@ assembled once and left for it to publish or not.
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -241,8 +242,13 @@ class Pipeline:
         version = await asyncio.to_thread(self.registry.publish, app, staging,
                                           self.training().keep_versions, meta)
         state.val_accuracy = float(summary.get("val_accuracy", 0.0))
-        # drift is measured against what the new version is expected to get wrong
-        state.detector = PageHinkley(1.0 - state.val_accuracy)
+        # drift is measured against what the new version is expected to get wrong: its
+        # validation error, or the error on held-out feedback when an adaptation saw more
+        expected = 1.0 - state.val_accuracy
+        if decision and isinstance(decision.get("new_accuracy"), float) \
+                and math.isfinite(decision["new_accuracy"]):
+            expected = max(expected, 1.0 - decision["new_accuracy"])
+        state.detector = PageHinkley(expected)
         state.observed = []
         await self.store.add_version(app, version, meta["created"], reason,
                                      list(summary.get("members", [])),

@@ -28,6 +28,9 @@ class AppState:
     val_accuracy: float = 0.0
     detector: PageHinkley | None = None
     corrections: list[FeedbackAdded] = field(default_factory=list)  # since the last adaptation
+    # every piece of feedback since the last adaptation, right or wrong (the newest
+    # FEEDBACK_KEPT): the held-out rows that decide whether an adaptation is published
+    feedback: list[FeedbackAdded] = field(default_factory=list)
     observed: list[FeedbackAdded] = field(default_factory=list)  # since the detector's reset
     drift_sample_id: int = 0  # set when the detector fires; consumed by the next adaptation
     # Samples older than this id with these labels describe a world that has changed; every
