@@ -8,6 +8,7 @@ from typing import Any
 
 from bench.report import (
     adaptation,
+    automl,
     ingest_mqtt,
     lazy,
     memory,
@@ -24,6 +25,7 @@ Section = Callable[[dict[str, Any]], list[str]]
 # (benchmark name = result file, its section). The order is the document's.
 SECTIONS: list[tuple[str, Section]] = [
     ("table4", table4.section), ("lazy", lazy.section), ("two_stage", two_stage.section),
+    ("automl", automl.section),
     ("serving", serving.section), ("memory", memory.section),
     ("adaptation", adaptation.section), ("scale", scale.section),
     ("placement", placement.section), ("ingest", ingest_mqtt.ingest),
