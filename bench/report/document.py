@@ -8,6 +8,7 @@ from typing import Any
 
 from bench.report import (
     adaptation,
+    automl,
     drift,
     ingest_mqtt,
     lazy,
@@ -25,7 +26,8 @@ Section = Callable[[dict[str, Any]], list[str]]
 
 # (benchmark name = result file, its section). The order is the document's.
 SECTIONS: list[tuple[str, Section]] = [
-    ("table4", table4.section), ("learn", learn.section), ("lazy", lazy.section), ("two_stage", two_stage.section),
+    ("table4", table4.section), ("learn", learn.section), ("lazy", lazy.section),
+    ("two_stage", two_stage.section), ("automl", automl.section),
     ("serving", serving.section), ("memory", memory.section),
     ("adaptation", adaptation.section), ("drift", drift.section),
     ("scale", scale.section),
