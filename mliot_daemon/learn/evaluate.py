@@ -4,7 +4,9 @@
 
 The npz holds ``X_train, y_train, X_test, y_test`` (or ``X, y``, split 70/30 stratified with
 seed 0) and may hold a 0-d string ``data_type`` (else ``--type``, else ``vector``) and, as an
-extension, a 0-d string ``background_class`` (enables the two-stage report). ``--json`` prints
+extension, a 0-d string ``background_class`` (enables the two-stage report) and, with
+``X_train``, ``groups_train``: one id per training sample (e.g. the recording each sensor
+window was cut from), so that windows of one recording stay in one validation fold. ``--json`` prints
 the object of record (DESIGN.md); without it a table. A progress bar (models fitted / total,
 elapsed) goes to stderr when stderr is a terminal. Accuracies are on the test split;
 ``latency_ms`` is the median time to predict ONE sample as served (front end included).
@@ -51,8 +53,14 @@ def load_npz(path: str, data_type: str | None) -> dict[str, Any]:
         keys = set(d.files)
         dtype = str(d["data_type"]) if "data_type" in keys else (data_type or "vector")
         bg = str(d["background_class"]) if "background_class" in keys else None
+        groups = None
         if {"X_train", "y_train", "X_test", "y_test"} <= keys:
             Xtr, ytr, Xte, yte = d["X_train"], d["y_train"], d["X_test"], d["y_test"]
+            if "groups_train" in keys:
+                groups = d["groups_train"]
+                if groups.shape != (len(ytr),):
+                    raise DataError(f"groups_train needs one id per training sample "
+                                    f"({len(ytr)}), got shape {groups.shape}")
         elif {"X", "y"} <= keys:
             X, y = d["X"], d["y"]
             if len(X) != len(y) or len(X) < 4:
@@ -65,7 +73,7 @@ def load_npz(path: str, data_type: str | None) -> dict[str, Any]:
             raise DataError(f"{path} needs arrays X_train, y_train, X_test, y_test or X, y; "
                             f"found {sorted(keys)}")
     return {"X_train": Xtr, "y_train": ytr, "X_test": Xte, "y_test": yte, "data_type": dtype,
-            "background_class": bg}
+            "background_class": bg, "groups": groups}
 
 
 class _Bar:
@@ -174,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
                       sample_rate=getattr(args, "sample_rate", 16000),
                       background_class=data["background_class"],
                       budget_s=getattr(args, "budget", None), workers=getattr(args, "workers", None),
-                      progress=_Bar(sys.stderr.isatty()))
+                      progress=_Bar(sys.stderr.isatty()), groups=data["groups"])
         res = report(model, data)
     except DataError as exc:
         print(f"mliot evaluate: {exc}", file=sys.stderr)

@@ -290,7 +290,8 @@ def quick_model(front_end: FrontEnd, classes: list[str], member: FittedModel, po
 def train(X: Any, y: Any, data_type: str = "vector", policy: Policy | None = None, *,
           sample_rate: int = 16000, background_class: str | None = None,
           families: Sequence[str] = FAMILIES, budget_s: float | None = None, seed: int = 0,
-          workers: int | None = None, progress: Progress | None = None) -> TrainedModel:
+          workers: int | None = None, progress: Progress | None = None,
+          groups: Any = None) -> TrainedModel:
     """Train an app model from raw samples: the one-call API (``mliot evaluate`` uses it).
 
     Args:
@@ -302,9 +303,11 @@ def train(X: Any, y: Any, data_type: str = "vector", policy: Policy | None = Non
         budget_s: search budget per family (None: grows with the data).
         workers: process-pool size; None = number of cores; 1 fits in this process.
         progress: called after each family with (done, total, family).
+        groups: one id per sample (e.g. the recording a window was cut from): related samples
+            stay in one validation fold, so overlapping windows do not flatter a model.
     """
     policy = policy or Policy()
-    prep = prepare(X, y, data_type, sample_rate=sample_rate, seed=seed)
+    prep = prepare(X, y, data_type, sample_rate=sample_rate, seed=seed, groups=groups)
     w = (os.cpu_count() or 1) if workers is None else workers
     cands = fit_all(prep, families, budget_s=budget_s, seed=seed, workers=w, progress=progress)
     probe = X[:50] if not isinstance(X, np.ndarray) else X[:50]

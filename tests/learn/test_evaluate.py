@@ -63,3 +63,32 @@ def test_bad_files(tmp_path, capsys):
     np.savez(one, X=np.zeros((20, 2)), y=np.zeros(20))
     assert evaluate.main(_args(one)) == 2
     assert "mliot evaluate:" in capsys.readouterr().err
+
+
+def test_recording_ids_keep_overlapping_windows_in_one_fold(tmp_path, capsys, monkeypatch):
+    """``groups_train`` reaches the folds: no recording is on both sides of a validation split
+    (overlapping windows would flatter every model); a wrong shape is refused."""
+    from mliot_daemon.learn import pipeline
+
+    X, y = make_classification(120, 6, n_informative=4, n_classes=2, random_state=2)
+    groups = np.repeat(np.arange(24), 5)
+    path = tmp_path / "windows.npz"
+    np.savez(path, X_train=X[:100], y_train=y[:100], X_test=X[100:], y_test=y[100:],
+             groups_train=groups[:100])
+    seen = {}
+    prepare = pipeline.prepare
+
+    def spy(*args, **kwargs):
+        seen["prep"] = prep = prepare(*args, **kwargs)
+        return prep
+
+    monkeypatch.setattr(pipeline, "prepare", spy)
+    assert evaluate.main(_args(path)) == 0
+    fold = seen["prep"].features.fold
+    for g in np.unique(groups[:100]):
+        assert len(set(fold[groups[:100] == g])) == 1
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, X_train=X[:100], y_train=y[:100], X_test=X[100:], y_test=y[100:],
+             groups_train=groups[:50])
+    assert evaluate.main(_args(bad)) == 2
+    assert "groups_train needs one id per training sample" in capsys.readouterr().err
