@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bench import datasets
 from actors.server.serving import ServedModel
+from bench import datasets
 from mliot_daemon.learn.calibration import expected_calibration_error
 from mliot_daemon.learn.ensemble import Policy, Selection, member_weight
 from mliot_daemon.learn.families import make_estimator

@@ -123,10 +123,12 @@ def run(quick: bool) -> dict[str, Any]:
     rows = []
     for name, data_type in SETS:
         seeds = []
+        lat: dict[str, dict[str, float]] = {}
         for seed in SEEDS[:1] if quick else SEEDS:
             with tempfile.TemporaryDirectory(prefix=f"mliot-t4-{name}-") as tmp:
                 info = in_child(train_set, name, data_type, quick, Path(tmp), seed)
-                lat = measure(Path(tmp), 500 if quick else 3000) if seed == SEEDS[0] else lat
+                if not lat:  # seed 0's models
+                    lat = measure(Path(tmp), 500 if quick else 3000)
             seeds.append({"seed": seed, **info})
             print(f"table4 {name} seed {seed}: best member {info['single']['members'][0]} "
                   f"{info['single']['accuracy']} | 7: {info['best_effort']['accuracy']} "

@@ -115,7 +115,7 @@ def vote_with_share(preds: np.ndarray, weights: Sequence[float], n_classes: int
     """(winners, the winner's share of the total weight) of a weighted vote, per row."""
     score = np.zeros((preds.shape[1], n_classes))
     rows = np.arange(preds.shape[1])
-    for p, w in zip(preds, weights):
+    for p, w in zip(preds, weights, strict=True):
         score[rows, p] += w
     won = score.argmax(axis=1)
     return won, score[rows, won] / float(np.sum(weights))

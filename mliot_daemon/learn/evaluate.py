@@ -6,9 +6,9 @@ The npz holds ``X_train, y_train, X_test, y_test`` (or ``X, y``, split 70/30 str
 seed 0) and may hold a 0-d string ``data_type`` (else ``--type``, else ``vector``) and, as an
 extension, a 0-d string ``background_class`` (enables the two-stage report) and, with
 ``X_train``, ``groups_train``: one id per training sample (e.g. the recording each sensor
-window was cut from), so that windows of one recording stay in one validation fold. ``--json`` prints
-the object of record (DESIGN.md); without it a table. A progress bar (models fitted / total,
-elapsed) goes to stderr when stderr is a terminal. Accuracies are on the test split;
+window was cut from), so that windows of one recording stay in one validation fold.
+``--json`` prints the object of record (DESIGN.md); without it a table. A progress bar
+(models fitted / total, elapsed) goes to stderr when stderr is a terminal. Accuracies are on the test split;
 ``latency_ms`` is the median time to predict ONE sample as served (front end included).
 """
 

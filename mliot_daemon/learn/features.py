@@ -74,7 +74,7 @@ class FeatureSet:
         with np.load(path, allow_pickle=False) as d:
             reducer = Reducer(d["pca_mean"], d["pca_components"]) if "pca_mean" in d else None
             return cls(Z=d["Z"], y=d["y"], n_classes=int(d["n_classes"]), fold=d["fold"],
-                       reducer=reducer, G=d["G"] if "G" in d else None)
+                       reducer=reducer, G=d.get("G"))
 
 
 def make_folds(y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:

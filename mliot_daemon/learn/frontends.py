@@ -135,6 +135,7 @@ class FrontEnd(ABC):
         """Before :meth:`fit`: settle what this front end computes by measurement on the
         training samples, labels ``y`` and their fold ids (only the sensor front end has a
         choice to make)."""
+        return None
 
     # subclasses override
     @abstractmethod
