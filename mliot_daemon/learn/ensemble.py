@@ -13,7 +13,9 @@ best of all 127 subsets scored on the very rows that chose it, with fixed weight
 fitted those rows: every Table 4 ensemble came out below its best member on test. A bagged
 count can only reward a member that helps on most resamples, and integer weights cannot be
 tuned to a few rows. Each weight also carries ``TIE_BREAK`` x the member's validation
-accuracy, so a tie of counts goes to the more accurate side, never to the lowest class.
+accuracy, so a tie of counts goes to the more accurate side, never to the lowest class. The
+resulting vote replaces the most accurate single member only when it is significantly better
+on the validation rows (McNemar's test on the rows where exactly one is right, one-sided 5 %).
 
 The latency budget and member cap bound every greedy step (a member is added only while the
 distinct members' estimated latency, front end + each member's measured fast-predictor time
@@ -40,6 +42,7 @@ LOW_LATENCY_TOLERANCE = 0.02
 BAGS = 25  # bootstrap resamples of the validation rows for greedy selection
 ROUNDS = 20  # greedy additions per bag (with replacement)
 TIE_BREAK = 1e-3  # x validation accuracy, added to the integer counts (sum < 1 for 7 members)
+SIGNIFICANCE = 1.645  # z of the one-sided 5 % test a vote must pass to replace the best member
 VOTE_OVERHEAD_MS = 0.003  # per member: concatenate + bincount in the fast predictor
 
 
@@ -160,8 +163,7 @@ def greedy_counts(preds: np.ndarray, y: np.ndarray, n_classes: int, allowed: Any
     whether a set of distinct members fits the budget and the cap."""
     m, n = preds.shape
     rows = np.arange(n)
-    correct = preds == y
-    acc = correct.mean(axis=1)
+    acc = (preds == y).mean(axis=1)
     fits = [i for i in range(m) if allowed((i,))]
     counts = np.zeros(m, dtype=np.int64)
     if not fits:
@@ -219,11 +221,11 @@ def select_ensemble(candidates: Sequence[Candidate], y_val: np.ndarray, n_classe
 
     allowed = within(policy.max_models)
 
-    def pack(members: Sequence[int], weights: Sequence[float], within: bool) -> Selection:
+    def pack(members: Sequence[int], weights: Sequence[float], fits: bool) -> Selection:
         members = list(members)
         acc = float((vote(preds[members], weights, n_classes) == y_val).mean())
         return Selection(members=members, weights=[float(w) for w in weights],
-                         val_accuracy=acc, latency_ms=latency(members), within_budget=within,
+                         val_accuracy=acc, latency_ms=latency(members), within_budget=fits,
                          families=[candidates[i].family for i in members])
 
     if not any(allowed((i,)) for i in range(len(candidates))):
@@ -260,10 +262,17 @@ def _bagged(preds: np.ndarray, y: np.ndarray, n_classes: int, allowed: Any,
     while len(members) > 1 and not allowed(members):
         members.pop()
     members.sort()
-    chosen = pack(members, [total[i] + TIE_BREAK * accuracy[i] for i in members], True)
-    # the bags may favour a vote that the whole validation set does not: then the single
-    # most accurate member that fits serves (it is the first greedy step on all rows)
+    weights = [total[i] + TIE_BREAK * accuracy[i] for i in members]
+    chosen = pack(members, weights, True)
+    # A vote replaces the most accurate single member only on significant evidence: McNemar's
+    # one-sided test on the rows where exactly one of them is right. Without it, the vote won
+    # on a handful of validation rows and lost on test (digits: 0.9759 against 0.9852).
     single = max((i for i in range(len(preds)) if allowed((i,))), key=lambda i: accuracy[i])
-    if len(members) > 1 and chosen.val_accuracy <= accuracy[single]:
-        return pack([single], [1 + TIE_BREAK * accuracy[single]], True)
+    if len(members) > 1:
+        vote_right = vote(preds[members], weights, n_classes) == y
+        single_right = preds[single] == y
+        gained = int((vote_right & ~single_right).sum())
+        lost = int((single_right & ~vote_right).sum())
+        if gained - lost <= SIGNIFICANCE * np.sqrt(gained + lost):
+            return pack([single], [1 + TIE_BREAK * accuracy[single]], True)
     return chosen
