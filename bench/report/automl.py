@@ -40,8 +40,9 @@ def section(r: dict[str, Any]) -> list[str]:
     out += ["", f"Target: mliot ≥ FLAML at equal budget on every set — {verdict(ok)}. "
             f"mliot's lead over FLAML at {k}x its budget: "
             + ", ".join(f"{row['dataset']} {row[f'lead_over_{long}']:+.4f}" for row in r["rows"])
-            + ".", *_shortfalls(r), ""]
+            + ".", *_shortfalls(r), *_untrained(r, long), ""]
     split = ", ".join(f"`{key}={val!r}`" for key, val in r["flaml_split"].items())
+    split += " (`split_type='group'` with the recording ids on the watch set)"
     smallest = min(row["min_class_rows"] for row in r["rows"])
     out += [paragraph(
         f"""FLAML's split, the same on every set: {split}. FLAML on small
@@ -54,6 +55,21 @@ def section(r: dict[str, Any]) -> list[str]:
         smallest training class here has {smallest} rows"""
         + (" (quick run: augmented)." if smallest < 20 else ", so nothing was augmented.")),
         "", _hand_features(r), "", _plot(r), ""]
+    return out
+
+
+def _untrained(r: dict[str, Any], long: str) -> list[str]:
+    """A FLAML run that trained no model within its budget scores 0: say so, since the
+    comparison at that budget then says nothing about the learners."""
+    out = []
+    for row in r["rows"]:
+        for t in ("flaml_1x", long):
+            if row[t]["best_estimator"] is None:
+                out.append(f"- {row['dataset']}: FLAML at {t.split('_')[1]} trained no model "
+                           f"within its {row[t]['time_budget_s']:.0f} s budget (FLAML: \"No "
+                           f"estimator is trained\"), so its accuracy is 0; that comparison "
+                           f"says nothing about the learners. The watch set is split by "
+                           f"recording for both sides here (`split_type=\"group\"` for FLAML).")
     return out
 
 
