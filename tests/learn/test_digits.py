@@ -46,7 +46,10 @@ def test_low_latency_small_and_close(models, digits_split, encode):
     _, Xte, _, yte = digits_split
     be, ll = models["best_effort"], models["low_latency"]
     assert len(ll.members) <= 3
-    assert _test_acc(ll, Xte, yte, encode) >= _test_acc(be, Xte, yte, encode) - 0.02
+    # the rule is on validation accuracy; on the 540 test rows it may stray by about one
+    # standard error of an accuracy there (~0.008) more
+    assert ll.selection.val_accuracy >= be.selection.val_accuracy - 0.02
+    assert _test_acc(ll, Xte, yte, encode) >= _test_acc(be, Xte, yte, encode) - 0.03
     assert ll.selection.latency_ms <= be.selection.latency_ms
 
 
