@@ -108,9 +108,11 @@ def make_folds(y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -
 
 
 def prepare_features(Z: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0,
-                     groups: np.ndarray | None = None) -> FeatureSet:
-    """Fold ids (group-aware when ``groups`` given) plus, for high-dimensional inputs, PCA."""
-    fold = make_folds(y, seed, groups)
+                     groups: np.ndarray | None = None, fold: np.ndarray | None = None
+                     ) -> FeatureSet:
+    """Fold ids (group-aware when ``groups`` given; ``fold`` when already made) plus, for
+    high-dimensional inputs, PCA."""
+    fold = make_folds(y, seed, groups) if fold is None else fold
     reducer = None
     n, d = Z.shape
     if d >= PCA_MIN_DIMS and n > PCA_MIN_DIMS:

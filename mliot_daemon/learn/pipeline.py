@@ -83,10 +83,11 @@ def prepare(X: Any, y: Any, data_type: str = "vector", *, sample_rate: int = 160
     g = None if groups is None else np.asarray(groups)
     if g is not None and len(g) != len(codes):
         raise DataError(f"got {len(g)} group ids for {len(codes)} samples")
+    fold = make_folds(codes, seed, g)
     front_end = make_front_end(data_type, sample_rate)
-    front_end.choose(X, codes, make_folds(codes, seed, g), seed)
+    front_end.choose(X, codes, fold, seed)
     Z = front_end.fit_transform(X)
-    fs = prepare_features(Z, codes, len(classes), seed, g)
+    fs = prepare_features(Z, codes, len(classes), seed, g, fold)
     fs.G = front_end.gate_input(X)
     return Prepared(front_end, classes, fs, data_hash(X, y))
 
