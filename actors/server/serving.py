@@ -72,10 +72,12 @@ class ServedModel:
         if k is None or k >= self.n_members:
             return self
         if k not in self._trims:
-            members, weights = self.model.members, self.model.selection.weights
+            members, sel = self.model.members, self.model.selection
             keep = self._by_weight()[:max(k, 1)]
+            soft = sel.sharpness if len(keep) > 1 else None
             fast = FastEnsemble(self.model.front_end, [members[i].fast for i in keep],
-                                [weights[i] for i in keep], self.classes, self.model.reducer)
+                                [sel.weights[i] for i in keep], self.classes,
+                                self.model.reducer, [soft[i] for i in keep] if soft else None)
             self._trims[k] = ServedModel(self.version, self.model, self.model_id, fast)
         return self._trims[k]
 
@@ -159,6 +161,8 @@ class ServedModel:
     def _shares(self, Z: np.ndarray) -> np.ndarray:
         """Every class's vote share (the weighted vote, normalised), rows x classes."""
         f = self.fast
+        if f.sharpness is not None:
+            return f.soft_scores(Z)
         Zr = f.reducer(Z) if f.reducer is not None and any(m.reduced for m in f.members) else None
         score = np.zeros((len(Z), len(self.classes)))
         rows = np.arange(len(Z))

@@ -26,6 +26,12 @@ accuracy, with weights ``member_weight``, is within 0.02 of the best-effort choi
 
 When nothing fits the budget, the fastest single member is chosen and ``within_budget`` is
 False, so the caller can refuse or report it.
+
+Hard or soft, by measurement per app: best-effort selection runs twice, once on the members'
+out-of-fold class votes and once on their out-of-fold probabilities (``learn.soft``: the soft
+vote ``sum_i w_i p_i(c)``), and keeps the soft vote only when its validation accuracy is
+higher (a tie keeps the hard vote, whose row path is fused and faster). ``low_latency``
+compares its (hard) subsets with the better of the two.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from mliot_daemon.learn.soft import probabilities
 
 Mode = Literal["best_effort", "low_latency"]
 LOW_LATENCY_TOLERANCE = 0.02
@@ -82,12 +90,15 @@ class Policy:
 
 
 class Candidate(Protocol):
-    """What selection needs from a fitted model (``FittedModel`` satisfies it)."""
+    """What selection needs from a fitted model (``FittedModel`` satisfies it); without
+    ``val_scores`` (None) the vote is hard."""
 
     family: str
     val_accuracy: float
     val_pred: np.ndarray
     latency_ms: float
+    val_scores: np.ndarray | None
+    sharpness: float
 
 
 @dataclass
@@ -100,6 +111,12 @@ class Selection:
     latency_ms: float
     within_budget: bool
     families: list[str] = field(default_factory=list)
+    sharpness: list[float] | None = None  # per member: a soft vote (learn.soft); None: hard
+
+    @property
+    def vote(self) -> str:
+        """"soft" or "hard": how the members' votes are counted."""
+        return "hard" if self.sharpness is None else "soft"
 
 
 def member_weight(val_accuracy: float, n_classes: int) -> float:
@@ -108,20 +125,31 @@ def member_weight(val_accuracy: float, n_classes: int) -> float:
     return float(max(np.log((n_classes - 1) * p / (1 - p)), 1e-3))
 
 
-def vote(preds: np.ndarray, weights: Sequence[float], n_classes: int) -> np.ndarray:
-    """Weighted vote of (members, rows) class indices -> (rows,) winners (ties: lowest class)."""
-    return vote_with_share(preds, weights, n_classes)[0]
+def vote(preds: np.ndarray, weights: Sequence[float], n_classes: int,
+         probs: np.ndarray | None = None) -> np.ndarray:
+    """Weighted vote of (members, rows) class indices -> (rows,) winners (ties: lowest class);
+    with ``probs`` (members, rows, K), the soft vote of those probabilities instead."""
+    return vote_with_share(preds, weights, n_classes, probs)[0]
 
 
-def vote_with_share(preds: np.ndarray, weights: Sequence[float], n_classes: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def vote_with_share(preds: np.ndarray, weights: Sequence[float], n_classes: int,
+                    probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(winners, the winner's share of the total weight) of a weighted vote, per row."""
     score = np.zeros((preds.shape[1], n_classes))
     rows = np.arange(preds.shape[1])
-    for p, w in zip(preds, weights, strict=True):
-        score[rows, p] += w
+    for i, w in enumerate(weights):
+        _add(score, preds, probs, i, w)
     won = score.argmax(axis=1)
     return won, score[rows, won] / float(np.sum(weights))
+
+
+def _add(score: np.ndarray, preds: np.ndarray, probs: np.ndarray | None, i: int,
+         w: float) -> None:
+    """Add member ``i``'s vote with weight ``w`` to (rows, K) ``score``, hard or soft."""
+    if probs is None:
+        score[np.arange(len(score)), preds[i]] += w
+    else:
+        score += w * probs[i]
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
@@ -146,23 +174,33 @@ def trim_accuracies(candidates: Sequence[Candidate], selection: Selection, y_val
     preds = [np.asarray(candidates[i].val_pred) for i in selection.members]
     if not len(y_val) or any(len(p) != len(y_val) for p in preds):
         return None
+    probs = member_probabilities([candidates[i] for i in selection.members], selection.sharpness)
     order = by_weight(selection.weights)
     out = []
     for k in range(1, len(order) + 1):
         keep = order[:k]
         won = vote(np.stack([preds[i] for i in keep]), [selection.weights[i] for i in keep],
-                   n_classes)
+                   n_classes, None if probs is None else probs[keep])
         out.append(float((won == y_val).mean()))
     return out
 
 
+def member_probabilities(members: Sequence[Candidate], sharpness: Sequence[float] | None
+                   ) -> np.ndarray | None:
+    """(members, rows, K) out-of-fold probabilities of a soft vote's members; None if hard."""
+    if sharpness is None:
+        return None
+    return np.stack([probabilities(m.val_scores, a)
+                     for m, a in zip(members, sharpness, strict=True)])
+
+
 def greedy_counts(preds: np.ndarray, y: np.ndarray, n_classes: int, allowed: Any,
-                  rounds: int = ROUNDS) -> np.ndarray:
+                  rounds: int = ROUNDS, probs: np.ndarray | None = None) -> np.ndarray:
     """Greedy selection with replacement on one set of rows: how often each candidate was
-    added in the best prefix. ``preds`` is (candidates, rows); ``allowed(members)`` says
-    whether a set of distinct members fits the budget and the cap."""
+    added in the best prefix. ``preds`` is (candidates, rows), ``probs`` (candidates, rows, K)
+    for a soft vote; ``allowed(members)`` says whether a set of distinct members fits the
+    budget and the cap."""
     m, n = preds.shape
-    rows = np.arange(n)
     acc = (preds == y).mean(axis=1)
     fits = [i for i in range(m) if allowed((i,))]
     counts = np.zeros(m, dtype=np.int64)
@@ -171,8 +209,8 @@ def greedy_counts(preds: np.ndarray, y: np.ndarray, n_classes: int, allowed: Any
     first = max(fits, key=lambda i: (acc[i], -i))
     counts[first] = 1
     score = np.zeros((n, n_classes))
-    score[rows, preds[first]] += 1 + TIE_BREAK * acc[first]
-    best, best_counts = acc[first], counts.copy()
+    _add(score, preds, probs, first, 1 + TIE_BREAK * acc[first])
+    best, best_counts = (score.argmax(axis=1) == y).mean(), counts.copy()
     for _ in range(rounds):
         trial = []
         for i in range(m):
@@ -180,7 +218,7 @@ def greedy_counts(preds: np.ndarray, y: np.ndarray, n_classes: int, allowed: Any
             if not allowed(members):
                 continue
             s = score.copy()
-            s[rows, preds[i]] += 1 + TIE_BREAK * acc[i]
+            _add(s, preds, probs, i, 1 + TIE_BREAK * acc[i])
             trial.append(((s.argmax(axis=1) == y).mean(), -i, i, s))
         if not trial:
             break
@@ -220,13 +258,18 @@ def select_ensemble(candidates: Sequence[Candidate], y_val: np.ndarray, n_classe
         return lambda members: len(members) <= cap and latency(members) <= policy.latency_ms
 
     allowed = within(policy.max_models)
+    soft_probs = _candidate_probabilities(candidates, len(y_val), n_classes)
 
-    def pack(members: Sequence[int], weights: Sequence[float], fits: bool) -> Selection:
+    def pack(members: Sequence[int], weights: Sequence[float], fits: bool,
+             probs: np.ndarray | None = None) -> Selection:
         members = list(members)
-        acc = float((vote(preds[members], weights, n_classes) == y_val).mean())
+        soft = probs is not None and len(members) > 1  # one member: its own class, hard
+        won = vote(preds[members], weights, n_classes, probs[members] if soft else None)
         return Selection(members=members, weights=[float(w) for w in weights],
-                         val_accuracy=acc, latency_ms=latency(members), within_budget=fits,
-                         families=[candidates[i].family for i in members])
+                         val_accuracy=float((won == y_val).mean()), latency_ms=latency(members),
+                         within_budget=fits, families=[candidates[i].family for i in members],
+                         sharpness=[float(candidates[i].sharpness) for i in members]
+                         if soft else None)
 
     if not any(allowed((i,)) for i in range(len(candidates))):
         fastest = min(range(len(candidates)), key=lambda i: lat[i])
@@ -234,6 +277,11 @@ def select_ensemble(candidates: Sequence[Candidate], y_val: np.ndarray, n_classe
     # low_latency measures itself against the best-effort choice of any size (up to 7)
     reference_cap = policy.max_models if policy.mode == "best_effort" else 7
     best_effort = _bagged(preds, y_val, n_classes, within(reference_cap), accuracy, seed, pack)
+    if soft_probs is not None:
+        soft = _bagged(preds, y_val, n_classes, within(reference_cap), accuracy, seed, pack,
+                       soft_probs)
+        if soft.val_accuracy > best_effort.val_accuracy:
+            best_effort = soft
     if policy.mode == "best_effort":
         return best_effort
     weights = [member_weight(a, n_classes) for a in accuracy]
@@ -248,28 +296,42 @@ def select_ensemble(candidates: Sequence[Candidate], y_val: np.ndarray, n_classe
     return min(ok, key=lambda sel: (sel.latency_ms, -sel.val_accuracy, len(sel.members)))
 
 
+def _candidate_probabilities(candidates: Sequence[Candidate], n: int, n_classes: int
+                             ) -> np.ndarray | None:
+    """(candidates, rows, K) out-of-fold probabilities for the soft vote; None when a
+    candidate has no out-of-fold scores (the quick first model) or there is one candidate."""
+    scores = [getattr(c, "val_scores", None) for c in candidates]
+    if len(candidates) < 2 or any(s is None or np.shape(s) != (n, n_classes) for s in scores):
+        return None
+    return np.stack([probabilities(s, c.sharpness)
+                     for s, c in zip(scores, candidates, strict=True)])
+
+
 def _bagged(preds: np.ndarray, y: np.ndarray, n_classes: int, allowed: Any,
-            accuracy: Sequence[float], seed: int, pack: Any) -> Selection:
-    """Greedy selection summed over bootstrap resamples (see the module docstring); members
-    beyond the budget or the cap (the union of the bags may exceed what each bag kept) are
-    dropped, fewest additions first."""
+            accuracy: Sequence[float], seed: int, pack: Any,
+            probs: np.ndarray | None = None) -> Selection:
+    """Greedy selection summed over bootstrap resamples (see the module docstring), on class
+    votes or, with ``probs``, on probabilities; members beyond the budget or the cap (the
+    union of the bags may exceed what each bag kept) are dropped, fewest additions first."""
     rng = np.random.default_rng(seed)
     total = np.zeros(len(preds), dtype=np.int64)
     for _ in range(BAGS):
         rows = rng.integers(0, len(y), len(y))
-        total += greedy_counts(preds[:, rows], y[rows], n_classes, allowed)
+        total += greedy_counts(preds[:, rows], y[rows], n_classes, allowed,
+                               probs=None if probs is None else probs[:, rows])
     members = [int(i) for i in np.argsort(-total, kind="stable") if total[i] > 0]
     while len(members) > 1 and not allowed(members):
         members.pop()
     members.sort()
     weights = [total[i] + TIE_BREAK * accuracy[i] for i in members]
-    chosen = pack(members, weights, True)
+    chosen = pack(members, weights, True, probs)
     # A vote replaces the most accurate single member only on significant evidence: McNemar's
     # one-sided test on the rows where exactly one of them is right. Without it, the vote won
     # on a handful of validation rows and lost on test (digits: 0.9759 against 0.9852).
     single = max((i for i in range(len(preds)) if allowed((i,))), key=lambda i: accuracy[i])
     if len(members) > 1:
-        vote_right = vote(preds[members], weights, n_classes) == y
+        vote_right = vote(preds[members], weights, n_classes,
+                          None if probs is None else probs[members]) == y
         single_right = preds[single] == y
         gained = int((vote_right & ~single_right).sum())
         lost = int((single_right & ~vote_right).sum())

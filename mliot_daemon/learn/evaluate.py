@@ -125,6 +125,7 @@ def report(model: TrainedModel, data: dict[str, Any]) -> dict[str, Any]:
         "models": models,
         "ensemble": {"members": model.selection.families,
                      "weights": [round(w, 5) for w in model.selection.weights],
+                     "vote": model.selection.vote,
                      "accuracy": round(float((ens_pred == y_test).mean()), 5),
                      "latency_ms": round(ens_ms, 4)},
         "two_stage": None,

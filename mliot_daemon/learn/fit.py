@@ -60,6 +60,7 @@ from mliot_daemon.learn.search import (
     quiet_warnings,
     timed_fit,
 )
+from mliot_daemon.learn.soft import fit_sharpness, oof_scores
 
 MLP_MIN_EPOCHS = 5
 MLP_MAX_EPOCHS = 200
@@ -73,7 +74,9 @@ class FittedModel:
     """One fitted family: the estimator plus everything selection and reports need.
 
     Picklable; ``estimator`` and ``fast`` are the artifact, the rest is small.
-    ``val_pred`` holds out-of-fold predictions for ``FeatureSet.val_rows``.
+    ``val_pred`` holds out-of-fold predictions for ``FeatureSet.val_rows``, ``val_scores``
+    the matching per-class scores (``learn.soft``; None for the quick first model) and
+    ``sharpness`` the factor that turns them into calibrated probabilities.
     """
 
     family: str
@@ -89,6 +92,8 @@ class FittedModel:
     size_bytes: int
     candidates: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    val_scores: np.ndarray | None = None
+    sharpness: float = 1.0
 
     def summary(self) -> dict[str, Any]:
         """JSON-able facts (no arrays, no estimator)."""
@@ -111,16 +116,20 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _oof(est: Any, X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+def _oof(family: str, est: Any, X: np.ndarray, y: np.ndarray, fold: np.ndarray,
+         n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions and per-class scores (``learn.soft``) of the validation rows."""
     rows = np.flatnonzero(fold >= 0)
     pred = np.empty(len(fold), dtype=np.int64)
+    scores = np.zeros((len(fold), n_classes))
     for f in np.unique(fold[rows]):
         test = fold == f
         m = clone(est)
         with quiet_warnings():
             m.fit(X[~test], y[~test])
         pred[test] = m.predict(X[test])
-    return pred[rows]
+        scores[test] = oof_scores(family, m, X[test], n_classes)
+    return pred[rows], scores[rows]
 
 
 def _member_latency(fast: FastMember, rows: np.ndarray, reducer: Reducer | None) -> float:
@@ -257,7 +266,7 @@ def _fit_family(family: str, fs: FeatureSet, *, budget_s: float | None, seed: in
             candidates = len(grid)
         chosen = {**fixed, **chosen}
     est = make_estimator(family, chosen, seed=seed)
-    val_pred = _oof(est, X, y, fs.fold)
+    val_pred, val_scores = _oof(family, est, X, y, fs.fold, fs.n_classes)
     val_acc = float((val_pred == y[fs.fold >= 0]).mean())
     timed_fit(est, X, y)
     fast = compile_member(family, est, reduced, X)
@@ -267,7 +276,8 @@ def _fit_family(family: str, fs: FeatureSet, *, budget_s: float | None, seed: in
         family=family, params=chosen, estimator=est, fast=fast, reduced=reduced,
         reduced_dims=fs.reducer.n_components if reduced and fs.reducer else None,
         val_accuracy=val_acc, val_pred=val_pred, fit_seconds=time.perf_counter() - started,
-        latency_ms=latency, size_bytes=artifact_bytes(est), candidates=candidates, notes=notes)
+        latency_ms=latency, size_bytes=artifact_bytes(est), candidates=candidates, notes=notes,
+        val_scores=val_scores, sharpness=fit_sharpness(val_scores, y[fs.fold >= 0]))
 
 
 @dataclass(frozen=True)

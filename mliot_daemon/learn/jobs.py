@@ -267,7 +267,8 @@ def assemble_job(prepared_dir: Path, candidates: list[Path], policy: Policy,
                      background_class=background_class)
     save_model(model, out_path, extra)
     return {"members": [m.family for m in model.members], "weights": model.selection.weights,
-            "val_accuracy": model.selection.val_accuracy, "metrics": model.metrics}
+            "vote": model.selection.vote, "val_accuracy": model.selection.val_accuracy,
+            "metrics": model.metrics}
 
 
 def score_job(model_dirs: list[Path], data: TrainingData, ids: list[int]) -> list[float]:

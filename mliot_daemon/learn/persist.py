@@ -124,11 +124,12 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
                      components=model.reducer.components)
             artifacts["reducer.npz"] = _sha256(tmp / "reducer.npz")
         members = []
-        for m, w in zip(model.members, model.selection.weights, strict=True):
+        sharpness = model.selection.sharpness or [None] * len(model.members)
+        for m, w, a in zip(model.members, model.selection.weights, sharpness, strict=True):
             name = f"member-{m.family}.pkl"
             put(name, {"estimator": m.estimator, "fast": m.fast, "reduced": m.reduced})
             members.append({"family": m.family, "weight": w, "artifact": name,
-                            **m.summary()})
+                            "sharpness": a, **m.summary()})
         if model.gate is not None:
             put("gate.pkl", model.gate)
         manifest = {
@@ -137,6 +138,7 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
             "policy": model.policy.as_dict() | {"min_accuracy": model.policy.min_accuracy},
             "members": members, "candidates": [c.summary() for c in model.candidates],
             "selection": {"val_accuracy": model.selection.val_accuracy,
+                          "vote": model.selection.vote,
                           "latency_ms": model.selection.latency_ms,
                           "within_budget": model.selection.within_budget},
             "gate": model.gate.report() | {"background": model.classes[model.gate.background]}
@@ -174,6 +176,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def _sharpness(members: list[dict[str, Any]]) -> list[float] | None:
+    """The soft vote's per-member sharpness; None for a hard vote (and versions saved before
+    the soft vote, whose members carry no ``sharpness``)."""
+    values = [m.get("sharpness") for m in members]
+    return None if any(v is None for v in values) else [float(v) for v in values]
+
+
 def load_model(directory: Path) -> Any:
     """Load a model saved by :func:`save_model`, verifying artifact hashes first."""
     from mliot_daemon.learn.fit import FittedModel
@@ -207,7 +216,8 @@ def load_model(directory: Path) -> Any:
                           weights=[float(m["weight"]) for m in manifest["members"]],
                           val_accuracy=sel["val_accuracy"], latency_ms=sel["latency_ms"],
                           within_budget=sel["within_budget"],
-                          families=[m["family"] for m in manifest["members"]])
+                          families=[m["family"] for m in manifest["members"]],
+                          sharpness=_sharpness(manifest["members"]))
     pol = manifest["policy"]
     policy = Policy(pol["mode"], pol["latency_ms"], pol["max_models"], pol.get("min_accuracy", 0.0))
     return TrainedModel(front_end=get("front_end.pkl"), classes=manifest["classes"],

@@ -26,6 +26,7 @@ from mliot_daemon.learn.ensemble import (
     Policy,
     Selection,
     confusion,
+    member_probabilities,
     member_weight,
     select_ensemble,
     trim_accuracies,
@@ -40,6 +41,7 @@ from mliot_daemon.learn.frontends import FrontEnd, encode_labels, make_front_end
 from mliot_daemon.learn.gate import Gate, fit_gate
 from mliot_daemon.learn.plan import lazy_plan
 from mliot_daemon.learn.profile import median_latency_ms
+from mliot_daemon.learn.soft import probabilities, reference_scores
 
 Progress = Callable[[int, int, str], None]  # (done, total, family just finished)
 
@@ -116,16 +118,25 @@ class TrainedModel:
         """The served predictor (built once)."""
         if self._fast is None:
             self._fast = FastEnsemble(self.front_end, [m.fast for m in self.members],
-                                      self.selection.weights, self.classes, self.reducer)
+                                      self.selection.weights, self.classes, self.reducer,
+                                      self.selection.sharpness)
         return self._fast
 
     def reference_predict_features(self, Z: np.ndarray) -> np.ndarray:
-        """The slow reference: each member's own ``.predict``, then the weighted vote."""
+        """The slow reference: each member's own ``.predict`` (or, for a soft vote, its own
+        scores: ``learn.soft``), then the weighted vote."""
         from mliot_daemon.learn.ensemble import vote
 
         Zr = self.reducer(Z) if self.reducer is not None else None
-        preds = np.stack([m.estimator.predict(Zr if m.reduced else Z) for m in self.members])
-        return vote(preds.astype(np.intp), self.selection.weights, len(self.classes))
+        inputs = [Zr if m.reduced else Z for m in self.members]
+        preds = np.stack([m.estimator.predict(x) for m, x in zip(self.members, inputs,
+                                                                  strict=True)])
+        probs = None
+        if self.selection.sharpness is not None:
+            probs = np.stack([probabilities(reference_scores(m.family, m.estimator, x), a)
+                              for m, x, a in zip(self.members, inputs, self.selection.sharpness,
+                                                 strict=True)])
+        return vote(preds.astype(np.intp), self.selection.weights, len(self.classes), probs)
 
     def background(self, X: Any, Z: np.ndarray) -> np.ndarray:
         """Which rows the gate answers (stage 1), for raw samples ``X`` and their front-end
@@ -216,7 +227,8 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
                              data_hash=prep.data_hash)
         measured = median_latency_ms(model.fast().predict_features, probe, repeats=200) + fe_ms
     won, share = vote_with_share(np.stack([candidates[i].val_pred for i in sel.members]),
-                                 sel.weights, fs.n_classes)
+                                 sel.weights, fs.n_classes,
+                                 member_probabilities(model.members, sel.sharpness))
     model.calibration = Calibration.fit(share, won == y_val)
     model.metrics = {"val_accuracy": sel.val_accuracy, "estimated_latency_ms": sel.latency_ms,
                      "measured_latency_ms": measured, "front_end_ms": fe_ms,

@@ -38,7 +38,8 @@ def test_json_shape(data_file, capsys):
         assert set(m) == {"family", "accuracy", "fit_seconds", "latency_ms", "params", "reduced_dims"}
         assert 0 <= m["accuracy"] <= 1 and m["latency_ms"] > 0
     e = out["ensemble"]
-    assert set(e) == {"members", "weights", "accuracy", "latency_ms"}
+    assert set(e) == {"members", "weights", "vote", "accuracy", "latency_ms"}
+    assert e["vote"] in ("hard", "soft")
     assert 1 <= len(e["members"]) == len(e["weights"]) <= 7
     assert out["two_stage"] is None
 

@@ -1,9 +1,10 @@
-"""The fast predictor: a weighted-vote ensemble of compiled members, evaluated with numpy.
+"""The fast predictor: a weighted-vote ensemble (hard or soft) of compiled members, in numpy.
 
 This package owns turning fitted estimators into arrays (``compile_member``), evaluating them
 one row or one batch at a time, and the served vote (``FastEnsemble``). It may import numpy,
 threadpoolctl, scikit-learn and XGBoost (only to read fitted estimators: their attributes, the
-booster's JSON) and ``learn.frontends`` (the front end the ensemble calls); nothing from
+booster's JSON), ``learn.frontends`` (the front end the ensemble calls) and ``learn.soft``
+(the soft vote's scores); nothing from
 asyncio, aiohttp, ``actors/`` or the rest of the daemon: pool workers, the server and
 notebooks all call it.
 

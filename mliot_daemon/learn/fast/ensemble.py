@@ -7,6 +7,10 @@ screen, the other matrix-first members on the front end's features share one pro
 more: :class:`FusedDense`), all tree members are walked together (:class:`FusedTrees`), the rest
 call their own ``predict_one``. Single-row work should not start BLAS thread pools: call
 :func:`single_thread_blas` once in the serving process.
+
+A soft ensemble (``sharpness`` given, one per member) votes ``sum_i w_i p_i(c)`` with each
+member's probabilities ``softmax(sharpness_i * scores_i)`` (``learn.soft``); its row path
+calls each member's ``scores`` on the one row, unfused.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from mliot_daemon.learn.fast.member import FastMember, MatrixFirstMember
 from mliot_daemon.learn.fast.reducer import Reducer
 from mliot_daemon.learn.fast.trees import FusedTrees, TreesMember
 from mliot_daemon.learn.frontends import FrontEnd
+from mliot_daemon.learn.soft import probabilities
 
 
 def single_thread_blas() -> Any:
@@ -56,9 +61,13 @@ class FastEnsemble:
     """
 
     def __init__(self, front_end: FrontEnd | None, members: list[FastMember], weights: list[float],
-                 classes: list[str], reducer: Reducer | None = None) -> None:
+                 classes: list[str], reducer: Reducer | None = None,
+                 sharpness: list[float] | None = None) -> None:
         if not members or len(members) != len(weights):
             raise ValueError("an ensemble needs members and one weight per member")
+        if sharpness is not None and len(sharpness) != len(members):
+            raise ValueError("a soft ensemble needs one sharpness per member")
+        self.sharpness = None if sharpness is None else [float(a) for a in sharpness]
         if any(m.reduced for m in members) and reducer is None:
             raise ValueError("a reduced member needs the reducer")
         self.front_end = front_end
@@ -105,8 +114,18 @@ class FastEnsemble:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("sharpness", None)  # pickled before the soft vote
         self.__dict__.update(state)
         self._plan_one()
+
+    def soft_scores(self, Z: np.ndarray) -> np.ndarray:
+        """(rows, K) soft vote ``sum_i w_i p_i`` divided by the total weight."""
+        Zr = self.reducer(Z) if self._any_reduced else None
+        score = np.zeros((len(Z), self._n_classes))
+        for m, w, a in zip(self.members, self.weights, self.sharpness, strict=True):
+            score += w * probabilities(m.scores(Zr if m.reduced else Z), a)
+        score /= self._total
+        return score
 
     def vote(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class indices, vote share of the winner) for front-end features ``Z``."""
@@ -116,6 +135,10 @@ class FastEnsemble:
         if Z.shape[0] == 1:
             best, share = self.vote_one(Z[0])
             return np.array([best], dtype=np.intp), np.array([share])
+        if self.sharpness is not None:
+            score = self.soft_scores(Z)
+            pred = score.argmax(axis=1)
+            return pred, score[np.arange(len(Z)), pred]
         Zr = self.reducer(Z) if self._any_reduced else None
         if len(self.members) == 1:
             pred = self.members[0].predict(Zr if self.members[0].reduced else Z)
@@ -133,6 +156,10 @@ class FastEnsemble:
 
     def vote_one(self, z: np.ndarray) -> tuple[int, float]:
         """(class index, vote share) for one 1-D row of front-end features: the served case."""
+        if self.sharpness is not None:
+            score = self.soft_scores(z[None])[0]
+            best = int(score.argmax())
+            return best, float(score[best])
         zr = self.reducer.one(z) if self._any_reduced else None
         preds = [m.predict_one(zr if m.reduced else z) for _, m in self._others]
         zz = float(z @ z)

@@ -83,6 +83,7 @@ class KnnMember(BlockwisePredict):
         return np.bincount(flat, w.ravel(), minlength=n * K).reshape(n, K)
 
     def _exact(self, Z: np.ndarray) -> np.ndarray:
+        """Votes (rows, K) of the exact float64 k nearest."""
         d2 = np.einsum("ij,ij->i", Z, Z)[:, None] + self.T_sq + Z @ self.Tm2.T
         np.maximum(d2, 0.0, out=d2)
         k = self.k
@@ -90,7 +91,7 @@ class KnnMember(BlockwisePredict):
             idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
         else:
             idx = np.argsort(d2, axis=1)
-        return self._vote(self.labels[idx], np.take_along_axis(d2, idx, axis=1)).argmax(axis=1)
+        return self._vote(self.labels[idx], np.take_along_axis(d2, idx, axis=1))
 
     def predict_one(self, z: np.ndarray) -> int:
         return self.finish_one(self.Tm2 @ z, z, float(z @ z))
@@ -137,6 +138,15 @@ class KnnMember(BlockwisePredict):
         return int(self._vote(lab[None], np.maximum(d2k, 0.0)[None])[0].argmax())
 
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:
+        return self._votes_block(Z).argmax(axis=1)
+
+    def _scores_block(self, Z: np.ndarray) -> np.ndarray:
+        """The neighbours' vote fractions: ``predict_proba``."""
+        votes = self._votes_block(Z).astype(np.float64)
+        return votes / votes.sum(axis=1, keepdims=True)
+
+    def _votes_block(self, Z: np.ndarray) -> np.ndarray:
+        """Votes (rows, K) for a block: the float32 screen, then exact distances."""
         if not self.screen:
             return self._exact(Z)
         dd = Z.astype(np.float32) @ self.Tm2_32.T
@@ -151,8 +161,8 @@ class KnnMember(BlockwisePredict):
         o = np.argpartition(d2, k - 1, axis=1)[:, :k]
         d2k = np.take_along_axis(d2, o, axis=1)
         zz = np.einsum("ij,ij->i", Z, Z)
-        pred = self._vote(self.labels[np.take_along_axis(cand, o, axis=1)], d2k).argmax(axis=1)
+        votes = self._vote(self.labels[np.take_along_axis(cand, o, axis=1)], d2k)
         unsure = d2k.max(axis=1) - zz + self.err * (self.T_sq_max + zz) >= bound
         if unsure.any():
-            pred[unsure] = self._exact(Z[unsure])
-        return pred
+            votes[unsure] = self._exact(Z[unsure])
+        return votes

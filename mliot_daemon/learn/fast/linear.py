@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from mliot_daemon.learn.fast.member import BlockwisePredict
+from mliot_daemon.learn.soft import as_columns
 
 
 class LinearMember(BlockwisePredict):
@@ -38,6 +39,11 @@ class LinearMember(BlockwisePredict):
     def finish_one(self, s: np.ndarray, z: np.ndarray, zz: float) -> int:
         s += self.b
         return int(s[0] > 0) if self.binary else int(s.argmax())
+
+    def _scores_block(self, Z: np.ndarray) -> np.ndarray:
+        s = Z @ self.W
+        s += self.b
+        return as_columns(s)
 
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:
         s = Z @ self.W
@@ -85,6 +91,9 @@ class MlpMember(BlockwisePredict):
     def finish_one(self, h: np.ndarray, z: np.ndarray, zz: float) -> int:
         s = self._after_first(h)
         return int(s[0] > 0) if self.binary else int(s.argmax())
+
+    def _scores_block(self, Z: np.ndarray) -> np.ndarray:
+        return as_columns(self._forward(Z))
 
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:
         s = self._forward(Z)
@@ -164,6 +173,20 @@ class RbfSvmMember(BlockwisePredict):
             return int(dec[0] >= 0)
         winners = np.where(dec > 0, self.pair_i, self.pair_j)
         return int(np.bincount(winners, minlength=self.n_classes).argmax())
+
+    def _scores_block(self, Z: np.ndarray) -> np.ndarray:
+        """scikit-learn's one-vs-rest ``decision_function``: each class's one-vs-one votes
+        plus its summed decision values squashed into (-1/3, 1/3), which breaks vote ties."""
+        dec = self._kernel(Z) @ self.C
+        dec += self.b
+        if self.binary:
+            return as_columns(dec[:, 0])
+        K, rows = self.n_classes, np.arange(len(self.pair_i))
+        toward = np.zeros((len(rows), K))  # +1 for a pair's first class, -1 for its second
+        toward[rows, self.pair_i], toward[rows, self.pair_j] = 1.0, -1.0
+        votes = (dec >= 0) @ np.maximum(toward, 0) + (dec < 0) @ np.maximum(-toward, 0)
+        conf = dec @ toward
+        return votes + conf / (3 * (np.abs(conf) + 1))
 
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:
         dec = self._kernel(Z) @ self.C

@@ -1,6 +1,6 @@
 """What every compiled member offers (:class:`FastMember`), the optional "matrix first" row
-path the ensemble fuses (:class:`MatrixFirstMember`), and the block-wise ``predict`` the member
-classes share (:class:`BlockwisePredict`)."""
+path the ensemble fuses (:class:`MatrixFirstMember`), and the block-wise ``predict`` and ``scores``
+the member classes share (:class:`BlockwisePredict`)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ class FastMember(Protocol):
     def predict_one(self, z: np.ndarray) -> int:
         """Class index for one 1-D row: the served case, a handful of numpy calls on
         precomputed arrays and no temporaries beyond a few vectors."""
+        ...
+
+    def scores(self, Z: np.ndarray) -> np.ndarray:
+        """(rows, K) per-class scores, the library's own (``learn.soft``): the soft vote's."""
         ...
 
 
@@ -68,6 +72,17 @@ class BlockwisePredict(ABC):
         for s in range(0, n, self._block):
             out[s:s + self._block] = self._predict_block(Z[s:s + self._block])
         return out
+
+    def scores(self, Z: np.ndarray) -> np.ndarray:
+        Z = np.asarray(Z, dtype=np.float64)
+        if len(Z) <= self._block:
+            return self._scores_block(Z)
+        return np.concatenate([self._scores_block(Z[s:s + self._block])
+                               for s in range(0, len(Z), self._block)])
+
+    @abstractmethod
+    def _scores_block(self, Z: np.ndarray) -> np.ndarray:
+        """Per-class scores for a block of at most ``_block`` rows."""
 
     @abstractmethod
     def predict_one(self, z: np.ndarray) -> int:

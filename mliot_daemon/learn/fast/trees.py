@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from mliot_daemon.learn.fast.member import BlockwisePredict
+from mliot_daemon.learn.soft import as_columns
 
 _INF32 = np.float32(np.inf)
 
@@ -95,7 +96,9 @@ class TreesMember(BlockwisePredict):
             np.add(left.take(n), flat.take(f) > thr.take(n), out=n)
         return node
 
-    def scores_one(self, z: np.ndarray) -> np.ndarray:
+    def margins_one(self, z: np.ndarray) -> np.ndarray:
+        """One row's summed leaf values: probabilities (forest) or margins (boost, binary:
+        one column)."""
         node = self.leaves_one(z.astype(np.float32))
         if self.kind == "forest":
             return self.values.take(node, axis=0).sum(axis=0)
@@ -103,9 +106,10 @@ class TreesMember(BlockwisePredict):
         s += self.offset
         return s
 
-    def scores(self, Z: np.ndarray) -> np.ndarray:
+    def margins(self, Z: np.ndarray) -> np.ndarray:
+        """:meth:`margins_one` for the rows of ``Z``."""
         if Z.shape[0] == 1:
-            return self.scores_one(Z[0])[None]
+            return self.margins_one(Z[0])[None]
         node = self.leaves(Z)
         if self.kind == "forest":
             return self.values.take(node, axis=0).sum(axis=0)
@@ -124,8 +128,11 @@ class TreesMember(BlockwisePredict):
             return int(s[0] > 0)
         return int(s.argmax())
 
+    def _scores_block(self, Z: np.ndarray) -> np.ndarray:
+        return self.margins(Z) if self.kind == "forest" else as_columns(self.margins(Z))
+
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:
-        s = self.scores(Z)
+        s = self.margins(Z)
         if self.kind == "boost" and self.n_classes == 2:
             return (s[:, 0] > 0).astype(np.intp)
         return s.argmax(axis=1)
@@ -297,5 +304,5 @@ def compile_xgboost(est: BaseEstimator, Z_probe: np.ndarray) -> TreesMember:
     probe = Z_probe[: min(len(Z_probe), 64)]
     margin = booster.predict(xgboost.DMatrix(probe.astype(np.float32)), output_margin=True)
     margin = margin.reshape(len(probe), -1)
-    fast.offset = np.median(margin - fast.scores(probe), axis=0)
+    fast.offset = np.median(margin - fast.margins(probe), axis=0)
     return fast
