@@ -9,8 +9,9 @@ call their own ``predict_one``. Single-row work should not start BLAS thread poo
 :func:`single_thread_blas` once in the serving process.
 
 A soft ensemble (``sharpness`` given, one per member) votes ``sum_i w_i p_i(c)`` with each
-member's probabilities ``softmax(sharpness_i * scores_i)`` (``learn.soft``); its row path
-calls each member's ``scores`` on the one row, unfused.
+member's probabilities ``softmax(sharpness_i * scores_i)`` (``learn.soft``); its row path is
+the same plan, with each member's per-class scores in place of its class, and one softmax
+over the stacked (members, K) scores.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class FusedDense:
         p = self.M @ z
         # per row: zip without strict= (a keyword takes zip's slower call path, ~0.1 us)
         return [m.finish_one(p[s], z, zz) for m, s in zip(self.members, self.slices)]  # noqa: B905
+
+    def scores_one(self, z: np.ndarray, zz: float) -> list[np.ndarray]:
+        """Each member's per-class scores (``learn.soft``) for one row."""
+        p = self.M @ z
+        return [m.finish_scores(p[s], z, zz)
+                for m, s in zip(self.members, self.slices)]  # noqa: B905
 
 
 class FastEnsemble:
@@ -104,12 +111,16 @@ class FastEnsemble:
         # weights in the order vote_one produces predictions: others, KNN, fused dense, trees
         order = [i for i, _ in self._others] + knn32 + dense + trees
         self._w_one_list = [float(w) for w in self.weights[order]]
+        self._w_one = self.weights[order]
+        # the soft vote's sharpness per member in that order, as a column
+        self._soft_one = None if self.sharpness is None or len(self.members) == 1 \
+            else np.asarray(self.sharpness)[order][:, None]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # the single-row plan is rebuilt on loading
         for k in ("_fused", "_dense", "_knn32", "_others", "_fused_reduced", "_fused_raw",
-                  "_w_one_list"):
+                  "_w_one_list", "_w_one", "_soft_one"):
             state.pop(k, None)
         return state
 
@@ -135,7 +146,7 @@ class FastEnsemble:
         if Z.shape[0] == 1:
             best, share = self.vote_one(Z[0])
             return np.array([best], dtype=np.intp), np.array([share])
-        if self.sharpness is not None:
+        if self.sharpness is not None and len(self.members) > 1:
             score = self.soft_scores(Z)
             pred = score.argmax(axis=1)
             return pred, score[np.arange(len(Z)), pred]
@@ -156,28 +167,16 @@ class FastEnsemble:
 
     def vote_one(self, z: np.ndarray) -> tuple[int, float]:
         """(class index, vote share) for one 1-D row of front-end features: the served case."""
-        if self.sharpness is not None:
-            score = self.soft_scores(z[None])[0]
+        if self._soft_one is not None:
+            s = np.array(self._row_outputs(z, True))  # (members, K), in the planned order
+            s *= self._soft_one
+            s -= s.max(axis=1, keepdims=True)
+            np.exp(s, out=s)
+            s /= s.sum(axis=1, keepdims=True)
+            score = self._w_one @ s
             best = int(score.argmax())
-            return best, float(score[best])
-        zr = self.reducer.one(z) if self._any_reduced else None
-        preds = [m.predict_one(zr if m.reduced else z) for _, m in self._others]
-        zz = float(z @ z)
-        z32 = z.astype(np.float32) if self._knn32 or self._fused is not None else None
-        if self._knn32:
-            zrr = float(zr @ zr) if self._any_reduced else 0.0
-            zr32 = zr.astype(np.float32) if self._any_reduced else None
-            preds += [m.predict_one32(zr, zr32, zrr) if red else m.predict_one32(z, z32, zz)
-                      for m, red in self._knn32]
-        if self._dense is not None:
-            preds += self._dense.predict_one(z, zz)
-        if self._fused is not None:
-            if self._fused_reduced:
-                x32 = np.concatenate([z, zr]).astype(np.float32) if self._fused_raw \
-                    else zr.astype(np.float32)
-            else:
-                x32 = z32
-            preds += self._fused.predict_one(x32)
+            return best, float(score[best]) / self._total
+        preds = self._row_outputs(z, False)
         if len(preds) == 1:
             return preds[0], 1.0
         # seven additions: plain Python beats a numpy call here
@@ -186,6 +185,33 @@ class FastEnsemble:
             score[p] += w
         best = max(range(self._n_classes), key=score.__getitem__)  # first maximum: lowest class
         return best, score[best] / self._total
+
+    def _row_outputs(self, z: np.ndarray, soft: bool) -> list[Any]:
+        """Every member's class index (or, ``soft``, per-class scores) for one row, in the
+        planned order: others, screened KNN, fused dense, trees."""
+        zr = self.reducer.one(z) if self._any_reduced else None
+        if soft:
+            out = [m.scores((zr if m.reduced else z)[None])[0] for _, m in self._others]
+        else:
+            out = [m.predict_one(zr if m.reduced else z) for _, m in self._others]
+        zz = float(z @ z)
+        z32 = z.astype(np.float32) if self._knn32 or self._fused is not None else None
+        if self._knn32:
+            zrr = float(zr @ zr) if self._any_reduced else 0.0
+            zr32 = zr.astype(np.float32) if self._any_reduced else None
+            for m, red in self._knn32:
+                row = m.scores_one32 if soft else m.predict_one32
+                out.append(row(zr, zr32, zrr) if red else row(z, z32, zz))
+        if self._dense is not None:
+            out += self._dense.scores_one(z, zz) if soft else self._dense.predict_one(z, zz)
+        if self._fused is not None:
+            if self._fused_reduced:
+                x32 = np.concatenate([z, zr]).astype(np.float32) if self._fused_raw \
+                    else zr.astype(np.float32)
+            else:
+                x32 = z32
+            out += self._fused.scores_one(x32) if soft else self._fused.predict_one(x32)
+        return out
 
     def predict_features(self, Z: np.ndarray) -> np.ndarray:
         """Class indices for front-end features ``Z``."""

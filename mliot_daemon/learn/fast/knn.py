@@ -103,26 +103,43 @@ class KnnMember(BlockwisePredict):
         """One row, float32 screen: half the bytes of the float64 product (the ensemble's
         single-row path, where the model no longer sits in L1/L2: 6 us less on digits). The
         float32 k nearest are taken when the error bound proves them, else the float64 path."""
+        return int(self.votes_one32(z, x32, zz).argmax())
+
+    def scores_one32(self, z: np.ndarray, x32: np.ndarray, zz: float) -> np.ndarray:
+        """:meth:`predict_one32`'s vote fractions (the soft vote's scores)."""
+        votes = self.votes_one32(z, x32, zz)
+        return votes / votes.sum()
+
+    def votes_one32(self, z: np.ndarray, x32: np.ndarray, zz: float) -> np.ndarray:
+        """Votes (K,) of one row's k nearest, by the float32 screen when it proves them."""
         if not self.screen:
-            return self.finish_one(self.Tm2 @ z, z, zz)
+            return self._votes_one(self.Tm2 @ z, z, zz)
         dd = self.Tm2_32 @ x32
         dd += self.T_sq32
         k = self.k
         part = np.argpartition(dd, k)
         top = part[:k]
         if dd[part[k]] - dd[top].max() <= 2.0 * self.err * (self.T_sq_max + zz):
-            return self.finish_one(self.Tm2 @ z, z, zz)
+            return self._votes_one(self.Tm2 @ z, z, zz)
         lab = self.labels[top]
         if not self.distance:
-            return int(np.bincount(lab, minlength=self.n_classes).argmax())
+            return np.bincount(lab, minlength=self.n_classes)
         diff = self.Tm2[top] * -0.5  # the training rows, exactly
         diff -= z
         d2k = np.einsum("ij,ij->i", diff, diff)
         if d2k.min() > 0.0:
-            return int(np.bincount(lab, 1.0 / np.sqrt(d2k), minlength=self.n_classes).argmax())
-        return int(self._vote(lab[None], d2k[None])[0].argmax())
+            return np.bincount(lab, 1.0 / np.sqrt(d2k), minlength=self.n_classes)
+        return self._vote(lab[None], d2k[None])[0]
 
     def finish_one(self, dd: np.ndarray, z: np.ndarray, zz: float) -> int:
+        return int(self._votes_one(dd, z, zz).argmax())
+
+    def finish_scores(self, dd: np.ndarray, z: np.ndarray, zz: float) -> np.ndarray:
+        votes = self._votes_one(dd, z, zz)
+        return votes / votes.sum()
+
+    def _votes_one(self, dd: np.ndarray, z: np.ndarray, zz: float) -> np.ndarray:
+        """Votes (K,) of one row from ``dd = -2 T @ z``."""
         # One row: float64 |t|^2 - 2 t.z (scikit-learn's own formula, so no refinement pass);
         # a standalone member in a tight loop is faster this way than screened (fewer calls).
         dd += self.T_sq
@@ -130,12 +147,12 @@ class KnnMember(BlockwisePredict):
         top = np.argpartition(dd, k - 1)[:k] if k < len(dd) else np.arange(len(dd))
         lab = self.labels[top]
         if not self.distance:
-            return int(np.bincount(lab, minlength=self.n_classes).argmax())
+            return np.bincount(lab, minlength=self.n_classes)
         d2k = dd[top]
         d2k += zz
         if d2k.min() > 0.0:
-            return int(np.bincount(lab, 1.0 / np.sqrt(d2k), minlength=self.n_classes).argmax())
-        return int(self._vote(lab[None], np.maximum(d2k, 0.0)[None])[0].argmax())
+            return np.bincount(lab, 1.0 / np.sqrt(d2k), minlength=self.n_classes)
+        return self._vote(lab[None], np.maximum(d2k, 0.0)[None])[0]
 
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:
         return self._votes_block(Z).argmax(axis=1)

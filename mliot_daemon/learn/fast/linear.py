@@ -40,6 +40,10 @@ class LinearMember(BlockwisePredict):
         s += self.b
         return int(s[0] > 0) if self.binary else int(s.argmax())
 
+    def finish_scores(self, s: np.ndarray, z: np.ndarray, zz: float) -> np.ndarray:
+        s += self.b
+        return np.array([0.0, s[0]]) if self.binary else s
+
     def _scores_block(self, Z: np.ndarray) -> np.ndarray:
         s = Z @ self.W
         s += self.b
@@ -91,6 +95,10 @@ class MlpMember(BlockwisePredict):
     def finish_one(self, h: np.ndarray, z: np.ndarray, zz: float) -> int:
         s = self._after_first(h)
         return int(s[0] > 0) if self.binary else int(s.argmax())
+
+    def finish_scores(self, h: np.ndarray, z: np.ndarray, zz: float) -> np.ndarray:
+        s = self._after_first(h)
+        return np.array([0.0, s[0]]) if self.binary else s
 
     def _scores_block(self, Z: np.ndarray) -> np.ndarray:
         return as_columns(self._forward(Z))
@@ -158,6 +166,19 @@ class RbfSvmMember(BlockwisePredict):
         return self.S2g
 
     def finish_one(self, a: np.ndarray, z: np.ndarray, zz: float) -> int:
+        dec = self._decision_one(a, z, zz)
+        if self.binary:
+            # sklearn flips the sign of the binary coefficients: dec >= 0 is classes_[1]
+            return int(dec[0] >= 0)
+        winners = np.where(dec > 0, self.pair_i, self.pair_j)
+        return int(np.bincount(winners, minlength=self.n_classes).argmax())
+
+    def finish_scores(self, a: np.ndarray, z: np.ndarray, zz: float) -> np.ndarray:
+        dec = self._decision_one(a, z, zz)
+        return np.array([0.0, dec[0]]) if self.binary else self._ovr(dec[None])[0]
+
+    def _decision_one(self, a: np.ndarray, z: np.ndarray, zz: float) -> np.ndarray:
+        """The one-vs-one decision values of row ``z`` from ``a = S2g @ z``."""
         gzz = self.gamma * zz
         if gzz < 300.0:
             # exp(2g s.z - g|s|^2) @ C, scaled by exp(-g|z|^2) afterwards: two calls fewer
@@ -168,23 +189,26 @@ class RbfSvmMember(BlockwisePredict):
         else:  # far from every support vector: the factored form would overflow
             dec = self._kernel(z) @ self.C
         dec += self.b
-        if self.binary:
-            # sklearn flips the sign of the binary coefficients: dec >= 0 is classes_[1]
-            return int(dec[0] >= 0)
-        winners = np.where(dec > 0, self.pair_i, self.pair_j)
-        return int(np.bincount(winners, minlength=self.n_classes).argmax())
+        return dec
 
     def _scores_block(self, Z: np.ndarray) -> np.ndarray:
         """scikit-learn's one-vs-rest ``decision_function``: each class's one-vs-one votes
         plus its summed decision values squashed into (-1/3, 1/3), which breaks vote ties."""
         dec = self._kernel(Z) @ self.C
         dec += self.b
-        if self.binary:
-            return as_columns(dec[:, 0])
-        K, rows = self.n_classes, np.arange(len(self.pair_i))
-        toward = np.zeros((len(rows), K))  # +1 for a pair's first class, -1 for its second
-        toward[rows, self.pair_i], toward[rows, self.pair_j] = 1.0, -1.0
-        votes = (dec >= 0) @ np.maximum(toward, 0) + (dec < 0) @ np.maximum(-toward, 0)
+        return as_columns(dec[:, 0]) if self.binary else self._ovr(dec)
+
+    def _ovr(self, dec: np.ndarray) -> np.ndarray:
+        """(rows, K) one-vs-rest scores from (rows, pairs) one-vs-one decision values."""
+        toward = self.__dict__.get("_toward")  # built on first use (older pickles lack it)
+        if toward is None:  # +1 for a pair's first class, -1 for its second
+            pairs = np.arange(len(self.pair_i))
+            toward = np.zeros((len(pairs), self.n_classes))
+            toward[pairs, self.pair_i], toward[pairs, self.pair_j] = 1.0, -1.0
+            self._toward = toward
+            self._first, self._second = np.maximum(toward, 0), np.maximum(-toward, 0)
+        ahead = dec >= 0
+        votes = ahead @ self._first + ~ahead @ self._second
         conf = dec @ toward
         return votes + conf / (3 * (np.abs(conf) + 1))
 
