@@ -48,9 +48,10 @@ class Server(Actor[ServerMsg]):
     """HTTP API and app catalog. Stops first on shutdown: in-flight requests finish."""
 
     name = "server"
+    # "mqtt": whether predictions are offered to the bridge (``ServingCore.publish``)
     config_keys = frozenset({"secrets", "daemon.protect_reads", "daemon.max_body_mb",
                              "daemon.name", "apps", "training.backend",
-                             "training.dask_scheduler"})
+                             "training.dask_scheduler", "mqtt"})
 
     def __init__(self, config: ConfigStore, store: Store, metrics: Metrics, registry: Registry,
                  refs: Refs, started_at: float, ready: asyncio.Event,

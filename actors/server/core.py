@@ -320,9 +320,10 @@ class ServingCore:
             i = new_prediction_id()
             records.append(PredictionRecord(id=i, app=app, label=a.label,
                                             confidence=a.confidence, stage=a.stage,
-                                            model_version=a.version, features=x))
+                                            model_version=a.version, features=x,
+                                            margin=a.margin))
             item = {"id": i, "label": a.label, "confidence": round(a.confidence, 6),
-                    "stage": a.stage, "model_version": a.version}
+                    "margin": round(a.margin, 6), "stage": a.stage, "model_version": a.version}
             if a.probabilities is not None:
                 item["probabilities"] = a.probabilities
             out.append(item)

@@ -96,4 +96,5 @@ class PeerApi:
                                        members if type(members) is int and members > 0 else None)
         return json_response({"predictions": [
             {"label": a.label, "confidence": a.confidence, "stage": a.stage,
-             "model_version": a.version, "probabilities": a.probabilities} for a in answers]})
+             "model_version": a.version, "probabilities": a.probabilities, "margin": a.margin,
+             "doubt": a.doubt} for a in answers]})

@@ -171,7 +171,9 @@ class Router:
                 peer=peer, app=app, members=members, probabilities=probabilities,
                 instances=tuple(samples), reply=f), REMOTE_TIMEOUT_S)
             return [Answer(str(p["label"]), float(p["confidence"]), int(p["stage"]),
-                           int(p["model_version"]), p.get("probabilities")) for p in remote]
+                           int(p["model_version"]), p.get("probabilities"),
+                           float(p.get("margin", 1.0)), float(p.get("doubt", 0.0)))
+                    for p in remote]
         except (Exception, ActorStopped) as exc:  # any failure: answered here instead
             log.warning("remote_predict_failed", app=app, peer=peer, error=str(exc))
             self._metrics.remote_failures.labels(peer).inc()

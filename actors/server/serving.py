@@ -8,6 +8,7 @@ swap never fails a request in flight.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,15 @@ class Answer:
     stage: int  # 1: the background gate answered; 2: the ensemble did
     version: int
     probabilities: dict[str, float] | None
+    margin: float = 1.0  # top two vote shares' difference; stage 1: the gate's distance
+    doubt: float = 0.0  # how worth a label query it is (``uncertainty``), higher = more
+
+
+def uncertainty(margin: float, agreement: float, gate_distance: float | None) -> float:
+    """A label query's score: a small margin, members that disagree and a gate score near its
+    threshold all make a prediction more worth asking a person about."""
+    near_gate = 0.0 if gate_distance is None else max(0.0, 1.0 - abs(gate_distance))
+    return (1.0 - margin) + 0.5 * (1.0 - agreement) + 0.5 * near_gate
 
 
 class ServedModel:
@@ -74,10 +84,11 @@ class ServedModel:
         if k not in self._trims:
             members, sel = self.model.members, self.model.selection
             keep = self._by_weight()[:max(k, 1)]
-            soft = sel.sharpness if len(keep) > 1 else None
             fast = FastEnsemble(self.model.front_end, [members[i].fast for i in keep],
                                 [sel.weights[i] for i in keep], self.classes,
-                                self.model.reducer, [soft[i] for i in keep] if soft else None)
+                                self.model.reducer,
+                                [sel.sharpness[i] for i in keep] if sel.sharpness else None,
+                                sel.soft)
             self._trims[k] = ServedModel(self.version, self.model, self.model_id, fast)
         return self._trims[k]
 
@@ -104,64 +115,72 @@ class ServedModel:
         G = self.model.front_end.gate_input(samples)
         if G is None:  # e.g. log-mel patches: nothing for the gate to read
             return self._predict(samples, probabilities, gate=False)
-        early = self.gate.is_background(G)
+        distance = self.gate.distance(G)
+        early = distance >= 0
         if not early.any():
-            return self._predict(samples, probabilities, gate=False)
-        answers = [self._background(self.gate, probabilities)] * len(early)
+            return self._predict(samples, probabilities, gate=False, distance=distance)
+        answers: list[Answer] = [self._background(self.gate, d, probabilities)
+                                 for d in distance]
         rest = np.flatnonzero(~early)
         if len(rest):
             some = samples[rest] if isinstance(samples, np.ndarray) \
                 else [samples[i] for i in rest]
-            for i, a in zip(rest, self._predict(some, probabilities, gate=False), strict=True):
+            for i, a in zip(rest, self._predict(some, probabilities, gate=False,
+                                                distance=distance[rest]), strict=True):
                 answers[i] = a
         return answers
 
-    def _background(self, gate: Gate, probabilities: bool) -> Answer:
+    def _background(self, gate: Gate, distance: float, probabilities: bool) -> Answer:
+        """The gate's answer; its margin is how far past the threshold the row is."""
         bg = self.classes[gate.background]
+        margin = min(1.0, float(distance))
         return Answer(bg, self.gate_confidence, 1, self.version,
-                      {c: float(c == bg) for c in self.classes} if probabilities else None)
+                      {c: float(c == bg) for c in self.classes} if probabilities else None,
+                      margin, uncertainty(margin, 1.0, distance))
 
     def _predict(self, samples: Sequence[np.ndarray] | np.ndarray, probabilities: bool,
-                 gate: bool = True) -> list[Answer]:
-        """Front end, then (with ``gate``) a gate on its features, then the ensemble."""
+                 gate: bool = True, distance: np.ndarray | None = None) -> list[Answer]:
+        """Front end, then (with ``gate``) a gate on its features, then the ensemble.
+        ``distance``: a raw gate's normalised distances of these rows, already measured."""
         Z = self.model.front_end.transform(samples)
         n = len(Z)
         g = self.gate if gate else None
+        if g is not None:
+            distance = g.distance(Z)
         if n == 1 and not probabilities and Z.dtype == np.float64 and Z.ndim == 2:
             # One row, the common served case: straight to the ensemble's row path, without
             # the batch path's masks (a dozen numpy calls, more than the vote of a small model).
-            if g is not None and g.is_background(Z)[0]:
-                return [self._background(g, False)]
-            best, share = self.fast.vote_one(Z[0])
-            if self.calibration is not None:
-                share = self.calibration.one(share)
-            return [Answer(self.classes[best], float(share), 2, self.version, None)]
-        pred = np.empty(n, dtype=np.intp)
-        conf = np.ones(n)
-        stage = np.full(n, 2)
-        rest = np.ones(n, dtype=bool)
-        if g is not None:
-            background = g.is_background(Z)
-            pred[background] = g.background
-            conf[background] = self.gate_confidence
-            stage[background] = 1
-            rest = ~background
-        if rest.any():
-            pred[rest], share = self.fast.vote(Z[rest] if not rest.all() else Z)
-            conf[rest] = self.calibration(share) if self.calibration is not None else share
+            d = None if distance is None else float(distance[0])
+            if g is not None and d >= 0:
+                return [self._background(g, d, False)]
+            v = self.fast.vote_one(Z[0])
+            share = self.calibration.one(v.share) if self.calibration is not None else v.share
+            return [Answer(self.classes[v.label], float(share), 2, self.version, None,
+                           v.margin, uncertainty(v.margin, v.agreement, d))]
+        background = distance >= 0 if g is not None else np.zeros(n, dtype=bool)
+        rest = ~background
+        answers: list[Answer | None] = [None] * n
         shares = self._shares(Z) if probabilities else None
-        if shares is not None and g is not None:  # the gate's answer: all its weight on it
-            shares[stage == 1] = np.eye(len(self.classes))[g.background]
-        return [Answer(self.classes[p], float(c), int(s), self.version,
-                       None if shares is None else dict(zip(self.classes, map(float, row),
-                                                            strict=True)))
-                for p, c, s, row in zip(pred, conf, stage, shares if shares is not None
-                                        else [None] * n, strict=True)]
+        for i in np.flatnonzero(background):
+            answers[i] = self._background(g, float(distance[i]), probabilities)
+        if rest.any():
+            v = self.fast.vote(Z[rest] if not rest.all() else Z)
+            conf = self.calibration(v.share) if self.calibration is not None else v.share
+            d = distance[rest] if distance is not None else [None] * len(v.label)
+            for i, p, c, m, a, gd in zip(np.flatnonzero(rest), v.label, conf, v.margin,
+                                         v.agreement, d, strict=True):
+                answers[i] = Answer(
+                    self.classes[p], float(c), 2, self.version,
+                    None if shares is None else dict(zip(self.classes, map(float, shares[i]),
+                                                         strict=True)),
+                    float(m), uncertainty(float(m), float(a),
+                                          None if gd is None else float(gd)))
+        return answers  # type: ignore[return-value]
 
     def _shares(self, Z: np.ndarray) -> np.ndarray:
         """Every class's vote share (the weighted vote, normalised), rows x classes."""
         f = self.fast
-        if f.sharpness is not None:
+        if f.soft or len(f.members) == 1:
             return f.soft_scores(Z)
         Zr = f.reducer(Z) if f.reducer is not None and any(m.reduced for m in f.members) else None
         score = np.zeros((len(Z), len(self.classes)))
@@ -266,7 +285,7 @@ class ServedApp:
             part = answers[i:i + len(s)]
             i += len(s)
             if not probs and want_probs:
-                part = [Answer(a.label, a.confidence, a.stage, a.version, None) for a in part]
+                part = [dataclasses.replace(a, probabilities=None) for a in part]
             if not fut.done():
                 fut.set_result(part)
 

@@ -37,11 +37,12 @@ def section(r: dict[str, Any]) -> list[str]:
     ax.set_xlabel("served confidence (bin mean)")
     ax.set_ylabel("accuracy in the bin")
     ax.legend(fontsize=8)
-    fast = (r.get("digits") or {}).get("fast_predictor_7")
-    if fast:
-        out += ["", f"7-member digits fast predictor: single row p50 "
-                    f"{fast['single_row_ms_p50']} ms (p99 {fast['single_row_ms_p99']}), "
-                    f"{fast['batched_rows_per_s']} rows/s batched, agreement with the "
-                    f"reference {fast['agreement_with_reference']}."]
+    for key, vote in (("fast_predictor_7", "hard"), ("fast_predictor_7_soft", "soft")):
+        fast = (r.get("digits") or {}).get(key)
+        if fast:
+            out += ["", f"7-member digits fast predictor, {vote} vote: single row p50 "
+                        f"{fast['single_row_ms_p50']} ms (p99 {fast['single_row_ms_p99']}), "
+                        f"{fast['batched_rows_per_s']} rows/s batched, agreement with the "
+                        f"reference {fast['agreement_with_reference']}."]
     out += ["", save_plot(fig, "learn"), ""]
     return out

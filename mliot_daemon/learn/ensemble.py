@@ -111,12 +111,13 @@ class Selection:
     latency_ms: float
     within_budget: bool
     families: list[str] = field(default_factory=list)
-    sharpness: list[float] | None = None  # per member: a soft vote (learn.soft); None: hard
+    sharpness: list[float] | None = None  # per member (learn.soft); None when unknown
+    soft: bool = False  # the soft vote of the members' probabilities, else the hard vote
 
     @property
     def vote(self) -> str:
         """"soft" or "hard": how the members' votes are counted."""
-        return "hard" if self.sharpness is None else "soft"
+        return "soft" if self.soft else "hard"
 
 
 def member_weight(val_accuracy: float, n_classes: int) -> float:
@@ -174,7 +175,8 @@ def trim_accuracies(candidates: Sequence[Candidate], selection: Selection, y_val
     preds = [np.asarray(candidates[i].val_pred) for i in selection.members]
     if not len(y_val) or any(len(p) != len(y_val) for p in preds):
         return None
-    probs = member_probabilities([candidates[i] for i in selection.members], selection.sharpness)
+    probs = member_probabilities([candidates[i] for i in selection.members],
+                                 selection.sharpness if selection.soft else None)
     order = by_weight(selection.weights)
     out = []
     for k in range(1, len(order) + 1):
@@ -268,8 +270,8 @@ def select_ensemble(candidates: Sequence[Candidate], y_val: np.ndarray, n_classe
         return Selection(members=members, weights=[float(w) for w in weights],
                          val_accuracy=float((won == y_val).mean()), latency_ms=latency(members),
                          within_budget=fits, families=[candidates[i].family for i in members],
-                         sharpness=[float(candidates[i].sharpness) for i in members]
-                         if soft else None)
+                         sharpness=[float(getattr(candidates[i], "sharpness", 1.0))
+                                    for i in members], soft=soft)
 
     if not any(allowed((i,)) for i in range(len(candidates))):
         fastest = min(range(len(candidates)), key=lambda i: lat[i])

@@ -35,12 +35,17 @@ class Gate:
     val_recall: float
     val_foreground_loss: float
     raw: bool = False  # reads FrontEnd.gate_input(samples), not the front end's features
+    spread: float = 1.0  # the out-of-fold scores' standard deviation: the distance's unit
 
     def scores(self, Z: np.ndarray) -> np.ndarray:
         return Z @ self.w + self.b
 
     def is_background(self, Z: np.ndarray) -> np.ndarray:
         return self.scores(Z) >= self.threshold
+
+    def distance(self, Z: np.ndarray) -> np.ndarray:
+        """Each row's score minus the threshold, in ``spread`` units: >= 0 is background."""
+        return (self.scores(Z) - self.threshold) / self.spread
 
     def report(self) -> dict[str, Any]:
         return {"threshold": round(self.threshold, 6), "precision": round(self.val_precision, 5),
@@ -83,4 +88,5 @@ def fit_gate(Z: np.ndarray, y: np.ndarray, background: int, fold: np.ndarray,
     loss = float((called & (tv == 0)).sum() / max(int((tv == 0).sum()), 1))
     w, b = _ridge(Z, t, raw)
     return Gate(background=int(background), w=w, b=b, threshold=thr, val_precision=precision,
-                val_recall=recall, val_foreground_loss=loss, raw=raw)
+                val_recall=recall, val_foreground_loss=loss, raw=raw,
+                spread=float(np.std(s)) or 1.0)

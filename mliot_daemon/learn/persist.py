@@ -124,12 +124,11 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
                      components=model.reducer.components)
             artifacts["reducer.npz"] = _sha256(tmp / "reducer.npz")
         members = []
-        sharpness = model.selection.sharpness or [None] * len(model.members)
-        for m, w, a in zip(model.members, model.selection.weights, sharpness, strict=True):
+        for m, w in zip(model.members, model.selection.weights, strict=True):
             name = f"member-{m.family}.pkl"
             put(name, {"estimator": m.estimator, "fast": m.fast, "reduced": m.reduced})
             members.append({"family": m.family, "weight": w, "artifact": name,
-                            "sharpness": a, **m.summary()})
+                            "sharpness": m.sharpness, **m.summary()})
         if model.gate is not None:
             put("gate.pkl", model.gate)
         manifest = {
@@ -177,8 +176,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def _sharpness(members: list[dict[str, Any]]) -> list[float] | None:
-    """The soft vote's per-member sharpness; None for a hard vote (and versions saved before
-    the soft vote, whose members carry no ``sharpness``)."""
+    """The members' sharpness (``learn.soft``); None for versions saved before it."""
     values = [m.get("sharpness") for m in members]
     return None if any(v is None for v in values) else [float(v) for v in values]
 
@@ -210,14 +208,16 @@ def load_model(directory: Path) -> Any:
             family=m["family"], params=m["params"], estimator=art["estimator"], fast=art["fast"],
             reduced=art["reduced"], reduced_dims=m["reduced_dims"], val_accuracy=m["val_accuracy"],
             val_pred=np.empty(0, dtype=np.int64), fit_seconds=m["fit_seconds"],
-            latency_ms=m["latency_ms"], size_bytes=m["size_bytes"], candidates=m["candidates"]))
+            latency_ms=m["latency_ms"], size_bytes=m["size_bytes"], candidates=m["candidates"],
+            sharpness=float(m.get("sharpness") or 1.0)))
     sel = manifest["selection"]
     selection = Selection(members=list(range(len(members))),
                           weights=[float(m["weight"]) for m in manifest["members"]],
                           val_accuracy=sel["val_accuracy"], latency_ms=sel["latency_ms"],
                           within_budget=sel["within_budget"],
                           families=[m["family"] for m in manifest["members"]],
-                          sharpness=_sharpness(manifest["members"]))
+                          sharpness=_sharpness(manifest["members"]),
+                          soft=sel.get("vote") == "soft")
     pol = manifest["policy"]
     policy = Policy(pol["mode"], pol["latency_ms"], pol["max_models"], pol.get("min_accuracy", 0.0))
     return TrainedModel(front_end=get("front_end.pkl"), classes=manifest["classes"],

@@ -119,7 +119,7 @@ class TrainedModel:
         if self._fast is None:
             self._fast = FastEnsemble(self.front_end, [m.fast for m in self.members],
                                       self.selection.weights, self.classes, self.reducer,
-                                      self.selection.sharpness)
+                                      self.selection.sharpness, self.selection.soft)
         return self._fast
 
     def reference_predict_features(self, Z: np.ndarray) -> np.ndarray:
@@ -132,7 +132,7 @@ class TrainedModel:
         preds = np.stack([m.estimator.predict(x) for m, x in zip(self.members, inputs,
                                                                   strict=True)])
         probs = None
-        if self.selection.sharpness is not None:
+        if self.selection.soft:
             probs = np.stack([probabilities(reference_scores(m.family, m.estimator, x), a)
                               for m, x, a in zip(self.members, inputs, self.selection.sharpness,
                                                  strict=True)])
@@ -228,7 +228,8 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
         measured = median_latency_ms(model.fast().predict_features, probe, repeats=200) + fe_ms
     won, share = vote_with_share(np.stack([candidates[i].val_pred for i in sel.members]),
                                  sel.weights, fs.n_classes,
-                                 member_probabilities(model.members, sel.sharpness))
+                                 member_probabilities(model.members,
+                                                      sel.sharpness if sel.soft else None))
     model.calibration = Calibration.fit(share, won == y_val)
     model.metrics = {"val_accuracy": sel.val_accuracy, "estimated_latency_ms": sel.latency_ms,
                      "measured_latency_ms": measured, "front_end_ms": fe_ms,

@@ -170,9 +170,11 @@ class Store:
             if predictions:
                 now = time.time()
                 conn.executemany(
-                    "INSERT OR IGNORE INTO predictions VALUES (?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR IGNORE INTO predictions (id, app, label, confidence, stage, "
+                    "model_version, features, shape, created, margin) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [(p.id, p.app, p.label, p.confidence, p.stage, p.model_version,
-                      *encode(p.features), now) for p in predictions])
+                      *encode(p.features), now, p.margin) for p in predictions])
             for fn, _ in batch:
                 conn.execute("SAVEPOINT item")
                 try:

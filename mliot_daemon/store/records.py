@@ -58,6 +58,7 @@ class PredictionRecord:
     stage: int
     model_version: int | None
     features: np.ndarray
+    margin: float | None = None
 
 
 _ID_BATCH = 256

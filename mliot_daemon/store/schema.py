@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS: dict[int, str] = {
     # version -> the SQL that takes the schema from version - 1 to version
     1: """
@@ -84,5 +84,21 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE feedback ADD COLUMN model_version INTEGER;  -- the version it corrects
     UPDATE feedback SET model_version = (SELECT model_version FROM predictions p
                                          WHERE p.id = feedback.prediction_id);
+    """,
+    4: """
+    ALTER TABLE predictions ADD COLUMN margin REAL;  -- top two vote shares apart; NULL before
+    CREATE TABLE queries (              -- label queries: predictions worth a person's label
+        id TEXT PRIMARY KEY,
+        app TEXT NOT NULL,
+        prediction_id TEXT NOT NULL,
+        label TEXT NOT NULL,            -- what was predicted
+        score REAL NOT NULL,            -- how informative: higher is asked first
+        candidates TEXT NOT NULL,       -- JSON [[label, share], ...], most likely first
+        state TEXT NOT NULL,            -- open, answered, skipped
+        created REAL NOT NULL,
+        closed REAL
+    );
+    CREATE INDEX queries_app ON queries (app, state);
+    CREATE INDEX queries_prediction ON queries (prediction_id);
     """,
 }

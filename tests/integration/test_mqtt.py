@@ -402,3 +402,28 @@ def test_mqtt_section_applies_live(daemon_factory: Any, broker: Broker) -> None:
     finally:
         dev.close()
     assert d.stop() == 0
+
+
+def test_mqtt_enabled_by_reload_publishes_predictions_state(daemon_factory: Any,
+                                                            broker: Broker) -> None:
+    """A daemon started without [mqtt], trained, then given [mqtt] by a live reload: its
+    predictions reach the retained state topic (the server, not only the bridge, applies the
+    section)."""
+    d = daemon_factory("late")
+    d.write_config(extra="[training]\nworkers = 1\n", daemon_extra='name = "late"')
+    d.start()
+    assert d.request("PUT", "/v1/apps/blobs", {"data_type": "vector", "shape": [2]})[0] == 201
+    assert d.request("POST", "/v1/apps/blobs/samples", {"samples": blobs(30)})[0] == 200
+    wait_for(lambda: knows_all_blobs(d), 90, 0.5)
+    d.write_config(extra=f'[training]\nworkers = 1\n[mqtt]\nurl = "{broker.url}"\n'
+                         'prefix = "late"\n', daemon_extra='name = "late"')
+    wait_for(lambda: retained(broker.port, "late/availability") == "online", 30)
+    watch = Mqtt(broker.port, "late/blobs/state")
+    try:
+        status, body = d.request("POST", "/v1/apps/blobs/predict", {"instances": [[0.0, 10.0]]})
+        assert status == 200 and body["predictions"][0]["label"] == "c"
+        state = json.loads(watch.wait(on("late/blobs/state", label="c"), 30).payload)
+        assert state["model_version"] == body["predictions"][0]["model_version"]
+    finally:
+        watch.close()
+    assert d.stop() == 0

@@ -118,8 +118,13 @@ def test_rest_accuracy_and_version_swaps_under_load(trained: Any,
     assert accuracy >= 0.975, (accuracy, models["versions"][0]["members"],
                                models["versions"][0]["candidates"])
     p = preds[0]
-    assert set(p) == {"id", "label", "confidence", "stage", "model_version", "probabilities"}
+    assert set(p) == {"id", "label", "confidence", "margin", "stage", "model_version",
+                      "probabilities"}
     assert 0 < p["confidence"] <= 1 and p["stage"] == 2
+    # the margin: the top two vote shares apart (a one-member version: its probabilities)
+    for p in preds[:50]:
+        top2 = sorted(p["probabilities"].values())[-2:]
+        assert abs(p["margin"] - (top2[1] - top2[0])) < 1e-5
     assert abs(sum(p["probabilities"].values()) - 1) < 1e-6
 
 

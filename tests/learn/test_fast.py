@@ -30,7 +30,7 @@ def test_ensemble_vote_and_confidence():
     X, y = make_classification(300, 8, n_informative=5, n_classes=3, random_state=1)
     members = [compile_member(f, make_estimator(f).fit(X, y), False, X) for f in ("ridge", "knn")]
     ens = FastEnsemble(None, members, [1.0, 2.0], ["a", "b", "c"])
-    pred, share = ens.vote(X[:20])
+    pred, share, _, _ = ens.vote(X[:20])
     knn_pred = members[1].predict(X[:20])
     np.testing.assert_array_equal(pred, knn_pred)  # the heavier member always wins a 2-way vote
     assert set(np.round(share, 6)) <= {1.0, round(2 / 3, 6)}
@@ -97,8 +97,8 @@ def test_fused_trees_match_members(integer_data):
     for i, x in enumerate(Xt):
         preds = ens._fused.predict_one(np.concatenate([x, ens.reducer.one(x)]).astype(np.float32))
         assert preds == [int(o[i]) for o in own]
-    single = np.array([ens.vote(Xt[i:i + 1])[0][0] for i in range(len(Xt))])
-    np.testing.assert_array_equal(single, ens.vote(Xt)[0])
+    single = np.array([ens.vote(Xt[i:i + 1]).label[0] for i in range(len(Xt))])
+    np.testing.assert_array_equal(single, ens.vote(Xt).label)
 
 
 def test_binary_fused_paths_and_pickle_round_trip():
@@ -112,12 +112,13 @@ def test_binary_fused_paths_and_pickle_round_trip():
     ens = FastEnsemble(None, members, [1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6], ["no", "yes"])
     assert ens._dense is not None and ens._fused is not None
     Xt = X[300:]
-    batch, share = ens.vote(Xt)
+    batch, share, margin, _ = ens.vote(Xt)
     single = [ens.vote_one(x) for x in Xt]
-    np.testing.assert_array_equal(batch, [p for p, _ in single])
-    np.testing.assert_allclose(share, [s for _, s in single])
+    np.testing.assert_array_equal(batch, [v.label for v in single])
+    np.testing.assert_allclose(share, [v.share for v in single])
+    np.testing.assert_allclose(margin, [v.margin for v in single])
     back = pickle.loads(pickle.dumps(ens))
-    np.testing.assert_array_equal(back.vote(Xt)[0], batch)
+    np.testing.assert_array_equal(back.vote(Xt).label, batch)
     assert back.vote_one(Xt[0]) == single[0]
 
 
@@ -175,5 +176,5 @@ def test_pickles_naming_the_single_module_classes_still_load():
     assert [type(m) for m in back.members] == [type(m) for m in members]
     assert type(back.members[4]) is fast_pkg._Knn
     Xt = X[300:]
-    np.testing.assert_array_equal(back.vote(Xt)[0], ens.vote(Xt)[0])
+    np.testing.assert_array_equal(back.vote(Xt).label, ens.vote(Xt).label)
     assert [back.vote_one(x) for x in Xt] == [ens.vote_one(x) for x in Xt]

@@ -96,15 +96,58 @@ def test_soft_ensemble_agrees_with_its_reference_and_survives_pickle():
     members = [compile_member(f, e, False, X[:300]) for f, e in zip(fams, ests, strict=True)]
     sharp = [0.5, 3.0, 4.0, 1.0, 1.0, 1.0]
     weights = [1.0, 2.0, 1.0, 3.0, 1.0, 2.0]
-    ens = FastEnsemble(None, members, weights, list("abcd"), sharpness=sharp)
+    ens = FastEnsemble(None, members, weights, list("abcd"), sharpness=sharp, soft=True)
     ref = sum(w * probabilities(reference_scores(f, e, X[300:]), a)
               for f, e, w, a in zip(fams, ests, weights, sharp, strict=True)) / sum(weights)
-    pred, share = ens.vote(X[300:])
-    np.testing.assert_array_equal(pred, ref.argmax(axis=1))
-    np.testing.assert_allclose(share, ref.max(axis=1), atol=1e-4)
-    one = [ens.vote_one(x)[0] for x in X[300:]]
-    np.testing.assert_array_equal(one, pred)
+    v = ens.vote(X[300:])
+    np.testing.assert_array_equal(v.label, ref.argmax(axis=1))
+    np.testing.assert_allclose(v.share, ref.max(axis=1), atol=1e-4)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    np.testing.assert_allclose(v.margin, top2[:, 1] - top2[:, 0], atol=1e-4)
+    own = np.stack([e.predict(X[300:]) for e in ests])
+    agree = (np.asarray(weights)[:, None] * (own == v.label)).sum(axis=0) / sum(weights)
+    np.testing.assert_allclose(v.agreement, agree)
+    one = [ens.vote_one(x) for x in X[300:]]
+    np.testing.assert_array_equal([o.label for o in one], v.label)
+    np.testing.assert_allclose([o.margin for o in one], v.margin, atol=1e-9)
+    np.testing.assert_allclose([o.agreement for o in one], v.agreement, atol=1e-9)
     again = pickle.loads(pickle.dumps(ens))
-    np.testing.assert_array_equal(again.vote(X[300:])[0], pred)
-    with pytest.raises(ValueError, match="sharpness per member"):
+    np.testing.assert_array_equal(again.vote(X[300:]).label, v.label)
+    with pytest.raises(ValueError, match="one sharpness per member"):
         FastEnsemble(None, members, weights, list("abcd"), sharpness=[1.0])
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_member_answers_its_own_class_with_the_margin_of_its_probabilities(family,
+                                                                               n_classes):
+    X, y = _data(n_classes, seed=7)
+    params = {"n_estimators": 20} if family in ("random_forest", "xgboost") else {}
+    est = make_estimator(family, params).fit(X[:300], y[:300])
+    fast = compile_member(family, est, False, X[:300])
+    ens = FastEnsemble(None, [fast], [1.0], [str(c) for c in range(n_classes)], sharpness=[2.0])
+    v = ens.vote(X[300:])
+    np.testing.assert_array_equal(v.label, est.predict(X[300:]))
+    p = np.sort(probabilities(reference_scores(family, est, X[300:]), 2.0), axis=1)
+    np.testing.assert_allclose(v.margin, p[:, -1] - p[:, -2], atol=1e-4)
+    for i in range(5):
+        one = ens.vote_one(X[300 + i])
+        assert one.label == v.label[i] and one.share == 1.0
+        assert one.margin == pytest.approx(v.margin[i], abs=1e-9)
+
+
+def test_hard_margin_is_the_top_two_vote_shares():
+    X, y = _data(4, seed=2)
+    fams = ("ridge", "knn", "mlp")
+    members = [compile_member(f, make_estimator(f).fit(X[:300], y[:300]), False, X[:300])
+               for f in fams]
+    ens = FastEnsemble(None, members, [3.0, 2.0, 1.0], list("abcd"))
+    v = ens.vote(X[300:])
+    own = np.stack([m.predict(X[300:]) for m in members])
+    for i in range(100):
+        shares = np.bincount(own[:, i], [3.0, 2.0, 1.0], minlength=4) / 6.0
+        top2 = np.sort(shares)[-2:]
+        assert v.margin[i] == pytest.approx(top2[1] - top2[0])
+        assert v.share[i] == pytest.approx(top2[1]) and v.agreement[i] == v.share[i]
+        one = ens.vote_one(X[300 + i])
+        assert (one.label, one.margin) == (v.label[i], pytest.approx(v.margin[i]))

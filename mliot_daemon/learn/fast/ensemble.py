@@ -16,7 +16,7 @@ over the stacked (members, K) scores.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -60,23 +60,43 @@ class FusedDense:
                 for m, s in zip(self.members, self.slices)]  # noqa: B905
 
 
+class Vote(NamedTuple):
+    """The vote on one row (scalars) or on many (arrays of one value per row).
+
+    ``share``: the winner's share of the total weight (of the summed probabilities for a soft
+    vote); ``margin``: the winner's share minus the runner-up's (a one-member model's: its own
+    probabilities', softmax of its scores with its sharpness); ``agreement``: the share of the
+    weight on members whose own class is the winner."""
+
+    label: Any
+    share: Any
+    margin: Any
+    agreement: Any
+
+
 class FastEnsemble:
     """The served predictor: front end, optional shared PCA, compiled members, weighted vote.
 
     ``predict(X)`` takes raw samples (what the front end takes) and returns class indices;
-    ``predict_features(Z)`` skips the front end; ``vote(Z)`` also returns the vote share.
+    ``predict_features(Z)`` skips the front end; ``vote(Z)`` also returns the vote share and
+    margin. ``sharpness`` (one per member; 1.0 when unknown) turns a member's scores into
+    probabilities: for the soft vote (``soft``) and for a one-member model's margin.
     """
 
     def __init__(self, front_end: FrontEnd | None, members: list[FastMember], weights: list[float],
                  classes: list[str], reducer: Reducer | None = None,
-                 sharpness: list[float] | None = None) -> None:
+                 sharpness: list[float] | None = None, soft: bool = False) -> None:
         if not members or len(members) != len(weights):
             raise ValueError("an ensemble needs members and one weight per member")
         if sharpness is not None and len(sharpness) != len(members):
-            raise ValueError("a soft ensemble needs one sharpness per member")
-        self.sharpness = None if sharpness is None else [float(a) for a in sharpness]
+            raise ValueError("an ensemble needs one sharpness per member")
+        if soft and sharpness is None:
+            raise ValueError("a soft vote needs the members' sharpness")
         if any(m.reduced for m in members) and reducer is None:
             raise ValueError("a reduced member needs the reducer")
+        self.sharpness = [1.0] * len(members) if sharpness is None else [float(a)
+                                                                           for a in sharpness]
+        self.soft = bool(soft) and len(members) > 1  # one member: its own class either way
         self.front_end = front_end
         self.members = members
         self.weights = np.asarray(weights, dtype=np.float64)
@@ -112,86 +132,104 @@ class FastEnsemble:
         order = [i for i, _ in self._others] + knn32 + dense + trees
         self._w_one_list = [float(w) for w in self.weights[order]]
         self._w_one = self.weights[order]
-        # the soft vote's sharpness per member in that order, as a column
-        self._soft_one = None if self.sharpness is None or len(self.members) == 1 \
-            else np.asarray(self.sharpness)[order][:, None]
+        self._planned = [self.members[i] for i in order]
+        self._sharp_one = np.asarray(self.sharpness)[order][:, None]  # a column, in that order
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # the single-row plan is rebuilt on loading
         for k in ("_fused", "_dense", "_knn32", "_others", "_fused_reduced", "_fused_raw",
-                  "_w_one_list", "_w_one", "_soft_one"):
+                  "_w_one_list", "_w_one", "_sharp_one", "_planned"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state.setdefault("sharpness", None)  # pickled before the soft vote
+        if "soft" not in state:  # pickled before the soft vote
+            state["soft"], state["sharpness"] = False, [1.0] * len(state["members"])
         self.__dict__.update(state)
         self._plan_one()
 
-    def soft_scores(self, Z: np.ndarray) -> np.ndarray:
-        """(rows, K) soft vote ``sum_i w_i p_i`` divided by the total weight."""
-        Zr = self.reducer(Z) if self._any_reduced else None
-        score = np.zeros((len(Z), self._n_classes))
-        for m, w, a in zip(self.members, self.weights, self.sharpness, strict=True):
-            score += w * probabilities(m.scores(Zr if m.reduced else Z), a)
-        score /= self._total
-        return score
-
-    def vote(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class indices, vote share of the winner) for front-end features ``Z``."""
+    def vote(self, Z: np.ndarray) -> Vote:
+        """The vote (arrays, one value per row) on front-end features ``Z``."""
         Z = np.asarray(Z, dtype=np.float64)
         if Z.ndim != 2:
             raise ValueError(f"expected (rows, features), got shape {Z.shape}")
         if Z.shape[0] == 1:
-            best, share = self.vote_one(Z[0])
-            return np.array([best], dtype=np.intp), np.array([share])
-        if self.sharpness is not None and len(self.members) > 1:
-            score = self.soft_scores(Z)
-            pred = score.argmax(axis=1)
-            return pred, score[np.arange(len(Z)), pred]
+            return Vote(*(np.array([v]) for v in self.vote_one(Z[0])))
+        n, rows = len(Z), np.arange(len(Z))
+        if len(self.members) == 1 or self.soft:
+            score, own = self._soft_vote(Z)
+            pred = own[0] if len(self.members) == 1 else score.argmax(axis=1)
+            agree = np.zeros(n)
+            for o, w in zip(own, self.weights, strict=True):
+                agree += w * (o == pred)
+            share = np.ones(n) if len(self.members) == 1 else score[rows, pred]
+            return Vote(pred, share, _margins(score), agree / self._total)
         Zr = self.reducer(Z) if self._any_reduced else None
-        if len(self.members) == 1:
-            pred = self.members[0].predict(Zr if self.members[0].reduced else Z)
-            return pred, np.ones(len(pred))
-        n, K = Z.shape[0], len(self.classes)
-        score = np.zeros(n * K)
-        base = np.arange(n, dtype=np.intp) * K
+        K = self._n_classes
+        flat = np.zeros(n * K)
+        base = rows * K
         for m, w in zip(self.members, self.weights, strict=True):
             p = m.predict(Zr if m.reduced else Z)
             p += base
-            score[p] += w  # one member's winners are distinct cells: no lost updates
-        score = score.reshape(n, K)
+            flat[p] += w  # one member's winners are distinct cells: no lost updates
+        score = flat.reshape(n, K) / self._total
         pred = score.argmax(axis=1)
-        return pred, score[np.arange(n), pred] / self._total
+        share = score[rows, pred]
+        return Vote(pred, share, _margins(score), share)
 
-    def vote_one(self, z: np.ndarray) -> tuple[int, float]:
-        """(class index, vote share) for one 1-D row of front-end features: the served case."""
-        if self._soft_one is not None:
-            s = np.array(self._row_outputs(z, True))  # (members, K), in the planned order
-            s *= self._soft_one
+    def soft_scores(self, Z: np.ndarray) -> np.ndarray:
+        """(rows, K) each class's share of the soft vote ``sum_i w_i p_i``."""
+        return self._soft_vote(Z)[0]
+
+    def _soft_vote(self, Z: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The soft vote's class shares (rows, K), and each member's own class per row."""
+        Zr = self.reducer(Z) if self._any_reduced else None
+        score = np.zeros((len(Z), self._n_classes))
+        own = []
+        for m, w, a in zip(self.members, self.weights, self.sharpness, strict=True):
+            s = m.scores(Zr if m.reduced else Z)
+            own.append(m.class_of(s))
+            score += w * probabilities(s, a)
+        score /= self._total
+        return score, own
+
+    def vote_one(self, z: np.ndarray) -> Vote:
+        """The vote on one 1-D row of front-end features: the served case."""
+        if len(self.members) == 1:
+            m = self.members[0]
+            s = self._row_outputs(z, True)[0]
+            return Vote(int(m.class_of(s)), 1.0, _margin(probabilities(s, self.sharpness[0])),
+                        1.0)
+        if self.soft:
+            raw = np.array(self._row_outputs(z, True))  # (members, K), in the planned order
+            s = raw * self._sharp_one
             s -= s.max(axis=1, keepdims=True)
             np.exp(s, out=s)
             s /= s.sum(axis=1, keepdims=True)
             score = self._w_one @ s
+            score /= self._total
             best = int(score.argmax())
-            return best, float(score[best]) / self._total
+            agree = sum(w for m, r, w in zip(self._planned, raw, self._w_one_list)  # noqa: B905
+                        if m.class_of(r) == best) / self._total
+            return Vote(best, float(score[best]), _margin(score), agree)
         preds = self._row_outputs(z, False)
-        if len(preds) == 1:
-            return preds[0], 1.0
         # seven additions: plain Python beats a numpy call here
         score = [0.0] * self._n_classes
         for p, w in zip(preds, self._w_one_list):  # noqa: B905 (per row, see FusedDense)
             score[p] += w
         best = max(range(self._n_classes), key=score.__getitem__)  # first maximum: lowest class
-        return best, score[best] / self._total
+        top = score[best]
+        score[best] = -1.0
+        share = top / self._total
+        return Vote(best, share, (top - max(score)) / self._total, share)
 
     def _row_outputs(self, z: np.ndarray, soft: bool) -> list[Any]:
         """Every member's class index (or, ``soft``, per-class scores) for one row, in the
         planned order: others, screened KNN, fused dense, trees."""
         zr = self.reducer.one(z) if self._any_reduced else None
         if soft:
-            out = [m.scores((zr if m.reduced else z)[None])[0] for _, m in self._others]
+            out = [m.scores_one(zr if m.reduced else z) for _, m in self._others]
         else:
             out = [m.predict_one(zr if m.reduced else z) for _, m in self._others]
         zz = float(z @ z)
@@ -215,7 +253,7 @@ class FastEnsemble:
 
     def predict_features(self, Z: np.ndarray) -> np.ndarray:
         """Class indices for front-end features ``Z``."""
-        return self.vote(Z)[0]
+        return self.vote(Z).label
 
     def predict(self, X: Any) -> np.ndarray:
         """Class indices for raw samples."""
@@ -223,9 +261,21 @@ class FastEnsemble:
             raise ValueError("this ensemble has no front end; use predict_features")
         Z = self.front_end.transform(X)
         if Z.shape[0] == 1 and Z.dtype == np.float64:
-            return np.array([self.vote_one(Z[0])[0]], dtype=np.intp)
-        return self.vote(Z)[0]
+            return np.array([self.vote_one(Z[0]).label], dtype=np.intp)
+        return self.vote(Z).label
 
     def predict_labels(self, X: Any) -> list[str]:
         """Class names for raw samples."""
         return [self.classes[i] for i in self.predict(X)]
+
+
+def _margin(p: np.ndarray) -> float:
+    """The largest value of a 1-D array minus the second largest."""
+    top2 = np.partition(p, len(p) - 2)[-2:]
+    return float(top2[1] - top2[0])
+
+
+def _margins(score: np.ndarray) -> np.ndarray:
+    """Per row of (rows, K): the largest value minus the second largest."""
+    top2 = np.partition(score, score.shape[1] - 2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]

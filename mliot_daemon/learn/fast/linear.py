@@ -198,6 +198,11 @@ class RbfSvmMember(BlockwisePredict):
         dec += self.b
         return as_columns(dec[:, 0]) if self.binary else self._ovr(dec)
 
+    def class_of(self, scores: np.ndarray) -> Any:
+        # the one-vs-rest scores are votes plus less than 1/3: rounding gives the votes back,
+        # whose first maximum is libsvm's answer (ties to the lowest class)
+        return scores.argmax(axis=-1) if self.binary else np.rint(scores).argmax(axis=-1)
+
     def _ovr(self, dec: np.ndarray) -> np.ndarray:
         """(rows, K) one-vs-rest scores from (rows, pairs) one-vs-one decision values."""
         toward = self.__dict__.get("_toward")  # built on first use (older pickles lack it)

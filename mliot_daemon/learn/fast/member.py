@@ -5,7 +5,7 @@ the member classes share (:class:`BlockwisePredict`)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -36,6 +36,14 @@ class FastMember(Protocol):
         """(rows, K) per-class scores, the library's own (``learn.soft``): the soft vote's."""
         ...
 
+    def scores_one(self, z: np.ndarray) -> np.ndarray:
+        """(K,) per-class scores of one 1-D row."""
+        ...
+
+    def class_of(self, scores: np.ndarray) -> Any:
+        """The class the library's ``predict`` gives, from (rows, K) or (K,) ``scores``."""
+        ...
+
 
 class MatrixFirstMember(FastMember, Protocol):
     """A member whose one-row work starts with one matrix-vector product ``first_rows() @ z``.
@@ -51,6 +59,10 @@ class MatrixFirstMember(FastMember, Protocol):
     def finish_one(self, s: np.ndarray, z: np.ndarray, zz: float) -> int:
         """Class index for row ``z`` from ``s = first_rows() @ z`` (which this may overwrite)
         and ``zz = z @ z`` (computed once for all members)."""
+        ...
+
+    def finish_scores(self, s: np.ndarray, z: np.ndarray, zz: float) -> np.ndarray:
+        """:meth:`finish_one`'s per-class scores (``FastMember.scores``) instead of a class."""
         ...
 
 
@@ -79,6 +91,14 @@ class BlockwisePredict(ABC):
             return self._scores_block(Z)
         return np.concatenate([self._scores_block(Z[s:s + self._block])
                                for s in range(0, len(Z), self._block)])
+
+    def scores_one(self, z: np.ndarray) -> np.ndarray:
+        if self.matrix_first:  # the product the ensemble would have fused, then the finish
+            return self.finish_scores(self.first_rows() @ z, z, float(z @ z))
+        return self._scores_block(z[None])[0]
+
+    def class_of(self, scores: np.ndarray) -> Any:
+        return scores.argmax(axis=-1)
 
     @abstractmethod
     def _scores_block(self, Z: np.ndarray) -> np.ndarray:

@@ -131,6 +131,10 @@ class TreesMember(BlockwisePredict):
     def _scores_block(self, Z: np.ndarray) -> np.ndarray:
         return self.margins(Z) if self.kind == "forest" else as_columns(self.margins(Z))
 
+    def scores_one(self, z: np.ndarray) -> np.ndarray:
+        s = self.margins_one(z)
+        return np.array([0.0, s[0]]) if self.kind == "boost" and self.n_classes == 2 else s
+
     def _predict_block(self, Z: np.ndarray) -> np.ndarray:
         s = self.margins(Z)
         if self.kind == "boost" and self.n_classes == 2:
