@@ -56,7 +56,7 @@ def _ensemble_report(model, X_test, y_test) -> dict[str, Any]:
 def _calibration(model, X_test, y: np.ndarray, Z: np.ndarray) -> dict[str, Any]:
     """ECE of the served confidence (as the daemon answers: ``ServedModel``) and of the raw
     vote share, on the test rows, with the reliability table of the served one."""
-    pred, share, _, _ = model.fast().vote(Z)
+    pred, share, *_ = model.fast().vote(Z)
     served = ServedModel(0, model).predict(X_test)
     conf = np.array([a.confidence for a in served])
     right = pred == y

@@ -309,7 +309,15 @@ class Predicted:
     model_version: int
 
 
-MqttMsg: TypeAlias = ApplyConfig | Predicted
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryChanged:
+    """An app's open label query (its JSON), or None: none is open."""
+
+    app: str
+    query: dict[str, Any] | None
+
+
+MqttMsg: TypeAlias = ApplyConfig | Predicted | QueryChanged
 
 
 # -- the refs -----------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -189,3 +191,24 @@ class CpuQuota:
             except OSError:
                 pass  # it exited meanwhile
         self.path.rmdir()
+
+
+# -- an app worth label queries -------------------------------------------------------------
+
+ROOM = {"data_type": "vector", "classes": ["calm", "busy"],
+        "policy": {"queries_per_hour": 3600}}  # one a second: tests cannot wait 15 minutes
+
+
+def teach_doubtful_room(d: DaemonProcess) -> None:
+    """Two overlapping clusters: a wide band between them where the model is unsure."""
+    assert d.request("PUT", "/v1/apps/room", ROOM)[0] == 201
+    rng = np.random.default_rng(0)
+    X = np.array([rng.normal(0.0 if i % 2 else 3.0, 1.0, size=2).round(3) for i in range(80)])
+    d.teach("room", X, ["calm" if i % 2 else "busy" for i in range(80)])
+
+
+def borderline(k: int) -> list[list[float]]:
+    """Points along the line between the two clusters."""
+    rng = np.random.default_rng(1)
+    u = rng.uniform(-2.0, 2.0, k)
+    return np.round(np.stack([1.5 + u, 1.5 - u + rng.normal(0, 0.2, k)], axis=1), 3).tolist()

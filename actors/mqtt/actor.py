@@ -15,7 +15,7 @@ import structlog
 
 from actors.mqtt.session import Connection
 from actors.mqtt.topics import BridgeState
-from mliot_daemon.messages import ApplyConfig, MqttMsg, Predicted, Refs
+from mliot_daemon.messages import ApplyConfig, MqttMsg, Predicted, QueryChanged, Refs
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.runtime import Actor
 from mliot_daemon.settings import Settings
@@ -54,6 +54,10 @@ class MqttBridge(Actor[MqttMsg]):
                 state.latest[app] = {"label": label, "confidence": confidence,
                                      "model_version": version}
                 state.dirty.add(app)
+                state.wake.set()
+            case QueryChanged(app=app, query=query):
+                state.queries[app] = query
+                state.dirty_queries.add(app)
                 state.wake.set()
             case _:
                 assert_never(msg)

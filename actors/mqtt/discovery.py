@@ -40,6 +40,7 @@ class Announcer:
         state, s, t = self._state, self._s, self._t
         published: dict[str, dict[str, Any]] = {}
         state.dirty |= set(state.latest)
+        state.dirty_queries |= set(state.queries)
         next_poll = 0.0
         while True:
             state.wake.clear()
@@ -52,6 +53,14 @@ class Announcer:
                 if app in published:
                     await publish_json(self._client, self._metrics, t.app(app, "state"), s.qos,
                                        state.latest[app], "state", retain=True)
+            for app in list(state.dirty_queries):
+                state.dirty_queries.discard(app)
+                query = state.queries.get(app)
+                if query is None:  # none open: clear the retained one
+                    await self._client.publish(t.app(app, "query"), b"", qos=1, retain=True)
+                else:
+                    await publish_json(self._client, self._metrics, t.app(app, "query"), 1,
+                                       query, "query", retain=True)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, next_poll - time.monotonic())):
                     await state.wake.wait()
@@ -79,12 +88,14 @@ class Announcer:
                 published[app] = status
         for app in (set(published) | state.on_broker) - set(apps):
             # Deleted: empty retained payloads remove the entity and the stale topics.
-            for topic in (t.discovery(app), t.app(app, "status"), t.app(app, "state")):
+            for topic in (t.discovery(app), t.app(app, "status"), t.app(app, "state"),
+                          t.app(app, "query")):
                 await client.publish(topic, b"", qos=1, retain=True)
             published.pop(app, None)
             state.on_broker.discard(app)
             state.discovered.discard(app)
             state.latest.pop(app, None)
+            state.queries.pop(app, None)
             log.info("mqtt_app_removed", app=app)
 
     def _discovery(self, app: str) -> dict[str, Any]:

@@ -13,6 +13,8 @@ Topics (``P`` = ``mqtt.prefix``, ``D`` = ``mqtt.discovery_prefix``, ``N`` = daem
   out  P/{app}/status       retained ``{"model_version", "ready", "accuracy", "n_samples"}``
   out  P/{app}/state        retained ``{"label", "confidence", "model_version"}``: the last
                             prediction from any channel (Home Assistant's state topic)
+  out  P/{app}/query        retained: the open label query (``GET /v1/apps/{app}/queries``'
+                            first), an empty payload when none is open
   out  P/availability       retained ``online``; last will ``offline``
   out  D/sensor/mliot_{N}_{app}/config  retained Home Assistant discovery
   in   D/status             ``online``: Home Assistant restarted, discovery is re-sent
@@ -89,6 +91,8 @@ class BridgeState:
     rediscover: bool = False  # Home Assistant said `online`: send every discovery again
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> last prediction
     dirty: set[str] = field(default_factory=set)  # apps whose state is not yet published
+    queries: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # the open ones
+    dirty_queries: set[str] = field(default_factory=set)  # apps whose query is not published
     on_broker: set[str] = field(default_factory=set)  # apps with a retained status there
     discovered: set[str] = field(default_factory=set)  # apps announced this session
     connected: bool = False

@@ -27,6 +27,7 @@ from actors.server.payloads import (
     parse_samples,
     version_number,
 )
+from actors.server.queries import QueryDesk
 from actors.server.routing import Router, Started
 from actors.server.serving import Answer, ServedApp
 from actors.server.tables import parse_table, read_table
@@ -37,6 +38,7 @@ from mliot_daemon.messages import (
     FeedbackAdded,
     FeedbackIn,
     Predicted,
+    QueryChanged,
     Refs,
     SamplesAdded,
     SamplesIn,
@@ -86,6 +88,8 @@ class ServingCore:
         self.recent_feedback: dict[str, deque[bool]] = {}
         self._catalog_lock = asyncio.Lock()
         self._parser: ThreadPoolExecutor | None = None
+        self.queries = QueryDesk(store, self.broadcast, self._announce_query,
+                                 lambda: self.settings.daemon.keep_predictions_days * 86400.0)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -102,6 +106,7 @@ class ServingCore:
             self.recent_feedback[name] = deque((label == predicted for label, predicted in pairs),
                                                maxlen=RECENT_FEEDBACK)
         await self._apps_changed()  # first, so the trainer knows the apps a failed load names
+        await self._pace_queries()
         for name in self.catalog.names():
             version = await asyncio.to_thread(self.registry.current, name)
             if version is not None:
@@ -124,6 +129,9 @@ class ServingCore:
                 for name in self.catalog.set_file_apps(settings.apps):
                     log.info("app_config_applied", app=name)
             await self._apps_changed()
+            await self._pace_queries()
+        if any(k == "mqtt" or k.startswith("mqtt.") for k in changed):
+            self.queries.announce_all()  # a bridge switched on learns what is open
 
     async def offload(self, size: int, fn: Callable[[], T]) -> T:
         """Run CPU-bound parsing of a big payload on the one parser thread, a small one inline.
@@ -168,6 +176,7 @@ class ServingCore:
             await self.store.put_app(name, spec.to_json())
             self.catalog.put_api_app(spec)
         await self._apps_changed()
+        await self._pace_queries()
         log.info("app_put", app=name, created=old is None)
         return old is None
 
@@ -181,10 +190,28 @@ class ServingCore:
             await self.store.delete_app(name)
             self.catalog.remove(name)
             self.recent_feedback.pop(name, None)
+            self.queries.forget(name)
+            self._announce_query(name, None)
             self.router.forget(name)
             await self._apps_changed()
         self.broadcast(name, None)
         log.info("app_deleted", app=name)
+
+    async def _pace_queries(self) -> None:
+        """Every app's label-query book at its policy's pace (loaded from the store once)."""
+        for name in self.catalog.names():
+            entry = self.catalog.get(name)
+            if entry is None:
+                continue
+            if name in self.queries.books:
+                self.queries.set_pace(name, entry.spec.policy.queries_per_hour)
+            else:
+                await self.queries.load(name, entry.spec.policy.queries_per_hour)
+                self.queries.announce(name)
+
+    def _announce_query(self, app: str, query: dict[str, Any] | None) -> None:
+        if self.settings.mqtt is not None:
+            self.refs.mqtt.offer(QueryChanged(app=app, query=query))
 
     async def _apps_changed(self) -> None:
         specs = tuple(e.spec for n in self.catalog.names() if (e := self.catalog.get(n)))
@@ -259,6 +286,7 @@ class ServingCore:
         except NoRow:
             raise NotFound(f"unknown prediction id {feedback.prediction_id!r}") from None
         if not result.duplicate:
+            self.queries.answered(entry.name, feedback.prediction_id)
             self.recent_feedback.setdefault(entry.name, deque(maxlen=RECENT_FEEDBACK)).append(
                 result.label == result.predicted)
             await self.refs.trainer.send(FeedbackAdded(
@@ -316,8 +344,11 @@ class ServingCore:
         app = entry.name
         records = []
         out = []
+        now = time.time()
         for a, x in zip(answers, samples, strict=True):
             i = new_prediction_id()
+            if a.candidates:  # doubtful: perhaps worth asking a person about
+                self.queries.offer(app, i, a, x, now)
             records.append(PredictionRecord(id=i, app=app, label=a.label,
                                             confidence=a.confidence, stage=a.stage,
                                             model_version=a.version, features=x,

@@ -31,6 +31,11 @@ class Answer:
     probabilities: dict[str, float] | None
     margin: float = 1.0  # top two vote shares' difference; stage 1: the gate's distance
     doubt: float = 0.0  # how worth a label query it is (``uncertainty``), higher = more
+    # when doubt >= QUERY_DOUBT: the likeliest labels with their vote shares, for a query
+    candidates: tuple[tuple[str, float], ...] = ()
+
+
+QUERY_DOUBT = 0.5  # a prediction less doubtful than this is not worth a person's time
 
 
 def uncertainty(margin: float, agreement: float, gate_distance: float | None) -> float:
@@ -134,9 +139,11 @@ class ServedModel:
         """The gate's answer; its margin is how far past the threshold the row is."""
         bg = self.classes[gate.background]
         margin = min(1.0, float(distance))
+        doubt = uncertainty(margin, 1.0, distance)
         return Answer(bg, self.gate_confidence, 1, self.version,
                       {c: float(c == bg) for c in self.classes} if probabilities else None,
-                      margin, uncertainty(margin, 1.0, distance))
+                      margin, doubt, ((bg, self.gate_confidence),) if doubt >= QUERY_DOUBT
+                      else ())
 
     def _predict(self, samples: Sequence[np.ndarray] | np.ndarray, probabilities: bool,
                  gate: bool = True, distance: np.ndarray | None = None) -> list[Answer]:
@@ -155,8 +162,10 @@ class ServedModel:
                 return [self._background(g, d, False)]
             v = self.fast.vote_one(Z[0])
             share = self.calibration.one(v.share) if self.calibration is not None else v.share
+            doubt = uncertainty(v.margin, v.agreement, d)
             return [Answer(self.classes[v.label], float(share), 2, self.version, None,
-                           v.margin, uncertainty(v.margin, v.agreement, d))]
+                           v.margin, doubt, self._candidates(v.label, v.share, v.margin,
+                                                             v.runner_up, doubt))]
         background = distance >= 0 if g is not None else np.zeros(n, dtype=bool)
         rest = ~background
         answers: list[Answer | None] = [None] * n
@@ -167,15 +176,25 @@ class ServedModel:
             v = self.fast.vote(Z[rest] if not rest.all() else Z)
             conf = self.calibration(v.share) if self.calibration is not None else v.share
             d = distance[rest] if distance is not None else [None] * len(v.label)
-            for i, p, c, m, a, gd in zip(np.flatnonzero(rest), v.label, conf, v.margin,
-                                         v.agreement, d, strict=True):
+            for i, p, c, s, m, a, r, gd in zip(np.flatnonzero(rest), v.label, conf, v.share,
+                                               v.margin, v.agreement, v.runner_up, d,
+                                               strict=True):
+                doubt = uncertainty(float(m), float(a), None if gd is None else float(gd))
                 answers[i] = Answer(
                     self.classes[p], float(c), 2, self.version,
                     None if shares is None else dict(zip(self.classes, map(float, shares[i]),
                                                          strict=True)),
-                    float(m), uncertainty(float(m), float(a),
-                                          None if gd is None else float(gd)))
+                    float(m), doubt, self._candidates(int(p), float(s), float(m), int(r), doubt))
         return answers  # type: ignore[return-value]
+
+    def _candidates(self, best: int, share: float, margin: float, second: int, doubt: float
+                    ) -> tuple[tuple[str, float], ...]:
+        """A doubtful answer's two likeliest labels with their vote shares (none for a sure
+        one: only doubtful answers can become label queries)."""
+        if doubt < QUERY_DOUBT:
+            return ()
+        return ((self.classes[best], round(share, 4)),
+                (self.classes[second], round(share - margin, 4)))
 
     def _shares(self, Z: np.ndarray) -> np.ndarray:
         """Every class's vote share (the weighted vote, normalised), rows x classes."""

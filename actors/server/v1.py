@@ -12,6 +12,7 @@ from actors.server import views
 from actors.server.core import PARSE_IN_THREAD_BYTES, ServingCore
 from actors.server.http import json_response, live, read_body, read_json, ready
 from actors.server.payloads import feedback_in, parse_json, samples_in
+from actors.server.preview import preview
 from mliot_daemon.errors import Invalid, TooLarge
 
 PROMETHEUS = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
@@ -43,6 +44,9 @@ class V1Api:
             web.get("/v1/apps/{app}/quality", self.quality),
             web.get("/v1/apps/{app}/models", self.models),
             web.post("/v1/apps/{app}/models/{version}/activate", self.activate),
+            web.get("/v1/apps/{app}/queries", self.queries),
+            web.delete("/v1/apps/{app}/queries/{id}", self.skip_query),
+            web.get("/v1/apps/{app}/queries/{id}/preview", self.query_preview),
         ]
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -121,6 +125,24 @@ class V1Api:
 
     async def models(self, request: web.Request) -> web.Response:
         return json_response(await views.models(self._core, request.match_info["app"]))
+
+    async def queries(self, request: web.Request) -> web.Response:
+        """The app's open label queries, most informative first."""
+        app = self._core.app(request.match_info["app"]).name
+        return json_response({"queries": [q.as_json()
+                                          for q in self._core.queries.open_queries(app)]})
+
+    async def skip_query(self, request: web.Request) -> web.Response:
+        """Skip a query: it closes, and is not asked again."""
+        app = self._core.app(request.match_info["app"]).name
+        await self._core.queries.skip(app, request.match_info["id"])
+        return web.Response(status=204)
+
+    async def query_preview(self, request: web.Request) -> web.Response:
+        entry = self._core.app(request.match_info["app"])
+        q = self._core.queries.get(entry.name, request.match_info["id"])
+        body, content_type = preview(q.features, entry.spec.data_type, entry.spec.sample_rate)
+        return web.Response(body=body, content_type=content_type)
 
     async def activate(self, request: web.Request) -> web.Response:
         return json_response(await self._core.activate(request.match_info["app"],

@@ -20,6 +20,7 @@ import structlog
 
 from mliot_daemon.sample_codec import encode
 from mliot_daemon.store import records
+from mliot_daemon.store.queries import QueryTables
 from mliot_daemon.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger("mliot.store")
@@ -28,7 +29,7 @@ T = TypeVar("T")
 PREDICTION_FLUSH_S = 0.05  # prediction records reach the disk within this (DESIGN: 100 ms)
 
 
-class Store:
+class Store(QueryTables):
     """The daemon's SQLite store; all methods are coroutines that never block the loop."""
 
     def __init__(self, path: Path) -> None:
@@ -286,7 +287,8 @@ class Store:
         self._gone.add(name)
 
         def write(conn: sqlite3.Connection) -> None:
-            for table in ("samples", "batches", "predictions", "feedback", "versions"):
+            for table in ("samples", "batches", "predictions", "feedback", "versions",
+                          "queries"):
                 conn.execute(f"DELETE FROM {table} WHERE app=?", (name,))
             conn.execute("DELETE FROM apps WHERE name=?", (name,))
             self._draft.pop(name, None)
@@ -308,8 +310,14 @@ class Store:
 
     async def prune_predictions(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s
-        return await self._write(lambda c: c.execute(
-            "DELETE FROM predictions WHERE created < ?", (cutoff,)).rowcount)
+
+        def write(c: sqlite3.Connection) -> int:
+            n = c.execute("DELETE FROM predictions WHERE created < ?", (cutoff,)).rowcount
+            # a query expires with its prediction record
+            c.execute("DELETE FROM queries WHERE NOT EXISTS (SELECT 1 FROM predictions p "
+                      "WHERE p.id = queries.prediction_id)")
+            return n
+        return await self._write(write)
 
     async def add_feedback(self, app: str, prediction_id: str, label: str
                            ) -> records.FeedbackResult:
@@ -334,6 +342,8 @@ class Store:
                          (app, prediction_id, predicted, label, blob, shape, now, cur.lastrowid,
                           version))
             self._draft.setdefault(app, Counter())[label] += 1
+            conn.execute("UPDATE queries SET state='answered', closed=? WHERE app=? AND "
+                         "prediction_id=? AND state='open'", (now, app, prediction_id))
             return records.FeedbackResult(int(cur.lastrowid or 0), predicted, label,
                                           duplicate=False)
 

@@ -19,7 +19,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from support import DaemonProcess, free_port, wait_for
+from support import DaemonProcess, borderline, free_port, teach_doubtful_room, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 CENTERS = {"a": (0.0, 0.0), "b": (10.0, 0.0), "c": (0.0, 10.0)}
@@ -424,6 +424,37 @@ def test_mqtt_enabled_by_reload_publishes_predictions_state(daemon_factory: Any,
         assert status == 200 and body["predictions"][0]["label"] == "c"
         state = json.loads(watch.wait(on("late/blobs/state", label="c"), 30).payload)
         assert state["model_version"] == body["predictions"][0]["model_version"]
+    finally:
+        watch.close()
+    assert d.stop() == 0
+
+
+def test_the_open_label_query_is_retained(daemon_factory: Any, broker: Broker) -> None:
+    """``{prefix}/{app}/query`` holds the open query (the first of ``GET .../queries``), and
+    is cleared when none is left."""
+    p = f"t{uuid.uuid4().hex[:8]}"
+    d = mqtt_daemon(daemon_factory, broker, p).start()
+    teach_doubtful_room(d)
+    points = borderline(200)
+    k = 0
+
+    def first_query() -> dict[str, Any] | None:
+        nonlocal k
+        queries = d.request("GET", "/v1/apps/room/queries")[1]["queries"]
+        if not queries:  # predict more borderline points (one query a second opens)
+            d.request("POST", "/v1/apps/room/predict", {"instances": points[k:k + 4]})
+            k = (k + 4) % len(points)
+        return queries[0] if queries else None
+
+    wait_for(first_query, 60, 0.5)
+    watch = Mqtt(broker.port, f"{p}/room/query")
+    try:
+        # the retained one is the open query, whatever else opens meanwhile
+        wait_for(lambda: any(json.loads(m.payload or b"null") == first_query()
+                             for m in watch.messages), 30, 0.2)
+        for q in d.request("GET", "/v1/apps/room/queries")[1]["queries"]:
+            assert d.request("DELETE", f"/v1/apps/room/queries/{q['id']}")[0] == 204
+        watch.wait(lambda m: m.topic == f"{p}/room/query" and m.payload == b"", 30)
     finally:
         watch.close()
     assert d.stop() == 0

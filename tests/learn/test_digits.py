@@ -114,7 +114,7 @@ def test_served_confidence_is_calibrated_on_test_data(models, digits_split, enco
     be = models["best_effort"]
     assert be.calibration is not None
     y = encode(be.classes, yte)
-    pred, share, _, _ = be.fast().vote(be.front_end.transform(Xte))
+    pred, share, *_ = be.fast().vote(be.front_end.transform(Xte))
     served = ServedModel(1, be).predict(Xte)
     conf = np.array([a.confidence for a in served])
     assert [a.label for a in served] == [be.classes[p] for p in pred]

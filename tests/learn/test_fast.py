@@ -30,7 +30,7 @@ def test_ensemble_vote_and_confidence():
     X, y = make_classification(300, 8, n_informative=5, n_classes=3, random_state=1)
     members = [compile_member(f, make_estimator(f).fit(X, y), False, X) for f in ("ridge", "knn")]
     ens = FastEnsemble(None, members, [1.0, 2.0], ["a", "b", "c"])
-    pred, share, _, _ = ens.vote(X[:20])
+    pred, share, *_ = ens.vote(X[:20])
     knn_pred = members[1].predict(X[:20])
     np.testing.assert_array_equal(pred, knn_pred)  # the heavier member always wins a 2-way vote
     assert set(np.round(share, 6)) <= {1.0, round(2 / 3, 6)}
@@ -112,7 +112,7 @@ def test_binary_fused_paths_and_pickle_round_trip():
     ens = FastEnsemble(None, members, [1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6], ["no", "yes"])
     assert ens._dense is not None and ens._fused is not None
     Xt = X[300:]
-    batch, share, margin, _ = ens.vote(Xt)
+    batch, share, margin, *_ = ens.vote(Xt)
     single = [ens.vote_one(x) for x in Xt]
     np.testing.assert_array_equal(batch, [v.label for v in single])
     np.testing.assert_allclose(share, [v.share for v in single])

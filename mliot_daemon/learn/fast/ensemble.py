@@ -64,14 +64,15 @@ class Vote(NamedTuple):
     """The vote on one row (scalars) or on many (arrays of one value per row).
 
     ``share``: the winner's share of the total weight (of the summed probabilities for a soft
-    vote); ``margin``: the winner's share minus the runner-up's (a one-member model's: its own
+    vote; a one-member model's: its probability); ``margin``: the winner's share minus the runner-up's (a one-member model's: its own
     probabilities', softmax of its scores with its sharpness); ``agreement``: the share of the
-    weight on members whose own class is the winner."""
+    weight on members whose own class is the winner; ``runner_up``: the second class."""
 
     label: Any
     share: Any
     margin: Any
     agreement: Any
+    runner_up: Any
 
 
 class FastEnsemble:
@@ -163,8 +164,9 @@ class FastEnsemble:
             agree = np.zeros(n)
             for o, w in zip(own, self.weights, strict=True):
                 agree += w * (o == pred)
-            share = np.ones(n) if len(self.members) == 1 else score[rows, pred]
-            return Vote(pred, share, _margins(score), agree / self._total)
+            share = score[rows, pred]
+            second, margin = _runners_up(score, pred)
+            return Vote(pred, share, margin, agree / self._total, second)
         Zr = self.reducer(Z) if self._any_reduced else None
         K = self._n_classes
         flat = np.zeros(n * K)
@@ -176,7 +178,8 @@ class FastEnsemble:
         score = flat.reshape(n, K) / self._total
         pred = score.argmax(axis=1)
         share = score[rows, pred]
-        return Vote(pred, share, _margins(score), share)
+        second, margin = _runners_up(score, pred)
+        return Vote(pred, share, margin, share, second)
 
     def soft_scores(self, Z: np.ndarray) -> np.ndarray:
         """(rows, K) each class's share of the soft vote ``sum_i w_i p_i``."""
@@ -197,10 +200,11 @@ class FastEnsemble:
     def vote_one(self, z: np.ndarray) -> Vote:
         """The vote on one 1-D row of front-end features: the served case."""
         if len(self.members) == 1:
-            m = self.members[0]
             s = self._row_outputs(z, True)[0]
-            return Vote(int(m.class_of(s)), 1.0, _margin(probabilities(s, self.sharpness[0])),
-                        1.0)
+            best = int(self.members[0].class_of(s))
+            p = probabilities(s, self.sharpness[0])
+            second, margin = _runner_up(p, best)
+            return Vote(best, float(p[best]), margin, 1.0, second)
         if self.soft:
             raw = np.array(self._row_outputs(z, True))  # (members, K), in the planned order
             s = raw * self._sharp_one
@@ -212,7 +216,8 @@ class FastEnsemble:
             best = int(score.argmax())
             agree = sum(w for m, r, w in zip(self._planned, raw, self._w_one_list)  # noqa: B905
                         if m.class_of(r) == best) / self._total
-            return Vote(best, float(score[best]), _margin(score), agree)
+            second, margin = _runner_up(score, best)
+            return Vote(best, float(score[best]), margin, agree, second)
         preds = self._row_outputs(z, False)
         # seven additions: plain Python beats a numpy call here
         score = [0.0] * self._n_classes
@@ -221,8 +226,9 @@ class FastEnsemble:
         best = max(range(self._n_classes), key=score.__getitem__)  # first maximum: lowest class
         top = score[best]
         score[best] = -1.0
+        runner = max(score)
         share = top / self._total
-        return Vote(best, share, (top - max(score)) / self._total, share)
+        return Vote(best, share, (top - runner) / self._total, share, score.index(runner))
 
     def _row_outputs(self, z: np.ndarray, soft: bool) -> list[Any]:
         """Every member's class index (or, ``soft``, per-class scores) for one row, in the
@@ -269,13 +275,20 @@ class FastEnsemble:
         return [self.classes[i] for i in self.predict(X)]
 
 
-def _margin(p: np.ndarray) -> float:
-    """The largest value of a 1-D array minus the second largest."""
-    top2 = np.partition(p, len(p) - 2)[-2:]
-    return float(top2[1] - top2[0])
+def _runner_up(score: np.ndarray, best: int) -> tuple[int, float]:
+    """The class after ``best`` in a 1-D score, and how far ``best`` is ahead of it (0 when
+    it is not: an RBF SVM's vote tie goes to the lowest class, whatever the scores say)."""
+    top = float(score[best])
+    s = score.copy()
+    s[best] = -np.inf
+    second = int(s.argmax())
+    return second, max(0.0, top - float(s[second]))
 
 
-def _margins(score: np.ndarray) -> np.ndarray:
-    """Per row of (rows, K): the largest value minus the second largest."""
-    top2 = np.partition(score, score.shape[1] - 2, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
+def _runners_up(score: np.ndarray, best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_runner_up` for each row of a (rows, K) score."""
+    rows = np.arange(len(score))
+    s = score.copy()
+    s[rows, best] = -np.inf
+    second = s.argmax(axis=1)
+    return second, np.maximum(score[rows, best] - s[rows, second], 0.0)
