@@ -48,15 +48,18 @@ class Query:
     prediction_id: str
     label: str  # what was predicted
     score: float  # how informative (``doubt``): higher is asked first
+    margin: float  # the prediction's
     candidates: list[tuple[str, float]]  # the likeliest labels with their vote shares
     predicted_at: float  # the prediction's time: the query expires with its record
     features: np.ndarray  # the sample, for near-duplicates and the preview
+    created: float = 0.0  # when it opened (set when committed)
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "prediction_id": self.prediction_id, "label": self.label,
+        """The contract's query (DESIGN.md, "Wave 2 additions")."""
+        return {"id": self.id, "prediction_id": self.prediction_id,
+                "created": round(self.created, 3), "margin": round(self.margin, 4),
                 "score": round(self.score, 4),
-                "candidates": [{"label": c, "share": s} for c, s in self.candidates],
-                "predicted_at": round(self.predicted_at, 3)}
+                "candidates": [{"label": c, "share": s} for c, s in self.candidates]}
 
 
 def near(a: np.ndarray, b: np.ndarray) -> bool:
@@ -171,7 +174,7 @@ class QueryDesk:
         if book is None:
             return
         book.offer(Query(new_prediction_id(), prediction_id, answer.label, answer.doubt,
-                         list(answer.candidates), at, np.asarray(sample)))
+                         answer.margin, list(answer.candidates), at, np.asarray(sample)))
         q = book.due(at)
         if q is not None:
             task = asyncio.get_running_loop().create_task(self._open(app, book, q))
@@ -180,8 +183,10 @@ class QueryDesk:
 
     async def _open(self, app: str, book: QueryBook, q: Query) -> None:
         replaces = book.open[-1] if len(book.open) >= MAX_OPEN else None
+        q.created = time.time()
         try:
-            await self._store.open_query(app, q.as_json(), replaces.id if replaces else None)
+            await self._store.open_query(app, {**q.as_json(), "label": q.label},
+                                         replaces.id if replaces else None)
         except (StoreError, NotFound) as exc:  # the slot is spent; the next one will try
             log.warning("query_not_opened", app=app, error=str(exc))
             return
@@ -189,7 +194,7 @@ class QueryDesk:
             return
         book.opened(q)
         log.info("query_opened", app=app, query=q.id, label=q.label, score=round(q.score, 3))
-        self._broadcast(app, {"type": "label_query", "query": q.as_json()})
+        self._broadcast(app, {"type": "event", "kind": "label_query", **q.as_json()})
         self._changed(app, book)
 
     def _changed(self, app: str, book: QueryBook) -> None:
@@ -236,5 +241,6 @@ class QueryDesk:
             self._closed(app, book, q.id, "answered")
 
     def _closed(self, app: str, book: QueryBook, query_id: str, state: str) -> None:
-        self._broadcast(app, {"type": "label_query_closed", "id": query_id, "state": state})
+        self._broadcast(app, {"type": "event", "kind": "label_query_closed", "id": query_id,
+                              "state": state})
         self._changed(app, book)

@@ -33,7 +33,8 @@ class QueryTables:
             conn.execute("INSERT INTO queries (id, app, prediction_id, label, score, candidates,"
                          " state, created) VALUES (?,?,?,?,?,?,'open',?)",
                          (query["id"], app, query["prediction_id"], query["label"],
-                          query["score"], orjson.dumps(query["candidates"]).decode(), now))
+                          query["score"], orjson.dumps(query["candidates"]).decode(),
+                          query.get("created") or now))
             if replaces is not None:
                 conn.execute("UPDATE queries SET state='replaced', closed=? WHERE id=? AND "
                              "app=? AND state='open'", (now, replaces, app))
@@ -50,11 +51,12 @@ class QueryTables:
         def read(c: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = c.execute(
                 "SELECT q.id, q.prediction_id, q.label, q.score, q.candidates, p.created, "
-                "p.features, p.shape FROM queries q JOIN predictions p ON p.id = q.prediction_id"
-                " WHERE q.app=? AND q.state='open'", (app,)).fetchall()
+                "p.features, p.shape, q.created, p.margin FROM queries q JOIN predictions p "
+                "ON p.id = q.prediction_id WHERE q.app=? AND q.state='open'", (app,)).fetchall()
             return [{"id": r[0], "prediction_id": r[1], "label": r[2], "score": r[3],
-                     "candidates": [tuple(x) for x in orjson.loads(r[4])],
-                     "predicted_at": r[5], "features": decode(r[6], r[7]).copy()}
+                     "candidates": [(c["label"], c["share"]) for c in orjson.loads(r[4])],
+                     "predicted_at": r[5], "features": decode(r[6], r[7]).copy(),
+                     "created": r[8], "margin": 1.0 if r[9] is None else r[9]}
                     for r in rows]
         return await self._read(read)
 

@@ -27,7 +27,7 @@ async def predict_until_queries(d: DaemonProcess, n: int, events: list[dict[str,
         points = borderline(200)
         deadline = time.monotonic() + 60
         k = 0
-        while len([e for e in events if e["type"] == "label_query"]) < n:
+        while len([e for e in events if e.get("kind") == "label_query"]) < n:
             assert time.monotonic() < deadline, events
             async with session.post(f"{d.url}/v1/apps/room/predict",
                                     json={"instances": points[k:k + 4]}) as r:
@@ -49,11 +49,14 @@ def test_queries_open_close_and_survive_a_restart(daemon_factory: Any) -> None:
     queries = open_queries(d)
     assert len(queries) >= 3
     assert [q["score"] for q in queries] == sorted((q["score"] for q in queries), reverse=True)
-    opened = [e["query"] for e in events if e["type"] == "label_query"]
+    opened = [e for e in events if e.get("kind") == "label_query"]
     assert {q["id"] for q in opened} <= {q["id"] for q in queries}
     first = queries[0]
+    assert set(first) == {"id", "prediction_id", "created", "margin", "score", "candidates"}
     assert {c["label"] for c in first["candidates"]} == {"calm", "busy"}
-    assert first["label"] == first["candidates"][0]["label"] and first["prediction_id"]
+    shares = [c["share"] for c in first["candidates"]]
+    assert shares == sorted(shares, reverse=True) and first["prediction_id"]
+    assert abs(first["margin"] - (shares[0] - shares[1])) < 1e-3 and first["margin"] < 0.5
     # The preview is the predicted sample (JSON numbers for a vector app).
     status, body = d.request("GET", f"/v1/apps/room/queries/{first['id']}/preview")
     assert status == 200 and len(body["values"]) == 2
@@ -98,7 +101,7 @@ def test_queries_tell_the_stream_when_they_close(daemon_factory: Any) -> None:
             status = await asyncio.to_thread(
                 http, "DELETE", f"{d.url}/v1/apps/room/queries/{q['id']}")
             assert status[0] == 204
-            while (msg := await ws.receive_json(timeout=10))["type"] != "label_query_closed":
+            while (msg := await ws.receive_json(timeout=10)).get("kind") != "label_query_closed":
                 pass
             assert msg["id"] == q["id"]
             return msg

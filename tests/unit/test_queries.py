@@ -19,7 +19,8 @@ T0 = 1_000_000.0
 def q(i: int, score: float, label: str = "a", x: float | None = None,
       at: float = T0) -> Query:
     features = np.array([float(i if x is None else x), 1.0, 2.0])
-    return Query(f"q{i}", f"p{i}", label, score, [(label, 0.5), ("b", 0.4)], at, features)
+    return Query(f"q{i}", f"p{i}", label, score, 1.0 - score, [(label, 0.5), ("b", 0.4)], at,
+                 features)
 
 
 def test_the_most_doubtful_candidate_opens_first():
