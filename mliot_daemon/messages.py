@@ -187,6 +187,16 @@ class SubmitFeedback(Query[dict[str, Any]]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Correct(Query[dict[str, Any]]):
+    """Query: a person's correction (``label``) or confirmation (None) of what they were
+    shown: ``prediction_id``, else the app's open label query, else its latest prediction."""
+
+    app: str
+    label: str | None
+    prediction_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppFacts:
     """What the scheduler needs of one app the server serves."""
 
@@ -228,7 +238,8 @@ class Placed:
 
 
 ServerMsg: TypeAlias = (ApplyConfig | VersionPublished | TrainingEvent | GetServerStatus
-                        | IngestSamples | Predict | SubmitFeedback | GetServingFacts | Placed)
+                        | IngestSamples | Predict | SubmitFeedback | Correct | GetServingFacts
+                        | Placed)
 
 
 # -- peers --------------------------------------------------------------------------------------
@@ -305,8 +316,10 @@ class Predicted:
 
     app: str
     label: str
+    prediction_id: str
     confidence: float
-    model_version: int
+    margin: float
+    at: float  # unix time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,11 +27,12 @@ class MqttBridge(Actor[MqttMsg]):
     """Connects the daemon to an MQTT broker."""
 
     name = "mqtt"
-    config_keys = frozenset({"mqtt", "daemon.name"})
+    config_keys = frozenset({"mqtt", "daemon.name", "daemon.public_url"})
 
     def __init__(self, settings: Settings, refs: Refs, metrics: Metrics) -> None:
         super().__init__(refs.mqtt)
-        self.state = BridgeState(settings.mqtt, settings.daemon.machine_name)
+        self.state = BridgeState(settings.mqtt, settings.daemon.machine_name,
+                                 settings.daemon.public_url)
         self._connection = Connection(self.state, refs.server, metrics)
 
     def background(self) -> list:
@@ -42,6 +43,10 @@ class MqttBridge(Actor[MqttMsg]):
         match msg:
             case ApplyConfig(settings=settings):
                 machine = settings.daemon.machine_name
+                if settings.daemon.public_url != state.public_url:
+                    state.public_url = settings.daemon.public_url
+                    state.rediscover = True  # the device's configuration_url changed
+                    state.wake.set()
                 if settings.mqtt != state.settings or machine != state.machine:
                     # a new name is a new client id, topics and Home Assistant device: the
                     # session restarts under it
@@ -49,10 +54,10 @@ class MqttBridge(Actor[MqttMsg]):
                              name=machine)
                     state.settings, state.machine = settings.mqtt, machine
                     state.restart.set()
-            case Predicted(app=app, label=label, confidence=confidence,
-                           model_version=version):
-                state.latest[app] = {"label": label, "confidence": confidence,
-                                     "model_version": version}
+            case Predicted(app=app, label=label, prediction_id=prediction_id,
+                           confidence=confidence, margin=margin, at=at):
+                state.latest[app] = {"label": label, "prediction_id": prediction_id,
+                                     "confidence": confidence, "margin": margin, "at": at}
                 state.dirty.add(app)
                 state.wake.set()
             case QueryChanged(app=app, query=query):

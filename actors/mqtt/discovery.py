@@ -74,10 +74,14 @@ class Announcer:
             return
         rediscover, state.rediscover = state.rediscover, False
         for app, info in apps.items():
-            if app not in published or rediscover:
-                await publish_json(client, self._metrics, t.discovery(app), 1,
-                                   self._discovery(app), "discovery", retain=True)
-                state.discovered.add(app)
+            labels = tuple(info.get("labels") or ())
+            # Home Assistant's enum sensor and select need the classes: announced once two are
+            # known, and again whenever they change
+            if len(labels) >= 2 and (state.discovered.get(app) != labels or rediscover):
+                for component, config in self._discovery(app, labels).items():
+                    await publish_json(client, self._metrics, t.discovery(app, component), 1,
+                                       config, "discovery", retain=True)
+                state.discovered[app] = labels
                 if app in state.latest:
                     state.dirty.add(app)
             status = {k: info.get(k) for k in ("model_version", "ready", "accuracy",
@@ -87,35 +91,39 @@ class Announcer:
                                    "status", retain=True)
                 published[app] = status
         for app in (set(published) | state.on_broker) - set(apps):
-            # Deleted: empty retained payloads remove the entity and the stale topics.
-            for topic in (t.discovery(app), t.app(app, "status"), t.app(app, "state"),
+            # Deleted: empty retained payloads remove the entities and the stale topics.
+            for topic in (*t.discoveries(app), t.app(app, "status"), t.app(app, "state"),
                           t.app(app, "query")):
                 await client.publish(topic, b"", qos=1, retain=True)
             published.pop(app, None)
             state.on_broker.discard(app)
-            state.discovered.discard(app)
+            state.discovered.pop(app, None)
             state.latest.pop(app, None)
             state.queries.pop(app, None)
             log.info("mqtt_app_removed", app=app)
 
-    def _discovery(self, app: str) -> dict[str, Any]:
-        """A Home Assistant sensor: state is the last label, the JSON's other keys
-        (confidence, model_version) are attributes."""
+    def _discovery(self, app: str, labels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """Home Assistant's entities of an app (fields checked against its MQTT discovery
+        documentation): an ``enum`` sensor whose state is the last label (the state's other
+        keys are attributes), a ``select`` of the classes that corrects what was predicted,
+        and a ``button`` that confirms it."""
         state, s, t = self._state, self._s, self._t
         topic = t.app(app, "state")
+        device = {"identifiers": [f"mliot_{t.node}"], "name": f"mliot {state.machine}",
+                  "manufacturer": "mliot", "model": "mliot daemon", "sw_version": __version__}
+        if state.public_url:
+            device["configuration_url"] = state.public_url
+        common = {"availability_topic": t.availability, "payload_available": "online",
+                  "payload_not_available": "offline", "qos": min(s.qos, 1), "device": device,
+                  "origin": {"name": "mliot", "sw_version": __version__}}
         return {
-            "name": app,
-            "unique_id": f"mliot_{t.node}_{app}",
-            "state_topic": topic,
-            "value_template": "{{ value_json.label }}",
-            "json_attributes_topic": topic,
-            "availability_topic": t.availability,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "qos": min(s.qos, 1),
-            "icon": "mdi:brain",
-            "device": {"identifiers": [f"mliot_{t.node}"], "name": f"mliot {state.machine}",
-                       "manufacturer": "mliot", "model": "mliot daemon",
-                       "sw_version": __version__},
-            "origin": {"name": "mliot", "sw_version": __version__},
+            "sensor": {"name": app, "unique_id": f"mliot_{t.node}_{app}", "state_topic": topic,
+                       "value_template": "{{ value_json.label }}",
+                       "json_attributes_topic": topic, "device_class": "enum",
+                       "options": list(labels), "icon": "mdi:brain", **common},
+            "select": {"name": f"{app} correct", "unique_id": f"mliot_{t.node}_{app}_correct",
+                       "command_topic": t.app(app, "correct"), "options": list(labels),
+                       "icon": "mdi:tag-edit", **common},
+            "button": {"name": f"{app} confirm", "unique_id": f"mliot_{t.node}_{app}_confirm",
+                       "command_topic": t.app(app, "confirm"), "icon": "mdi:check", **common},
         }

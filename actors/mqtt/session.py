@@ -32,6 +32,7 @@ from actors.mqtt.discovery import Announcer
 from actors.mqtt.topics import BridgeState, Rejected, Topics, decode, publish_json, ref_of
 from mliot_daemon.errors import DomainError, Invalid, NotFound, Unavailable, UnknownApp
 from mliot_daemon.messages import (
+    Correct,
     FeedbackIn,
     IngestSamples,
     Predict,
@@ -162,6 +163,7 @@ class Connection:
             state.on_broker.clear()
             state.discovered.clear()
             await client.subscribe(t.filters(s.qos))
+            await client.publish(t.shared_availability, b"", qos=1, retain=True)
             await client.publish(t.availability, b"online", qos=1, retain=True)
             log.info("mqtt_connected", url=s.url, client_id=client.identifier, prefix=s.prefix)
             requests: asyncio.Queue[_PredictJob] = asyncio.Queue(PREDICT_QUEUE)
@@ -196,7 +198,8 @@ class Connection:
                 if state.restart.is_set() and renamed:
                     # The new name is a new Home Assistant device: remove the old entities.
                     for app in state.discovered:
-                        await client.publish(t.discovery(app), b"", qos=1, retain=True)
+                        for topic in t.discoveries(app):
+                            await client.publish(topic, b"", qos=1, retain=True)
                 await client.publish(t.availability, b"offline", qos=1, retain=True)
 
     def _inbox_full(self, message: aiomqtt.Message) -> None:
@@ -237,6 +240,9 @@ class Connection:
                     _observe_ack(self._metrics, message)
                 elif kind == "feedback":
                     await self._feedback(parsed[0], decode(message, s))
+                    _observe_ack(self._metrics, message)
+                elif kind in ("correct", "confirm"):
+                    await self._correct(parsed[0], kind, message, s)
                     _observe_ack(self._metrics, message)
             except Rejected as exc:
                 self._metrics.mqtt_bad_payloads.labels(exc.reason).inc()
@@ -282,6 +288,33 @@ class Connection:
         feedback = FeedbackIn(prediction_id=obj["prediction_id"], label=obj["label"])
         await self._deliver(lambda f: SubmitFeedback(app=app, feedback=feedback, reply=f),
                             obj.get("ref"))
+
+    async def _correct(self, app: str, kind: str, message: aiomqtt.Message,
+                       s: MqttSettings) -> None:
+        """Home Assistant's select (a bare label) and button (any payload), or a device's
+        ``{"label", "prediction_id"?}``; see ``ServingCore.correct``."""
+        label: str | None = None
+        prediction_id = None
+        if kind == "correct":
+            raw = message.payload
+            text = (raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray)
+                    else str(raw or "")).strip()
+            obj: Any = text
+            if text.startswith(("{", '"')):
+                obj = decode(message, s)
+            if isinstance(obj, dict):
+                label, prediction_id = obj.get("label"), obj.get("prediction_id")
+                if not isinstance(label, str) or not (prediction_id is None
+                                                      or isinstance(prediction_id, str)):
+                    raise Rejected("wrong_shape", "invalid", 'expected a label, or {"label": '
+                                   '"...", "prediction_id"?: "..."}', ref=ref_of(obj))
+            elif isinstance(obj, str) and obj:
+                label = obj
+            else:
+                raise Rejected("wrong_shape", "invalid", "expected a label, or {\"label\": "
+                               '"...", "prediction_id"?: "..."}')
+        await self._deliver(lambda f: Correct(app=app, label=label,
+                                              prediction_id=prediction_id, reply=f), None)
 
     async def _deliver(self, make: Callable[[asyncio.Future[Any]], Query[Any]], ref: Any
                        ) -> Any:

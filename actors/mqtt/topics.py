@@ -7,16 +7,24 @@ Topics (``P`` = ``mqtt.prefix``, ``D`` = ``mqtt.discovery_prefix``, ``N`` = daem
                             "batch_id"?}``: labelled items are training data, unlabelled ones
                             prediction requests
   in   P/{app}/feedback     ``{"prediction_id", "label"}``
+  in   P/{app}/correct      a bare label (Home Assistant's select), or ``{"label",
+                            "prediction_id"?}``: corrects that prediction, else the open label
+                            query, else the latest prediction
+  in   P/{app}/confirm      anything (Home Assistant's button): confirms the open query, else
+                            the latest prediction
   out  P/{app}/predictions  the prediction fields plus the request's ``ref``
   out  P/{app}/errors       ``{"ref", "kind", "error", "details"}`` for a refused message;
                             ``kind`` is the domain error's (``mliot_daemon.errors``)
   out  P/{app}/status       retained ``{"model_version", "ready", "accuracy", "n_samples"}``
-  out  P/{app}/state        retained ``{"label", "confidence", "model_version"}``: the last
-                            prediction from any channel (Home Assistant's state topic)
+  out  P/{app}/state        retained ``{"label", "prediction_id", "confidence", "margin",
+                            "at"}``: the last prediction from any channel (Home Assistant's
+                            state topic)
   out  P/{app}/query        retained: the open label query (``GET /v1/apps/{app}/queries``'
                             first), an empty payload when none is open
-  out  P/availability       retained ``online``; last will ``offline``
-  out  D/sensor/mliot_{N}_{app}/config  retained Home Assistant discovery
+  out  P/{N}/availability   retained ``online``; last will ``offline`` (per daemon: several share
+                            a broker; the old ``P/availability`` is cleared on connect)
+  out  D/{sensor,select,button}/mliot_{N}_{app}[_correct|_confirm]/config  retained Home
+                            Assistant discovery
   in   D/status             ``online``: Home Assistant restarted, discovery is re-sent
 """
 
@@ -33,12 +41,13 @@ import orjson
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.settings import MqttSettings
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_UNSAFE = re.compile(r"[^a-z0-9_-]")
+ENTITIES = {"sensor": "", "select": "_correct", "button": "_confirm"}  # per app: component, id
 
 
 def node_id(machine_name: str) -> str:
-    """The daemon's name as Home Assistant and MQTT client ids accept it."""
-    return _UNSAFE.sub("_", machine_name) or "mliot"
+    """The daemon's name reduced to ``[a-z0-9_-]``: its topics, client id and entity ids."""
+    return _UNSAFE.sub("_", machine_name.lower()) or "mliot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,11 @@ class Topics:
 
     @property
     def availability(self) -> str:
+        return f"{self.prefix}/{self.node}/availability"
+
+    @property
+    def shared_availability(self) -> str:
+        """Where every daemon announced itself before: cleared, so none marks another off."""
         return f"{self.prefix}/availability"
 
     @property
@@ -60,13 +74,19 @@ class Topics:
     def app(self, app: str, kind: str) -> str:
         return f"{self.prefix}/{app}/{kind}"
 
-    def discovery(self, app: str) -> str:
-        return f"{self.discovery_prefix}/sensor/mliot_{self.node}_{app}/config"
+    def discovery(self, app: str, component: str = "sensor") -> str:
+        return (f"{self.discovery_prefix}/{component}/mliot_{self.node}_{app}"
+                f"{ENTITIES[component]}/config")
+
+    def discoveries(self, app: str) -> list[str]:
+        """Every discovery topic of an app (cleared when it goes)."""
+        return [self.discovery(app, c) for c in ENTITIES]
 
     def filters(self, qos: int) -> list[tuple[str, int]]:
         """What the bridge subscribes to. Our own retained statuses come back once per connect,
         which tells us about apps deleted while we were away."""
         return [(f"{self.prefix}/+/samples", qos), (f"{self.prefix}/+/feedback", qos),
+                (f"{self.prefix}/+/correct", qos), (f"{self.prefix}/+/confirm", qos),
                 (self.ha_status, 1), (f"{self.prefix}/+/status", 0)]
 
     def parse(self, topic: str) -> tuple[str, str] | None:
@@ -86,6 +106,7 @@ class BridgeState:
 
     settings: MqttSettings | None
     machine: str  # the daemon's name
+    public_url: str = ""  # the dashboard's address: Home Assistant's configuration_url
     restart: asyncio.Event = field(default_factory=asyncio.Event)  # leave the session
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # the announcer has work
     rediscover: bool = False  # Home Assistant said `online`: send every discovery again
@@ -94,7 +115,7 @@ class BridgeState:
     queries: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # the open ones
     dirty_queries: set[str] = field(default_factory=set)  # apps whose query is not published
     on_broker: set[str] = field(default_factory=set)  # apps with a retained status there
-    discovered: set[str] = field(default_factory=set)  # apps announced this session
+    discovered: dict[str, tuple[str, ...]] = field(default_factory=dict)  # app -> its classes
     connected: bool = False
     sessions: int = 0  # successful connects
 

@@ -25,6 +25,7 @@ from mliot_daemon.config import ConfigStore
 from mliot_daemon.learn.fast import single_thread_blas
 from mliot_daemon.messages import (
     ApplyConfig,
+    Correct,
     GetServerStatus,
     GetServingFacts,
     IngestSamples,
@@ -111,6 +112,8 @@ class Server(Actor[ServerMsg]):
                 self._query(reply, lambda: core.predict(app, list(instances), "mqtt"))
             case SubmitFeedback(app=app, feedback=feedback, reply=reply):
                 self._query(reply, lambda: core.feedback(app, feedback))
+            case Correct(app=app, label=label, prediction_id=prediction_id, reply=reply):
+                self._query(reply, lambda: core.correct(app, label, prediction_id))
             case TrainingEvent(app=app, kind=kind, data=data):
                 core.broadcast(app, {"type": "event", "kind": kind, **dict(data)})
             case GetServerStatus(reply=reply):

@@ -86,6 +86,7 @@ class ServingCore:
         self.watchers: dict[str, set[Watcher]] = {}
         # per app, whether each of its newest feedback records confirmed the prediction
         self.recent_feedback: dict[str, deque[bool]] = {}
+        self.latest: dict[str, tuple[str, str]] = {}  # per app: the last (prediction id, label)
         self._catalog_lock = asyncio.Lock()
         self._parser: ThreadPoolExecutor | None = None
         self.queries = QueryDesk(store, self.broadcast, self._announce_query,
@@ -191,6 +192,7 @@ class ServingCore:
             self.catalog.remove(name)
             self.recent_feedback.pop(name, None)
             self.queries.forget(name)
+            self.latest.pop(name, None)
             self._announce_query(name, None)
             self.router.forget(name)
             await self._apps_changed()
@@ -295,6 +297,26 @@ class ServingCore:
         return {"prediction_id": feedback.prediction_id, "label": result.label,
                 "predicted": result.predicted, "duplicate": result.duplicate}
 
+    async def correct(self, app: str, label: str | None, prediction_id: str | None
+                      ) -> dict[str, Any]:
+        """A correction (``label``) or confirmation (None) from a person who saw the open
+        label query or the latest prediction (Home Assistant's select and button), or names
+        the prediction; feedback like any other."""
+        entry = self.app(app)
+        if prediction_id is None:
+            first = self.queries.open_queries(entry.name)[:1]
+            target = (first[0].prediction_id, first[0].label) if first \
+                else self.latest.get(entry.name)
+            if target is None:
+                raise NotFound(f"no prediction of {entry.name!r} to correct yet")
+            prediction_id, predicted = target
+            label = predicted if label is None else label
+        elif label is None:
+            raise Invalid("a confirmation names no prediction: it confirms the open query or "
+                          "the latest prediction")
+        return await self.feedback(entry.name, FeedbackIn(prediction_id=prediction_id,
+                                                          label=label))
+
     # -- predictions ----------------------------------------------------------------------------
 
     def serving(self, entry: AppEntry) -> ServedApp:
@@ -360,12 +382,14 @@ class ServingCore:
             out.append(item)
         self.store.record_predictions(records)
         self.metrics.predicted(app, len(out))
+        if out:  # what "correct" and "confirm" without a prediction id mean
+            self.latest[app] = (out[-1]["id"], out[-1]["label"])
         # Home Assistant shows the last label, from any channel; no broker, no message
         if self.settings.mqtt is not None and out:
             last = out[-1]
-            self.refs.mqtt.offer(Predicted(app=app, label=last["label"],
+            self.refs.mqtt.offer(Predicted(app=app, label=last["label"], prediction_id=last["id"],
                                            confidence=last["confidence"],
-                                           model_version=last["model_version"]))
+                                           margin=last["margin"], at=round(now, 3)))
         watchers = [c for c in self.watchers.get(app, ()) if c.watch]
         if watchers:  # `mliot watch`, the dashboard: every prediction, from any channel
             at = round(time.time(), 3)

@@ -49,6 +49,8 @@ def apps_status(core: ServingCore) -> dict[str, Any]:
         entry = core.app(name)
         served = core.router.served.get(name)
         policy = entry.spec.policy
+        counts = core.store.label_counts(name)
+        known = served.current.classes if served else list(entry.spec.classes or ())
         out[name] = {
             "data_type": entry.spec.data_type, "owner": entry.owner,
             "n_samples": core.store.count_samples(name),
@@ -57,7 +59,7 @@ def apps_status(core: ServingCore) -> dict[str, Any]:
             "members": [m.family for m in served.current.model.members] if served else [],
             "policy": {"mode": policy.mode, "latency_ms": policy.latency_ms,
                        "max_models": policy.max_models},
-            "class_counts": core.store.label_counts(name),
+            "class_counts": counts, "labels": sorted(set(known) | set(counts)),
             "feedback_accuracy": core.feedback_accuracy(name),
             "n_feedback_recent": len(core.recent_feedback.get(name, ()))}
     return out
