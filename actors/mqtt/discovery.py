@@ -22,6 +22,10 @@ from mliot_daemon.settings import MqttSettings
 log = structlog.get_logger("mliot.mqtt")
 
 STATUS_EVERY_S = 1.0
+# the retained status: what devices read, and the diagnostic entities' state
+STATUS_KEYS = {"model_version": "model_version", "ready": "ready", "accuracy": "accuracy",
+               "n_samples": "n_samples", "feedback_accuracy": "feedback_accuracy",
+               "training": "training_state"}  # status key: /v1/status app key
 
 
 class Announcer:
@@ -78,14 +82,13 @@ class Announcer:
             # Home Assistant's enum sensor and select need the classes: announced once two are
             # known, and again whenever they change
             if len(labels) >= 2 and (state.discovered.get(app) != labels or rediscover):
-                for component, config in self._discovery(app, labels).items():
-                    await publish_json(client, self._metrics, t.discovery(app, component), 1,
+                for key, config in self._discovery(app, labels).items():
+                    await publish_json(client, self._metrics, t.discovery(app, key), 1,
                                        config, "discovery", retain=True)
                 state.discovered[app] = labels
                 if app in state.latest:
                     state.dirty.add(app)
-            status = {k: info.get(k) for k in ("model_version", "ready", "accuracy",
-                                               "n_samples")}
+            status = {k: info.get(key) for k, key in STATUS_KEYS.items()}
             if published.get(app) != status:
                 await publish_json(client, self._metrics, t.app(app, "status"), 1, status,
                                    "status", retain=True)
@@ -105,25 +108,40 @@ class Announcer:
     def _discovery(self, app: str, labels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         """Home Assistant's entities of an app (fields checked against its MQTT discovery
         documentation): an ``enum`` sensor whose state is the last label (the state's other
-        keys are attributes), a ``select`` of the classes that corrects what was predicted,
-        and a ``button`` that confirms it."""
+        keys are attributes), a ``select`` of the classes that corrects what was predicted, a
+        ``button`` that confirms it, and diagnostic sensors read from the status topic."""
         state, s, t = self._state, self._s, self._t
         topic = t.app(app, "state")
         device = {"identifiers": [f"mliot_{t.node}"], "name": f"mliot {state.machine}",
                   "manufacturer": "mliot", "model": "mliot daemon", "sw_version": __version__}
         if state.public_url:
             device["configuration_url"] = state.public_url
-        common = {"availability_topic": t.availability, "payload_available": "online",
-                  "payload_not_available": "offline", "qos": min(s.qos, 1), "device": device,
-                  "origin": {"name": "mliot", "sw_version": __version__}}
+
+        def entity(key: str, name: str, **fields: Any) -> dict[str, Any]:
+            return {"name": name, "unique_id": t.unique_id(app, key),
+                    "availability_topic": t.availability, "payload_available": "online",
+                    "payload_not_available": "offline", "qos": min(s.qos, 1), "device": device,
+                    "origin": {"name": "mliot", "sw_version": __version__}, **fields}
+
+        def diagnostic(key: str, name: str, field: str, **fields: Any) -> dict[str, Any]:
+            return entity(key, f"{app} {name}", state_topic=t.app(app, "status"),
+                          value_template=f"{{{{ value_json.{field} }}}}",
+                          entity_category="diagnostic", **fields)
+
         return {
-            "sensor": {"name": app, "unique_id": f"mliot_{t.node}_{app}", "state_topic": topic,
-                       "value_template": "{{ value_json.label }}",
-                       "json_attributes_topic": topic, "device_class": "enum",
-                       "options": list(labels), "icon": "mdi:brain", **common},
-            "select": {"name": f"{app} correct", "unique_id": f"mliot_{t.node}_{app}_correct",
-                       "command_topic": t.app(app, "correct"), "options": list(labels),
-                       "icon": "mdi:tag-edit", **common},
-            "button": {"name": f"{app} confirm", "unique_id": f"mliot_{t.node}_{app}_confirm",
-                       "command_topic": t.app(app, "confirm"), "icon": "mdi:check", **common},
+            "label": entity("label", app, state_topic=topic,
+                            value_template="{{ value_json.label }}", json_attributes_topic=topic,
+                            device_class="enum", options=list(labels), icon="mdi:brain"),
+            "correct": entity("correct", f"{app} correct", command_topic=t.app(app, "correct"),
+                              options=list(labels), icon="mdi:tag-edit"),
+            "confirm": entity("confirm", f"{app} confirm", command_topic=t.app(app, "confirm"),
+                              icon="mdi:check"),
+            "version": diagnostic("version", "model version", "model_version",
+                                  icon="mdi:source-branch"),
+            "feedback_accuracy": diagnostic("feedback_accuracy", "feedback accuracy",
+                                            "feedback_accuracy", state_class="measurement",
+                                            icon="mdi:bullseye-arrow"),
+            "samples": diagnostic("samples", "samples", "n_samples", state_class="measurement",
+                                  icon="mdi:database"),
+            "training": diagnostic("training", "training", "training", icon="mdi:cogs"),
         }

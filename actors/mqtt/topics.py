@@ -23,8 +23,8 @@ Topics (``P`` = ``mqtt.prefix``, ``D`` = ``mqtt.discovery_prefix``, ``N`` = daem
                             first), an empty payload when none is open
   out  P/{N}/availability   retained ``online``; last will ``offline`` (per daemon: several share
                             a broker; the old ``P/availability`` is cleared on connect)
-  out  D/{sensor,select,button}/mliot_{N}_{app}[_correct|_confirm]/config  retained Home
-                            Assistant discovery
+  out  D/{component}/mliot_{N}_{app}{suffix}/config  retained Home Assistant discovery, one
+                            per ``ENTITIES``
   in   D/status             ``online``: Home Assistant restarted, discovery is re-sent
 """
 
@@ -42,7 +42,11 @@ from mliot_daemon.metrics import Metrics
 from mliot_daemon.settings import MqttSettings
 
 _UNSAFE = re.compile(r"[^a-z0-9_-]")
-ENTITIES = {"sensor": "", "select": "_correct", "button": "_confirm"}  # per app: component, id
+# an app's Home Assistant entities: key -> (component, unique id suffix)
+ENTITIES = {"label": ("sensor", ""), "correct": ("select", "_correct"),
+            "confirm": ("button", "_confirm"), "version": ("sensor", "_version"),
+            "feedback_accuracy": ("sensor", "_feedback_accuracy"),
+            "samples": ("sensor", "_samples"), "training": ("sensor", "_training")}
 
 
 def node_id(machine_name: str) -> str:
@@ -74,9 +78,11 @@ class Topics:
     def app(self, app: str, kind: str) -> str:
         return f"{self.prefix}/{app}/{kind}"
 
-    def discovery(self, app: str, component: str = "sensor") -> str:
-        return (f"{self.discovery_prefix}/{component}/mliot_{self.node}_{app}"
-                f"{ENTITIES[component]}/config")
+    def unique_id(self, app: str, entity: str = "label") -> str:
+        return f"mliot_{self.node}_{app}{ENTITIES[entity][1]}"
+
+    def discovery(self, app: str, entity: str = "label") -> str:
+        return f"{self.discovery_prefix}/{ENTITIES[entity][0]}/{self.unique_id(app, entity)}/config"
 
     def discoveries(self, app: str) -> list[str]:
         """Every discovery topic of an app (cleared when it goes)."""

@@ -115,6 +115,8 @@ class Server(Actor[ServerMsg]):
             case Correct(app=app, label=label, prediction_id=prediction_id, reply=reply):
                 self._query(reply, lambda: core.correct(app, label, prediction_id))
             case TrainingEvent(app=app, kind=kind, data=data):
+                if kind in ("retraining_started", "retraining_finished"):
+                    core.training[app] = "training" if kind == "retraining_started" else "idle"
                 core.broadcast(app, {"type": "event", "kind": kind, **dict(data)})
             case GetServerStatus(reply=reply):
                 if not reply.done():

@@ -87,6 +87,7 @@ class ServingCore:
         # per app, whether each of its newest feedback records confirmed the prediction
         self.recent_feedback: dict[str, deque[bool]] = {}
         self.latest: dict[str, tuple[str, str]] = {}  # per app: the last (prediction id, label)
+        self.training: dict[str, str] = {}  # per app: "training" between a run's start and end
         self._catalog_lock = asyncio.Lock()
         self._parser: ThreadPoolExecutor | None = None
         self.queries = QueryDesk(store, self.broadcast, self._announce_query,

@@ -61,7 +61,8 @@ def apps_status(core: ServingCore) -> dict[str, Any]:
                        "max_models": policy.max_models},
             "class_counts": counts, "labels": sorted(set(known) | set(counts)),
             "feedback_accuracy": core.feedback_accuracy(name),
-            "n_feedback_recent": len(core.recent_feedback.get(name, ()))}
+            "n_feedback_recent": len(core.recent_feedback.get(name, ())),
+            "training_state": core.training.get(name, "idle")}
     return out
 
 

@@ -252,7 +252,9 @@ def test_samples_predictions_feedback_and_home_assistant(daemon_factory: Any,
         watch.wait(on(f"{p}/blobs/status", ready=True), 90)
         wait_for(lambda: knows_all_blobs(d), 90, 0.5)
         status = retained(broker.port, f"{p}/blobs/status", strict=True)
-        assert set(status) == {"model_version", "ready", "accuracy", "n_samples"}
+        assert set(status) == {"model_version", "ready", "accuracy", "n_samples",
+                               "feedback_accuracy", "training"}
+        assert status["training"] in ("idle", "training")
         assert status["n_samples"] == 300 and status["model_version"] >= 1
         assert retained(broker.port, f"{p}/box/availability") == "online"
         config_topic = "homeassistant/sensor/mliot_box_blobs/config"
@@ -278,6 +280,16 @@ def test_samples_predictions_feedback_and_home_assistant(daemon_factory: Any,
         assert button["command_topic"] == f"{p}/blobs/confirm"
         assert button["unique_id"] == "mliot_box_blobs_confirm"
         assert button["availability_topic"] == f"{p}/box/availability"
+        # diagnostics, read from the status topic
+        for key, field in (("version", "model_version"), ("samples", "n_samples"),
+                           ("feedback_accuracy", "feedback_accuracy"),
+                           ("training", "training")):
+            diag = retained(broker.port, f"homeassistant/sensor/mliot_box_blobs_{key}/config",
+                            strict=True)
+            assert diag["entity_category"] == "diagnostic"
+            assert diag["state_topic"] == f"{p}/blobs/status"
+            assert diag["value_template"] == f"{{{{ value_json.{field} }}}}"
+            assert diag["unique_id"] == f"mliot_box_blobs_{key}"
 
         # Unlabelled: a prediction carrying the request's ref; the batch form too.
         dev.publish(f"{p}/blobs/samples", {"features": [10.2, 0.3], "ref": "one"})
@@ -362,6 +374,7 @@ def test_samples_predictions_feedback_and_home_assistant(daemon_factory: Any,
         assert d.request("PUT", "/v1/apps/gone", {"data_type": "vector"})[0] == 201
         gone = {c: f"homeassistant/{c}/mliot_box_gone{s}/config"
                 for c, s in (("sensor", ""), ("select", "_correct"), ("button", "_confirm"))}
+        gone["diagnostic"] = "homeassistant/sensor/mliot_box_gone_samples/config"
         teach = {"samples": [{"features": [0.0, 1.0], "label": "x"}]}
         assert d.request("POST", "/v1/apps/gone/samples", teach)[0] == 200
         time.sleep(STATUS_POLL_S * 2)
