@@ -19,11 +19,10 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from actors.server.catalog import AppEntry, Catalog
+from actors.server.corrections import RECENT_FEEDBACK, Corrections
 from actors.server.payloads import (
     SampleBatch,
     check_features,
-    check_label,
-    label_text,
     parse_samples,
     version_number,
 )
@@ -35,8 +34,6 @@ from mliot_daemon.config import ConfigError, ConfigStore, Rejected, parse_app
 from mliot_daemon.errors import Conflict, Invalid, NotFound, Unavailable, UnknownApp
 from mliot_daemon.messages import (
     AppsChanged,
-    FeedbackAdded,
-    FeedbackIn,
     Predicted,
     QueryChanged,
     Refs,
@@ -53,7 +50,6 @@ log = structlog.get_logger("mliot.server")
 
 PARSE_IN_THREAD_BYTES = 32 * 1024  # below this, parsing on the loop is cheaper than a thread hop
 MAX_INSTANCES = 10_000
-RECENT_FEEDBACK = 100  # "accuracy on recent feedback": over this many corrections/confirmations
 T = TypeVar("T")
 
 
@@ -70,8 +66,9 @@ class Watcher(Protocol):
     def close(self) -> None: ...
 
 
-class ServingCore:
-    """The apps, their served models, and the operations on them."""
+class ServingCore(Corrections):
+    """The apps, their served models, and the operations on them (feedback and corrections:
+    ``corrections``)."""
 
     def __init__(self, config: ConfigStore, store: Store, metrics: Metrics, registry: Registry,
                  refs: Refs) -> None:
@@ -149,11 +146,6 @@ class ServingCore:
         if entry is None:
             raise UnknownApp(f"unknown app {name!r}")
         return entry
-
-    def feedback_accuracy(self, app: str) -> float | None:
-        """The share of the app's newest feedback that confirmed its prediction."""
-        recent = self.recent_feedback.get(app)
-        return round(sum(recent) / len(recent), 5) if recent else None
 
     async def put_app(self, name: str, raw: Any) -> bool:
         """Create or change an API app; whether it is new."""
@@ -271,52 +263,6 @@ class ServingCore:
                   duplicate=result.duplicate, n_samples=result.n_samples)
         return {"accepted": result.accepted, "n_samples": result.n_samples,
                 "duplicate": result.duplicate}
-
-    async def feedback(self, app: str, feedback: FeedbackIn) -> dict[str, Any]:
-        """Commit a correction of a served prediction; it becomes a training sample."""
-        entry = self.app(app)
-        if not isinstance(feedback.prediction_id, str):
-            raise Invalid("prediction_id: must be a string")
-        label = label_text(feedback.label, "label")
-        check_label(entry.spec, label, "label")
-        served = self.router.served.get(entry.name)
-        if entry.spec.classes is None and served is not None \
-                and label not in served.current.classes:
-            raise Invalid(f"label: unknown label {label!r}; known labels are "
-                          f"{served.current.classes}")
-        try:
-            result = await self.store.add_feedback(entry.name, feedback.prediction_id, label)
-        except NoRow:
-            raise NotFound(f"unknown prediction id {feedback.prediction_id!r}") from None
-        if not result.duplicate:
-            self.queries.answered(entry.name, feedback.prediction_id)
-            self.recent_feedback.setdefault(entry.name, deque(maxlen=RECENT_FEEDBACK)).append(
-                result.label == result.predicted)
-            await self.refs.trainer.send(FeedbackAdded(
-                app=entry.name, wrong=result.label != result.predicted,
-                sample_id=result.sample_id, label=result.label, predicted=result.predicted))
-        return {"prediction_id": feedback.prediction_id, "label": result.label,
-                "predicted": result.predicted, "duplicate": result.duplicate}
-
-    async def correct(self, app: str, label: str | None, prediction_id: str | None
-                      ) -> dict[str, Any]:
-        """A correction (``label``) or confirmation (None) from a person who saw the open
-        label query or the latest prediction (Home Assistant's select and button), or names
-        the prediction; feedback like any other."""
-        entry = self.app(app)
-        if prediction_id is None:
-            first = self.queries.open_queries(entry.name)[:1]
-            target = (first[0].prediction_id, first[0].label) if first \
-                else self.latest.get(entry.name)
-            if target is None:
-                raise NotFound(f"no prediction of {entry.name!r} to correct yet")
-            prediction_id, predicted = target
-            label = predicted if label is None else label
-        elif label is None:
-            raise Invalid("a confirmation names no prediction: it confirms the open query or "
-                          "the latest prediction")
-        return await self.feedback(entry.name, FeedbackIn(prediction_id=prediction_id,
-                                                          label=label))
 
     # -- predictions ----------------------------------------------------------------------------
 
