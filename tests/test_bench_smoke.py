@@ -28,7 +28,7 @@ def test_unknown_name_is_refused() -> None:
 
 
 @pytest.mark.parametrize("name", ["table4", "lazy", "two_stage", "serving", "memory",
-                                  "adaptation", "scale", "placement", "automl"])
+                                  "adaptation", "scale", "placement", "automl", "active"])
 def test_benchmark_module_has_run(name: str) -> None:
     sys.path.insert(0, str(ROOT))
     try:

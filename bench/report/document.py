@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.report import (
+    active,
     adaptation,
     automl,
     drift,
@@ -30,6 +31,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("two_stage", two_stage.section), ("automl", automl.section),
     ("serving", serving.section), ("memory", memory.section),
     ("adaptation", adaptation.section), ("drift", drift.section),
+    ("active", active.section),
     ("scale", scale.section),
     ("placement", placement.section), ("ingest", ingest_mqtt.ingest),
     ("mqtt", ingest_mqtt.mqtt),

@@ -155,3 +155,16 @@ def test_hard_margin_is_the_top_two_vote_shares():
         assert v.share[i] == pytest.approx(top2[1]) and v.agreement[i] == v.share[i]
         one = ens.vote_one(X[300 + i])
         assert (one.label, one.margin) == (v.label[i], pytest.approx(v.margin[i]))
+
+
+def test_one_member_margin_with_many_classes_takes_the_numpy_path():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(800, 6)), np.arange(800) % 40  # more classes than SMALL_K
+    est = make_estimator("ridge").fit(X, y)
+    ens = FastEnsemble(None, [compile_member("ridge", est, False, X)], [1.0],
+                       [str(c) for c in range(40)], sharpness=[3.0])
+    v = ens.vote(X[:20])
+    for i in range(20):
+        one = ens.vote_one(X[i])
+        assert (one.label, one.runner_up) == (v.label[i], v.runner_up[i])
+        assert one.margin == pytest.approx(v.margin[i]) and one.share == pytest.approx(v.share[i])

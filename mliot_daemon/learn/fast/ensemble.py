@@ -16,6 +16,7 @@ over the stacked (members, K) scores.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -60,13 +61,16 @@ class FusedDense:
                 for m, s in zip(self.members, self.slices)]  # noqa: B905
 
 
+SMALL_K = 32  # up to this many classes, a one-member margin is computed in plain Python
+
+
 class Vote(NamedTuple):
     """The vote on one row (scalars) or on many (arrays of one value per row).
 
     ``share``: the winner's share of the total weight (of the summed probabilities for a soft
-    vote; a one-member model's: its probability); ``margin``: the winner's share minus the runner-up's (a one-member model's: its own
-    probabilities', softmax of its scores with its sharpness); ``agreement``: the share of the
-    weight on members whose own class is the winner; ``runner_up``: the second class."""
+    vote; a one-member model's: its probability, the softmax of its scores with its
+    sharpness); ``margin``: the winner's share minus the runner-up's; ``agreement``: the share
+    of the weight on members whose own class is the winner; ``runner_up``: the second class."""
 
     label: Any
     share: Any
@@ -199,12 +203,22 @@ class FastEnsemble:
 
     def vote_one(self, z: np.ndarray) -> Vote:
         """The vote on one 1-D row of front-end features: the served case."""
-        if len(self.members) == 1:
+        if len(self.members) == 1:  # its class, and the margin of its own probabilities
             s = self._row_outputs(z, True)[0]
             best = int(self.members[0].class_of(s))
-            p = probabilities(s, self.sharpness[0])
-            second, margin = _runner_up(p, best)
-            return Vote(best, float(p[best]), margin, 1.0, second)
+            if self._n_classes > SMALL_K:
+                p = probabilities(s, self.sharpness[0])
+                second, margin = _runner_up(p, best)
+                return Vote(best, float(p[best]), margin, 1.0, second)
+            # a softmax of a few values: plain Python beats the half dozen numpy calls
+            xs, a = s.tolist(), self.sharpness[0]
+            top_score = max(xs)
+            ex = [math.exp(a * (v - top_score)) for v in xs]
+            total, top = sum(ex), ex[best]
+            ex[best] = -1.0
+            runner = max(ex)
+            return Vote(best, top / total, max(0.0, top - runner) / total, 1.0,
+                        ex.index(runner))
         if self.soft:
             raw = np.array(self._row_outputs(z, True))  # (members, K), in the planned order
             s = raw * self._sharp_one
