@@ -7,9 +7,9 @@ from typing import Any
 from bench.report.common import header, plt, save_plot, table_head, verdict
 
 INTRO = """Test accuracy against the number of labels, starting from 5 per class and adding a
-quarter of the labels so far each round, chosen by the daemon's label queries, at random, or
-only among rows the model gets wrong (a person who reacts to mistakes). One MLP, refitted each
-round, for all three. "Labels needed": where accuracy first reaches 95 % of the accuracy with
+half of the labels so far each round, chosen by the daemon's label queries, at random, or
+only among rows the model gets wrong (a person who reacts to mistakes). One random forest (50
+trees), refitted each round as the daemon fits a family, for all three. "Labels needed": where accuracy first reaches 95 % of the accuracy with
 every pool label. Target: the queries need at most 1/3 of random's labels. A "—" means the
 strategy never reached it (the queries stop where no prediction is doubtful enough to ask)."""
 
