@@ -156,6 +156,9 @@ class AppSpec:
         "must list at least two distinct labels"))
     background_class: Label | None = None
     policy: Policy = field(default_factory=Policy)
+    # how Home Assistant shows the last prediction: a sensor keeps it as its state, an event
+    # entity fires once per prediction (a knock, a door slam: classes that do not last)
+    announce_as: str = field(default="sensor", metadata=_check(_one_of("sensor", "event")))
 
     def __post_init__(self) -> None:
         if self.data_type == "audio" and self.sample_rate is None:

@@ -55,8 +55,14 @@ class Announcer:
             for app in list(state.dirty):
                 state.dirty.discard(app)
                 if app in published:
+                    last = state.latest[app]
                     await publish_json(self._client, self._metrics, t.app(app, "state"), s.qos,
-                                       state.latest[app], "state", retain=True)
+                                       last, "state", retain=True)
+                    if app in state.event_apps:  # fired once: never retained
+                        payload = {"event_type": last["label"],
+                                   **{k: v for k, v in last.items() if k != "label"}}
+                        await publish_json(self._client, self._metrics, t.app(app, "event"),
+                                           s.qos, payload, "event")
             for app in list(state.dirty_queries):
                 state.dirty_queries.discard(app)
                 query = state.queries.get(app)
@@ -81,11 +87,19 @@ class Announcer:
             labels = tuple(info.get("labels") or ())
             # Home Assistant's enum sensor and select need the classes: announced once two are
             # known, and again whenever they change
-            if len(labels) >= 2 and (state.discovered.get(app) != labels or rediscover):
-                for key, config in self._discovery(app, labels).items():
-                    await publish_json(client, self._metrics, t.discovery(app, key), 1,
-                                       config, "discovery", retain=True)
-                state.discovered[app] = labels
+            event = info.get("announce_as") == "event"
+            announced = (labels, event)
+            if len(labels) >= 2 and (state.discovered.get(app) != announced or rediscover):
+                state.event_apps.discard(app)
+                if event:
+                    state.event_apps.add(app)
+                for key, config in self._discovery(app, labels, event).items():
+                    if config is None:  # the other way to show the label: remove it
+                        await client.publish(t.discovery(app, key), b"", qos=1, retain=True)
+                    else:
+                        await publish_json(client, self._metrics, t.discovery(app, key), 1,
+                                           config, "discovery", retain=True)
+                state.discovered[app] = announced
                 if app in state.latest:
                     state.dirty.add(app)
             status = {k: info.get(key) for k, key in STATUS_KEYS.items()}
@@ -103,13 +117,17 @@ class Announcer:
             state.discovered.pop(app, None)
             state.latest.pop(app, None)
             state.queries.pop(app, None)
+            state.event_apps.discard(app)
             log.info("mqtt_app_removed", app=app)
 
-    def _discovery(self, app: str, labels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    def _discovery(self, app: str, labels: tuple[str, ...], event: bool
+                   ) -> dict[str, dict[str, Any] | None]:
         """Home Assistant's entities of an app (fields checked against its MQTT discovery
         documentation): an ``enum`` sensor whose state is the last label (the state's other
-        keys are attributes), a ``select`` of the classes that corrects what was predicted, a
-        ``button`` that confirms it, and diagnostic sensors read from the status topic."""
+        keys are attributes), or for an ``announce_as = "event"`` app an ``event`` entity
+        whose event types are the classes (None: the one not used, to be removed); a
+        ``select`` of the classes that corrects what was predicted, a ``button`` that
+        confirms it, and diagnostic sensors read from the status topic."""
         state, s, t = self._state, self._s, self._t
         topic = t.app(app, "state")
         device = {"identifiers": [f"mliot_{t.node}"], "name": f"mliot {state.machine}",
@@ -129,9 +147,12 @@ class Announcer:
                           entity_category="diagnostic", **fields)
 
         return {
-            "label": entity("label", app, state_topic=topic,
-                            value_template="{{ value_json.label }}", json_attributes_topic=topic,
-                            device_class="enum", options=list(labels), icon="mdi:brain"),
+            "label": None if event else entity(
+                "label", app, state_topic=topic, value_template="{{ value_json.label }}",
+                json_attributes_topic=topic, device_class="enum", options=list(labels),
+                icon="mdi:brain"),
+            "event": entity("event", app, state_topic=t.app(app, "event"),
+                            event_types=list(labels), icon="mdi:bell-ring") if event else None,
             "correct": entity("correct", f"{app} correct", command_topic=t.app(app, "correct"),
                               options=list(labels), icon="mdi:tag-edit"),
             "confirm": entity("confirm", f"{app} confirm", command_topic=t.app(app, "confirm"),

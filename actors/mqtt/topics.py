@@ -19,6 +19,9 @@ Topics (``P`` = ``mqtt.prefix``, ``D`` = ``mqtt.discovery_prefix``, ``N`` = daem
   out  P/{app}/state        retained ``{"label", "prediction_id", "confidence", "margin",
                             "at"}``: the last prediction from any channel (Home Assistant's
                             state topic)
+  out  P/{app}/event        an ``announce_as = "event"`` app's predictions (not retained):
+                            ``{"event_type": label, "prediction_id", "confidence", "margin",
+                            "at"}``, the last of each 20 ms burst
   out  P/{app}/query        retained: the open label query (``GET /v1/apps/{app}/queries``'
                             first), an empty payload when none is open
   out  P/{N}/availability   retained ``online``; last will ``offline`` (per daemon: several share
@@ -43,7 +46,7 @@ from mliot_daemon.settings import MqttSettings
 
 _UNSAFE = re.compile(r"[^a-z0-9_-]")
 # an app's Home Assistant entities: key -> (component, unique id suffix)
-ENTITIES = {"label": ("sensor", ""), "correct": ("select", "_correct"),
+ENTITIES = {"label": ("sensor", ""), "event": ("event", ""), "correct": ("select", "_correct"),
             "confirm": ("button", "_confirm"), "version": ("sensor", "_version"),
             "feedback_accuracy": ("sensor", "_feedback_accuracy"),
             "samples": ("sensor", "_samples"), "training": ("sensor", "_training")}
@@ -119,9 +122,11 @@ class BridgeState:
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # app -> last prediction
     dirty: set[str] = field(default_factory=set)  # apps whose state is not yet published
     queries: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # the open ones
+    event_apps: set[str] = field(default_factory=set)  # announced as Home Assistant events
     dirty_queries: set[str] = field(default_factory=set)  # apps whose query is not published
     on_broker: set[str] = field(default_factory=set)  # apps with a retained status there
-    discovered: dict[str, tuple[str, ...]] = field(default_factory=dict)  # app -> its classes
+    # app -> (its classes, announced as an event) as last announced
+    discovered: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     connected: bool = False
     sessions: int = 0  # successful connects
 

@@ -62,7 +62,8 @@ def apps_status(core: ServingCore) -> dict[str, Any]:
             "class_counts": counts, "labels": sorted(set(known) | set(counts)),
             "feedback_accuracy": core.feedback_accuracy(name),
             "n_feedback_recent": len(core.recent_feedback.get(name, ())),
-            "training_state": core.training.get(name, "idle")}
+            "training_state": core.training.get(name, "idle"),
+            "announce_as": entry.spec.announce_as}
     return out
 
 

@@ -216,7 +216,11 @@ def retained(port: int, topic: str, timeout: float = 10.0, strict: bool = False)
 
 def knows_all_blobs(d: DaemonProcess) -> bool:
     """The served model tells the three blobs apart (the first lazy version may know two)."""
-    status, body = d.request("POST", "/v1/apps/blobs/predict",
+    return knows_all_blobs_of(d, "blobs")
+
+
+def knows_all_blobs_of(d: DaemonProcess, app: str) -> bool:
+    status, body = d.request("POST", f"/v1/apps/{app}/predict",
                              {"instances": [list(c) for c in CENTERS.values()]})
     return status == 200 and [p["label"] for p in body["predictions"]] == list(CENTERS)
 
@@ -597,3 +601,37 @@ def test_two_daemons_on_one_broker_keep_their_own_availability(daemon_factory: A
     hall.proc.kill()  # the broker's last will speaks for a daemon that died
     hall.proc.wait(10)
     wait_for(lambda: retained(broker.port, f"{p}/hall/availability") == "offline", 90)
+
+
+def test_an_app_announced_as_events(daemon_factory: Any, broker: Broker) -> None:
+    """``announce_as = "event"``: Home Assistant gets an ``event`` entity (event types = the
+    classes) fired once per prediction, instead of a sensor that keeps an old label; changing
+    it back swaps the entities."""
+    p = f"t{uuid.uuid4().hex[:8]}"
+    d = mqtt_daemon(daemon_factory, broker, p).start()
+    watch = Mqtt(broker.port, f"{p}/knock/event", "homeassistant/+/mliot_box_knock/config")
+    try:
+        spec = {"data_type": "vector", "shape": [2], "announce_as": "event"}
+        assert d.request("PUT", "/v1/apps/knock", spec)[0] == 201
+        d.teach("knock", np.array([s["features"] for s in blobs(20)]),
+                [s["label"] for s in blobs(20)])
+        config = json.loads(watch.wait(on("homeassistant/event/mliot_box_knock/config"),
+                                       60).payload)
+        assert config["event_types"] == ["a", "b", "c"]  # required by Home Assistant
+        assert config["state_topic"] == f"{p}/knock/event"
+        assert config["unique_id"] == "mliot_box_knock"
+        assert not any(m.topic == "homeassistant/sensor/mliot_box_knock/config" and m.payload
+                       for m in watch.messages)
+        wait_for(lambda: knows_all_blobs_of(d, "knock"), 90, 0.5)
+        status, body = d.request("POST", "/v1/apps/knock/predict", {"instances": [[10.0, 0.0]]})
+        fired = json.loads(watch.wait(on(f"{p}/knock/event", event_type="b"), 30).payload)
+        assert fired["prediction_id"] == body["predictions"][0]["id"]
+        assert not any(m.retain for m in watch.messages if m.topic == f"{p}/knock/event")
+        # back to a sensor: the event entity is removed, the enum sensor announced
+        assert d.request("PUT", "/v1/apps/knock", {**spec, "announce_as": "sensor"})[0] == 200
+        watch.wait(lambda m: m.topic == "homeassistant/event/mliot_box_knock/config"
+                   and m.payload == b"", 30)
+        watch.wait(on("homeassistant/sensor/mliot_box_knock/config"), 30)
+    finally:
+        watch.close()
+    assert d.stop() == 0
