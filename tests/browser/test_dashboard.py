@@ -19,7 +19,7 @@ from selenium.common.exceptions import (
 )
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from support import DaemonProcess, wait_for
+from support import DaemonProcess, borderline, teach_doubtful_room, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 RENDERED = (StaleElementReferenceException,)  # the page re-rendered what a wait was reading
@@ -149,6 +149,9 @@ def test_a_prediction_shows_within_two_seconds_and_corrections_make_a_version(
 def test_activate_serves_an_older_version(daemon: DaemonProcess, browser: Any) -> None:
     d = trained(daemon)
     wait_for(lambda: len(d.request("GET", "/v1/apps/room/models")[1]["versions"]) >= 2, 120)
+    # a run still in progress would publish its next lazy version over the rollback
+    wait_for(lambda: not d.request("GET", "/v1/status")[1]["apps"]["room"]["training"].get(
+        "training"), 120, 0.5)
     models = d.request("GET", "/v1/apps/room/models")[1]
     older = min(v["version"] for v in models["versions"])
     browser.get(d.url + "/#/app/room")
@@ -235,3 +238,44 @@ def test_the_page_works_under_a_path_prefix(daemon_factory: Any, browser: Any) -
             pytest.fail("the page lost the daemon behind the prefix")
         except TimeoutException:
             pass
+
+
+def test_label_queries_show_their_sample_and_take_an_answer_or_a_skip(
+        daemon: DaemonProcess, browser: Any) -> None:
+    d = daemon
+    teach_doubtful_room(d)  # overlapping clusters, one query a second may open
+    browser.get(d.url + "/#/app/room")
+    see(browser, "None open")
+    points = borderline(200)
+    k = 0
+
+    def two_open() -> bool:
+        nonlocal k
+        if len(d.request("GET", "/v1/apps/room/queries")[1]["queries"]) >= 2:
+            return True
+        d.request("POST", "/v1/apps/room/predict", {"instances": points[k:k + 4]})
+        k = (k + 4) % len(points)
+        return False
+
+    wait_for(two_open, 60, 0.5)
+    first, second = d.request("GET", "/v1/apps/room/queries")[1]["queries"][:2]
+    # the sample (a vector app: its numbers) and the likeliest labels, as a person sees them
+    values = labelled(browser, f"Values of query {first['id']}")
+    assert values.text.startswith("[2]")
+    top = first["candidates"][0]
+    answer = button(browser, f"Answer {top['label']} for query {first['id']}")
+    assert top["label"] in answer.text and "%" in answer.text
+    answer.click()
+    wait_for(lambda: d.request("GET", "/v1/apps/room")[1]["n_feedback"] == 1, 10)
+    status, body = d.request("POST", "/v1/apps/room/feedback",
+                             {"prediction_id": first["prediction_id"], "label": "calm"})
+    assert body["duplicate"] and body["label"] == top["label"]  # stored on that prediction
+    press(browser, f"Skip query {second['id']}")
+    wait_for(lambda: second["id"] not in {
+        q["id"] for q in d.request("GET", "/v1/apps/room/queries")[1]["queries"]}, 10)
+    assert d.request("GET", "/v1/apps/room")[1]["n_feedback"] == 1  # a skip stores nothing
+    WebDriverWait(browser, 10, 0.2, RENDERED).until(
+        lambda b: not b.find_elements(By.XPATH, f"//*[@data-query='{first['id']}']")
+        and not b.find_elements(By.XPATH, f"//*[@data-query='{second['id']}']"),
+        "answered and skipped queries stay on the page")
+    assert console_errors(browser) == []

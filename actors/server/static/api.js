@@ -53,6 +53,15 @@ export async function request(method, path, body, contentType = "application/jso
 
 export const get = (path) => request("GET", path);
 
+// A binary GET (a query's preview) with the token: {blob, type}.
+export async function requestBlob(path) {
+  const headers = {};
+  if (token.get()) headers.Authorization = `Bearer ${token.get()}`;
+  const response = await fetch(new URL(path, base), { headers });
+  if (!response.ok) throw new ApiError(response.status, `${response.status} ${response.statusText}`);
+  return { blob: await response.blob(), type: response.headers.get("Content-Type") || "" };
+}
+
 // A WebSocket on an app's stream; `onMessage` gets each parsed message. Watchers ask for at
 // most `maxPerS` predictions a second: the daemon skips (and counts) the rest.
 export function stream(app, { watch = false, maxPerS = 0 } = {}, onMessage, onClose) {

@@ -1,4 +1,4 @@
-// An app's page: label queries (a later release), the live predictions to confirm or correct,
+// An app's page: its label queries, the live predictions to confirm or correct,
 // how it learned (the curve, recall and confusion), its versions, its data, and its spec.
 import { get, request } from "./api.js";
 import { el, percent, replace } from "./dom.js";
@@ -6,6 +6,7 @@ import { renderCounts, testSampleForm, uploadForm } from "./data.js";
 import { appForm } from "./forms.js";
 import { LiveStream } from "./live.js";
 import { placementText, trainingText } from "./overview.js";
+import { QueryPanel } from "./queries.js";
 import { renderCurve, renderQuality } from "./quality.js";
 import { renderVersions } from "./versions.js";
 
@@ -16,9 +17,8 @@ export function showApp(main, name, say) {
   const section = (id, title, ...rest) => el("section", { id, "aria-labelledby": `${id}-title` },
     el("h2", { id: `${id}-title` }, title), ...rest);
   const summary = el("div", { class: "card" });
-  const queries = section("queries", "Label queries",
-                          el("p", { class: "muted" }, "None open."));
-  queries.hidden = true;  // the label-queries release fills this section
+  const asked = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+  const queries = section("queries", "Label queries", asked);
   const live = el("div");
   const curve = el("div");
   const quality = el("div");
@@ -31,7 +31,8 @@ export function showApp(main, name, say) {
           section("curve", "How it learned", curve), section("quality", "Per class", quality),
           section("versions", "Versions", versions), section("data", "Data", data, forms),
           section("spec", "Settings", edit));
-  const stream = new LiveStream(live, name, say, () => refresh(true));
+  const panel = new QueryPanel(asked, name, say, () => refresh(true));
+  const stream = new LiveStream(live, name, say, () => refresh(true), () => refresh());
   let stopped = false;
   let seen = "";  // version and feedback count last rendered: heavier views follow them
   let app = null;
@@ -43,6 +44,7 @@ export function showApp(main, name, say) {
       app = fresh;
       renderSummary(summary, app, await statusOf(name));
       stream.setLabels(app.labels);
+      await panel.refresh(app.labels);
       const key = `${app.model_version}/${app.n_feedback}/${app.n_samples}`;
       if (force || key !== seen) {
         seen = key;

@@ -8,10 +8,11 @@ const ROWS = 30;
 const RETRY_MS = 3000;
 
 export class LiveStream {
-  constructor(node, app, say, onTraining) {
+  constructor(node, app, say, onTraining, onQuery) {
     this.app = app;
     this.say = say;
     this.onTraining = onTraining;
+    this.onQuery = onQuery;  // a label query opened or closed
     this.labels = [];
     this.skipped = 0;
     this.info = el("p", { class: "muted" }, "Connecting…");
@@ -51,6 +52,8 @@ export class LiveStream {
       while (this.rows.children.length > ROWS) this.rows.lastChild.remove();
       if (this.skipped) replace(this.info, `Watching every channel; ${this.skipped} ` +
                                            "predictions not shown (more than the page draws).");
+    } else if (msg.type === "event" && msg.kind.startsWith("label_query")) {
+      this.onQuery();
     } else if (msg.type === "event") {
       replace(this.training, `Training: ${msg.kind.replaceAll("_", " ")}` +
                              (msg.version ? ` v${msg.version}` : "") +
