@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.report.common import header, plt, save_plot, table_head, verdict
 
-INTRO = """Test accuracy against the number of labels, starting from 5 per class and adding a
+INTRO = """Test accuracy against the number of labels, starting from 5 per class and adding
 half of the labels so far each round, chosen by the daemon's label queries, at random, or
 only among rows the model gets wrong (a person who reacts to mistakes). One random forest (50
 trees), refitted each round as the daemon fits a family, for all three. "Labels needed": where accuracy first reaches 95 % of the accuracy with

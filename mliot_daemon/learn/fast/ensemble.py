@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mliot_daemon.learn.fast.knn import KnnMember
-from mliot_daemon.learn.fast.member import FastMember, MatrixFirstMember
+from mliot_daemon.learn.fast.member import BlockwisePredict, FastMember, MatrixFirstMember
 from mliot_daemon.learn.fast.reducer import Reducer
 from mliot_daemon.learn.fast.trees import FusedTrees, TreesMember
 from mliot_daemon.learn.frontends import FrontEnd
@@ -138,13 +138,16 @@ class FastEnsemble:
         self._w_one_list = [float(w) for w in self.weights[order]]
         self._w_one = self.weights[order]
         self._planned = [self.members[i] for i in order]
+        # members whose class is not the argmax of their scores (the RBF SVM's vote)
+        self._own_rule = [k for k, m in enumerate(self._planned)
+                          if type(m).class_of is not BlockwisePredict.class_of]
         self._sharp_one = np.asarray(self.sharpness)[order][:, None]  # a column, in that order
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # the single-row plan is rebuilt on loading
         for k in ("_fused", "_dense", "_knn32", "_others", "_fused_reduced", "_fused_raw",
-                  "_w_one_list", "_w_one", "_sharp_one", "_planned"):
+                  "_w_one_list", "_w_one", "_sharp_one", "_planned", "_own_rule"):
             state.pop(k, None)
         return state
 
@@ -228,8 +231,10 @@ class FastEnsemble:
             score = self._w_one @ s
             score /= self._total
             best = int(score.argmax())
-            agree = sum(w for m, r, w in zip(self._planned, raw, self._w_one_list)  # noqa: B905
-                        if m.class_of(r) == best) / self._total
+            own = raw.argmax(axis=1)  # each member's class: argmax, but a member's own rule
+            for i in self._own_rule:
+                own[i] = self._planned[i].class_of(raw[i])
+            agree = float(self._w_one[own == best].sum()) / self._total
             second, margin = _runner_up(score, best)
             return Vote(best, float(score[best]), margin, agree, second)
         preds = self._row_outputs(z, False)
