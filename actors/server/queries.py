@@ -19,6 +19,7 @@ loads them again after a restart).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -62,6 +63,10 @@ class Query:
                 "candidates": [{"label": c, "share": s} for c, s in self.candidates]}
 
 
+def _more_doubtful(q: Query) -> float:
+    return -q.score
+
+
 def near(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two samples are near-duplicates (relative euclidean distance)."""
     if a.shape != b.shape:
@@ -87,23 +92,35 @@ class QueryBook:
         return self.open[0] if self.open else None
 
     def offer(self, q: Query) -> None:
-        """A doubtful prediction: keep it as a candidate unless it asks an open question."""
+        """A doubtful prediction (on the serving path): keep it as a candidate unless it asks
+        an open question. Once the pool is full, one comparison turns away all but the more
+        doubtful: the near-duplicate scans run only for a candidate that gets in."""
+        pool = self._pool  # most doubtful first
+        if not self.wants(q.score):
+            return
         if any(near(q.features, o.features) for o in self.open):
             return
-        for i, c in enumerate(self._pool):
+        for i, c in enumerate(pool):
             if near(q.features, c.features):
                 if q.score > c.score:
-                    self._pool[i] = q
+                    del pool[i]
+                    bisect.insort(pool, q, key=_more_doubtful)
                 return
-        self._pool.append(q)
-        if len(self._pool) > POOL:
-            self._pool.remove(min(self._pool, key=lambda c: c.score))
+        bisect.insort(pool, q, key=_more_doubtful)
+        if len(pool) > POOL:
+            pool.pop()
+
+    def wants(self, score: float) -> bool:
+        """Whether a candidate this doubtful could get into the pool."""
+        return len(self._pool) < POOL or score > self._pool[-1].score
 
     def due(self, now: float) -> Query | None:
         """The candidate to open now, taken from the pool; None when the hourly pace, the
         pool or the open set says not yet. The slot is taken: commit it, then ``opened``."""
-        self._pool = [c for c in self._pool if now - c.predicted_at <= POOL_AGE_S]
         if self.per_hour <= 0 or not self._pool or now - self.last_opened < 3600 / self.per_hour:
+            return None
+        self._pool = [c for c in self._pool if now - c.predicted_at <= POOL_AGE_S]
+        if not self._pool:
             return None
         per_class = Counter(q.label for q in self.open)
         best = min(self._pool, key=lambda c: (per_class[c.label], -c.score))
@@ -173,8 +190,9 @@ class QueryDesk:
         book = self.books.get(app)
         if book is None:
             return
-        book.offer(Query(new_prediction_id(), prediction_id, answer.label, answer.doubt,
-                         answer.margin, list(answer.candidates), at, np.asarray(sample)))
+        if book.wants(answer.doubt):
+            book.offer(Query(new_prediction_id(), prediction_id, answer.label, answer.doubt,
+                             answer.margin, list(answer.candidates), at, np.asarray(sample)))
         q = book.due(at)
         if q is not None:
             task = asyncio.get_running_loop().create_task(self._open(app, book, q))

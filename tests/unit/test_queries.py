@@ -122,3 +122,21 @@ def test_previews_by_data_type():
         assert w.getframerate() == 8000 and w.getnframes() == 16000
     body, kind = preview(np.array([[1.0, 2.5], [3.0, 4.0]]), "sensor", None)
     assert kind == "application/json" and b'"values":[[1.0,2.5],[3.0,4.0]]' in body
+
+
+def test_a_full_pool_turns_away_the_less_doubtful_at_once():
+    from actors.server.queries import POOL
+
+    def far(i: int, score: float) -> Query:  # samples nowhere near each other
+        return Query(f"q{i}", f"p{i}", "a", score, 1 - score, [], T0, np.eye(POOL + 2)[i])
+
+    book = QueryBook(per_hour=3600)
+    for i in range(POOL):
+        book.offer(far(i, 0.8 + i / 10_000))
+    assert book.wants(0.9) and not book.wants(0.8)  # no worse than the least doubtful kept
+    book.offer(far(POOL, 0.7))  # turned away
+    book.offer(far(POOL + 1, 0.95))  # kept, and the least doubtful goes
+    assert book.due(T0).id == f"q{POOL + 1}"
+    opened = [book.due(T0 + k) for k in range(1, POOL + 1)]
+    ids = {o.id for o in opened if o is not None}
+    assert len(ids) == POOL - 1 and "q0" not in ids and f"q{POOL}" not in ids
