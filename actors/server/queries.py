@@ -145,9 +145,6 @@ class QueryBook:
                 return self.open.pop(i)
         return None
 
-    def get(self, query_id: str) -> Query | None:
-        return next((q for q in self.open if q.id == query_id), None)
-
     def expire(self, older_than: float) -> list[Query]:
         """Drop queries (and candidates) whose prediction records are pruned."""
         gone = [q for q in self.open if q.predicted_at < older_than]
