@@ -91,7 +91,9 @@ def _command(args: argparse.Namespace) -> int:
                     pass
                 return 0
             case "demo":
-                return commands.demo(client, args.config)
+                if args.minutes is not None and not args.sensors:
+                    raise ValueError("--minutes goes with --sensors")
+                return commands.demo(client, args.config, args.sensors, args.minutes)
     except (ApiError, ValueError, OSError) as exc:
         print(f"mliot {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -136,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     clients["feedback"].add_argument("prediction_id")
     clients["feedback"].add_argument("label")
     clients["watch"].add_argument("app")
+    clients["demo"].add_argument("--sensors", action="store_true",
+                                 help="a generated kitchen's sensors teach a stream app instead")
+    clients["demo"].add_argument("--minutes", type=float,
+                                 help="with --sensors: stop after playing this long")
 
     try:
         from mliot_daemon.learn import evaluate

@@ -161,9 +161,14 @@ def _terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def demo(client: Client, config: Path | None) -> int:
+def demo(client: Client, config: Path | None, sensors: bool = False,
+         minutes: float | None = None) -> int:
     """Start a daemon (unless one answers), teach it sklearn's digits through the API, and show
-    training progress and live predictions until Ctrl-C."""
+    training progress and live predictions until Ctrl-C. ``sensors``: a stream app instead."""
+    if sensors:
+        from mliot_daemon import demo_home
+
+        return demo_home.demo(client, config, minutes)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -146,6 +146,28 @@ def _check_app(app: AppSpec, path: str, errors: list[str]) -> None:
     if app.background_class is not None and app.classes is not None \
             and app.background_class not in app.classes:
         errors.append(f"{path}.background_class: must be one of classes")
+    if app.channels:
+        _check_stream(app, path, errors)
+
+
+MAX_WINDOW_POINTS = 100_000
+
+
+def _check_stream(app: AppSpec, path: str, errors: list[str]) -> None:
+    """A stream app's channels and grid."""
+    if app.data_type != "sensor":
+        errors.append(f"{path}.channels: only sensor apps take channels")
+    names = [c.name for c in app.channels]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            errors.append(f"{path}.channels[{i}].name: duplicate name {name!r}")
+    points = app.window_s * app.sample_hz
+    if abs(points - round(points)) > 1e-6 or not 2 <= round(points) <= MAX_WINDOW_POINTS:
+        errors.append(f"{path}.window_s: window_s x sample_hz must be a whole number of grid "
+                      f"points from 2 to {MAX_WINDOW_POINTS}, got {points:g}")
+    elif app.shape != (len(app.channels), app.window_points):
+        errors.append(f"{path}.shape: a stream app's shape is (channels, window_s x "
+                      f"sample_hz) = {[len(app.channels), app.window_points]}; leave it out")
 
 
 def parse_app(raw: Any, path: str = "") -> AppSpec:

@@ -101,7 +101,7 @@ class Daemon:
                     chores = [
                         tg.create_task(self._reload_on_request(), name="config.reload"),
                         tg.create_task(self._watch_config_file(), name="config.poll"),
-                        tg.create_task(self._prune_predictions(), name="store.prune"),
+                        tg.create_task(self._prune(), name="store.prune"),
                     ]
                     # Everything loaded at start (sklearn, xgboost, models) lives for good: keep
                     # it out of the collector's full passes, which otherwise stall the loop for
@@ -144,13 +144,20 @@ class Daemon:
                 seen = now
                 await self.config.reload("file")
 
-    async def _prune_predictions(self) -> None:
+    async def _prune(self) -> None:
+        """Retention, hourly: predictions and readings past their days; and readings' small
+        blocks merged into big ones (``store.readings``)."""
         while True:
-            days = self.config.current.daemon.keep_predictions_days
+            d = self.config.current.daemon
             with contextlib.suppress(StoreError):
-                n = await self.store.prune_predictions(days * 86400)
+                n = await self.store.prune_predictions(d.keep_predictions_days * 86400)
                 if n:
-                    log.info("predictions_pruned", n=n, older_than_days=days)
+                    log.info("predictions_pruned", n=n, older_than_days=d.keep_predictions_days)
+                n = await self.store.prune_readings(d.keep_readings_days * 86400)
+                merged = await self.store.compact_readings()
+                if n or merged:
+                    log.info("readings_pruned", blocks=n, merged=merged,
+                             older_than_days=d.keep_readings_days)
             await asyncio.sleep(PRUNE_EVERY_S)
 
 

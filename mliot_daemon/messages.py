@@ -197,6 +197,24 @@ class Correct(Query[dict[str, Any]]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IngestReadings(Query[dict[str, Any]]):
+    """Query: commit a stream app's readings (``{"t", "channel", "value"}`` items)."""
+
+    app: str
+    items: tuple[dict[str, Any], ...]
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Happening(Query[dict[str, Any]]):
+    """Query: "what is happening" on a stream app: a class opens a time-range label (closing
+    the open one), ``none`` closes it."""
+
+    app: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppFacts:
     """What the scheduler needs of one app the server serves."""
 
@@ -239,7 +257,7 @@ class Placed:
 
 ServerMsg: TypeAlias = (ApplyConfig | VersionPublished | TrainingEvent | GetServerStatus
                         | IngestSamples | Predict | SubmitFeedback | Correct | GetServingFacts
-                        | Placed)
+                        | Placed | IngestReadings | Happening)
 
 
 # -- peers --------------------------------------------------------------------------------------
@@ -330,7 +348,16 @@ class QueryChanged:
     query: dict[str, Any] | None
 
 
-MqttMsg: TypeAlias = ApplyConfig | Predicted | QueryChanged
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivityChanged:
+    """A stream app's debounced activity changed: ``label`` since ``since`` (unix time)."""
+
+    app: str
+    label: str
+    since: float
+
+
+MqttMsg: TypeAlias = ApplyConfig | Predicted | QueryChanged | ActivityChanged
 
 
 # -- the refs -----------------------------------------------------------------------------------

@@ -53,6 +53,16 @@ class Metrics:
                                     registry=r)
         self.config_rejected = Counter("mliot_config_reload_rejected", "Rejected reloads",
                                        registry=r)
+        # stream apps
+        self.readings = Counter("mliot_readings", "Stream readings committed, by how they "
+                                "arrived (in_order, late: behind a window already closed)",
+                                ["app", "arrival"], registry=r)
+        self.readings_rejected = Counter("mliot_readings_rejected", "Stream readings refused "
+                                         "(unknown_channel, not_numeric, missing_field, "
+                                         "future, too_old)", ["app", "reason"], registry=r)
+        self.windows = Counter("mliot_windows", "Stream windows closed (predicted, invalid, "
+                               "skipped: behind a jump in time, late: predicted again after a "
+                               "late reading)", ["app", "outcome"], registry=r)
         # MQTT bridge
         self.mqtt_connected = Gauge("mliot_mqtt_connected", "1 while the bridge is connected "
                                     "to the broker", registry=r)

@@ -80,6 +80,7 @@ class DaemonSettings:
     protect_reads: bool = False
     max_body_mb: float = field(default=16.0, metadata=_check(_positive))
     keep_predictions_days: float = field(default=7.0, metadata=_check(_positive))
+    keep_readings_days: float = field(default=14.0, metadata=_check(_positive))
     log_level: str = field(default="info", metadata=_check(_one_of(*LOG_LEVELS)))
     log_format: str = field(default="auto", metadata=_check(_one_of("auto", "json", "console")))
 
@@ -141,6 +142,27 @@ class PeerSettings:
     token: str = ""  # the old name of ``secret``, read as an alias for one release
 
 
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """One `[[apps.channels]]` entry of a stream app: a series of readings, fed over HTTP,
+    WebSocket or an MQTT topic, resampled onto the app's grid."""
+
+    name: str = field(metadata=_check(
+        lambda v: None if CHANNEL_NAME.fullmatch(v) else "must match [A-Za-z0-9_.-]{1,64}"))
+    topic: str = field(default="", metadata=_check(  # MQTT source; empty: HTTP/WebSocket only
+        lambda v: None if not any(c in v for c in "+#\0") else "must be a topic, not a filter"))
+    # hold: the last value (event-driven sensors: a plug reports on change); mean: the mean of
+    # the readings in each grid step (dense sensors)
+    resample: str = field(default="hold", metadata=_check(_one_of("hold", "mean")))
+    stale_s: float | None = field(default=None, metadata=_check(_positive))  # None: never
+    # the JSON field holding the value ("ENERGY.Power": nested); empty: a bare number (last,
+    # since it shadows dataclasses' ``field`` in this class body)
+    field: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class AppSpec:
     """An application: what data it takes and the policy it is served under."""
@@ -159,16 +181,31 @@ class AppSpec:
     # how Home Assistant shows the last prediction: a sensor keeps it as its state, an event
     # entity fires once per prediction (a knock, a door slam: classes that do not last)
     announce_as: str = field(default="sensor", metadata=_check(_one_of("sensor", "event")))
+    # A stream app (a sensor app with channels): the daemon cuts windows from readings.
+    channels: tuple[Channel, ...] = ()
+    window_s: float = field(default=4.0, metadata=_check(_positive))
+    hop_s: float = field(default=1.0, metadata=_check(_positive))
+    sample_hz: float = field(default=10.0, metadata=_check(_positive))  # the grid's rate
+    min_dwell_s: float = field(default=3.0, metadata=_check(_at_least(0.0)))
+    max_lateness_s: float = field(default=5.0, metadata=_check(_at_least(0.0)))
 
     def __post_init__(self) -> None:
         if self.data_type == "audio" and self.sample_rate is None:
             object.__setattr__(self, "sample_rate", 16000)
+        if self.channels and self.shape is None:
+            object.__setattr__(self, "shape", (len(self.channels), self.window_points))
+
+    @property
+    def window_points(self) -> int:
+        """Grid points per window of a stream app."""
+        return round(self.window_s * self.sample_hz)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as the API shows it (and as the store keeps it)."""
         out = dataclasses.asdict(self)
         out["shape"] = list(self.shape) if self.shape else None
         out["classes"] = list(self.classes) if self.classes else None
+        out["channels"] = [dataclasses.asdict(c) for c in self.channels]
         return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mqtt_support import Broker
 from support import DaemonProcess
 
 
@@ -33,3 +34,13 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
 def daemon(daemon_factory: Any) -> DaemonProcess:
     """A started daemon on defaults, on a free port, with its data in a temp folder."""
     return daemon_factory().start()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A mosquitto of the test's own, with persistence on."""
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    b = Broker(folder).start()
+    yield b
+    b.kill()

@@ -15,7 +15,14 @@ import structlog
 
 from actors.mqtt.session import Connection
 from actors.mqtt.topics import BridgeState
-from mliot_daemon.messages import ApplyConfig, MqttMsg, Predicted, QueryChanged, Refs
+from mliot_daemon.messages import (
+    ActivityChanged,
+    ApplyConfig,
+    MqttMsg,
+    Predicted,
+    QueryChanged,
+    Refs,
+)
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.runtime import Actor
 from mliot_daemon.settings import Settings
@@ -63,6 +70,10 @@ class MqttBridge(Actor[MqttMsg]):
             case QueryChanged(app=app, query=query):
                 state.queries[app] = query
                 state.dirty_queries.add(app)
+                state.wake.set()
+            case ActivityChanged(app=app, label=label, since=since):
+                state.activity[app] = {"label": label, "since": since}
+                state.dirty_activity.add(app)
                 state.wake.set()
             case _:
                 assert_never(msg)

@@ -63,6 +63,10 @@ class Announcer:
                                    **{k: v for k, v in last.items() if k != "label"}}
                         await publish_json(self._client, self._metrics, t.app(app, "event"),
                                            s.qos, payload, "event")
+            for app in list(state.dirty_activity):
+                state.dirty_activity.discard(app)
+                await publish_json(self._client, self._metrics, t.app(app, "activity"), 1,
+                                   state.activity[app], "activity", retain=True)
             for app in list(state.dirty_queries):
                 state.dirty_queries.discard(app)
                 query = state.queries.get(app)
@@ -83,17 +87,19 @@ class Announcer:
         except (TimeoutError, ActorStopped):
             return
         rediscover, state.rediscover = state.rediscover, False
+        await self._subscribe(apps)
         for app, info in apps.items():
             labels = tuple(info.get("labels") or ())
             # Home Assistant's enum sensor and select need the classes: announced once two are
             # known, and again whenever they change
             event = info.get("announce_as") == "event"
-            announced = (labels, event)
+            stream = bool(info.get("stream"))
+            announced = (labels, event, stream)
             if len(labels) >= 2 and (state.discovered.get(app) != announced or rediscover):
                 state.event_apps.discard(app)
                 if event:
                     state.event_apps.add(app)
-                for key, config in self._discovery(app, labels, event).items():
+                for key, config in self._discovery(app, labels, event, stream).items():
                     if config is None:  # the other way to show the label: remove it
                         await client.publish(t.discovery(app, key), b"", qos=1, retain=True)
                     else:
@@ -110,24 +116,44 @@ class Announcer:
         for app in (set(published) | state.on_broker) - set(apps):
             # Deleted: empty retained payloads remove the entities and the stale topics.
             for topic in (*t.discoveries(app), t.app(app, "status"), t.app(app, "state"),
-                          t.app(app, "query")):
+                          t.app(app, "query"), t.app(app, "activity")):
                 await client.publish(topic, b"", qos=1, retain=True)
             published.pop(app, None)
             state.on_broker.discard(app)
             state.discovered.pop(app, None)
             state.latest.pop(app, None)
             state.queries.pop(app, None)
+            state.activity.pop(app, None)
             state.event_apps.discard(app)
             log.info("mqtt_app_removed", app=app)
 
-    def _discovery(self, app: str, labels: tuple[str, ...], event: bool
+    async def _subscribe(self, apps: dict[str, Any]) -> None:
+        """Follow the stream apps' channel topics (the status says which)."""
+        state, client = self._state, self._client
+        sources: dict[str, list[tuple[str, str, str]]] = {}
+        for app, info in apps.items():
+            for topic, field, channel in info.get("sources") or ():
+                sources.setdefault(topic, []).append((app, field, channel))
+        state.sources = sources
+        new, gone = set(sources) - state.subscribed, state.subscribed - set(sources)
+        if new:
+            await client.subscribe([(topic, self._s.qos) for topic in sorted(new)])
+        if gone:
+            await client.unsubscribe(sorted(gone))
+        if new or gone:
+            log.info("mqtt_channels_followed", topics=sorted(sources))
+        state.subscribed = set(sources)
+
+    def _discovery(self, app: str, labels: tuple[str, ...], event: bool, stream: bool
                    ) -> dict[str, dict[str, Any] | None]:
         """Home Assistant's entities of an app (fields checked against its MQTT discovery
         documentation): an ``enum`` sensor whose state is the last label (the state's other
         keys are attributes), or for an ``announce_as = "event"`` app an ``event`` entity
         whose event types are the classes (None: the one not used, to be removed); a
         ``select`` of the classes that corrects what was predicted, a ``button`` that
-        confirms it, and diagnostic sensors read from the status topic."""
+        confirms it, and diagnostic sensors read from the status topic. A stream app's sensor
+        shows its activity, and a second ``select`` ("what is happening", the classes and
+        ``none``) labels time ranges."""
         state, s, t = self._state, self._s, self._t
         topic = t.app(app, "state")
         device = {"identifiers": [f"mliot_{t.node}"], "name": f"mliot {state.machine}",
@@ -146,11 +172,17 @@ class Announcer:
                           value_template=f"{{{{ value_json.{field} }}}}",
                           entity_category="diagnostic", **fields)
 
+        # a stream app shows its debounced activity, not each window's label
+        shown = t.app(app, "activity") if stream else topic
         return {
             "label": None if event else entity(
-                "label", app, state_topic=topic, value_template="{{ value_json.label }}",
-                json_attributes_topic=topic, device_class="enum", options=list(labels),
+                "label", app, state_topic=shown, value_template="{{ value_json.label }}",
+                json_attributes_topic=shown, device_class="enum", options=list(labels),
                 icon="mdi:brain"),
+            "happening": entity("happening", f"{app} what is happening",
+                                command_topic=t.app(app, "happening"),
+                                options=[*labels, "none"], icon="mdi:calendar-clock")
+            if stream else None,
             "event": entity("event", app, state_topic=t.app(app, "event"),
                             event_types=list(labels), icon="mdi:bell-ring") if event else None,
             "correct": entity("correct", f"{app} correct", command_topic=t.app(app, "correct"),

@@ -9,8 +9,11 @@ Delivery policy:
     in-flight window bounds what is unacknowledged. A transient failure (``Unavailable``: a
     timeout, the store) is retried, never dropped; a refused message (bad JSON, shape, label)
     is counted, reported on the app's ``errors`` topic and acked.
-  * Unlabelled prediction requests go to a bounded queue; when it is full the oldest request is
-    shed and counted (``mliot_mqtt_predictions_shed_total``). Predictions are acked on receipt.
+  * Stream readings (a channel's topic) are committed in groups and acked after their group's
+    commit (``readings``); any other message first waits for the pending readings, so
+    acknowledgements keep the order of arrival.
+  * Unlabelled prediction requests go to a bounded queue (``requests``); when it is full the
+    oldest request is shed and counted. Predictions are acked on receipt.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,13 +31,16 @@ import aiomqtt
 import structlog
 
 from actors.mqtt.discovery import Announcer
+from actors.mqtt.readings import ReadingsInbox
+from actors.mqtt.requests import PREDICT_BATCH, Answerer, PredictJob
 from actors.mqtt.topics import BridgeState, Rejected, Topics, decode, publish_json, ref_of
-from mliot_daemon.errors import DomainError, Invalid, NotFound, Unavailable, UnknownApp
+from mliot_daemon.errors import DomainError, Unavailable, UnknownApp
 from mliot_daemon.messages import (
     Correct,
     FeedbackIn,
+    Happening,
+    IngestReadings,
     IngestSamples,
-    Predict,
     Query,
     SamplesIn,
     ServerMsg,
@@ -48,19 +53,10 @@ from mliot_daemon.settings import MqttSettings
 log = structlog.get_logger("mliot.mqtt")
 
 INBOX = 10_000  # aiomqtt's incoming queue (max_queued_incoming_messages)
-PREDICT_QUEUE = 1024  # unlabelled requests waiting for a prediction; beyond: shed the oldest
-PREDICT_BATCH = 256  # requests of one app answered with one Predict
 ASK_TIMEOUT_S = 30.0
 BACKOFF_BASE_S, BACKOFF_MAX_S = 0.5, 10.0
 RETRY_MAX_S = 5.0
 LEAVE_TIMEOUT_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class _PredictJob:
-    app: str
-    features: Any
-    ref: Any
 
 
 class _Restart(Exception):
@@ -162,16 +158,17 @@ class Connection:
             self._metrics.mqtt_connects.inc()
             state.on_broker.clear()
             state.discovered.clear()
+            state.subscribed.clear()  # the announcer subscribes the channel topics
             await client.subscribe(t.filters(s.qos))
             await client.publish(t.shared_availability, b"", qos=1, retain=True)
             await client.publish(t.availability, b"online", qos=1, retain=True)
             log.info("mqtt_connected", url=s.url, client_id=client.identifier, prefix=s.prefix)
-            requests: asyncio.Queue[_PredictJob] = asyncio.Queue(PREDICT_QUEUE)
+            requests = Answerer(self._server, self._metrics)
             announcer = Announcer(state, self._server, self._metrics, client, s, t)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._receive(client, s, t, requests), name="mqtt.rx")
-                    tg.create_task(self._predict(client, s, t, requests), name="mqtt.predict")
+                    tg.create_task(requests.run(client, s, t), name="mqtt.predict")
                     tg.create_task(announcer.run(), name="mqtt.announce")
                     tg.create_task(self._until_restart(), name="mqtt.restart")
             finally:
@@ -213,10 +210,17 @@ class Connection:
     # -- receiving ------------------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client, s: MqttSettings, t: Topics,
-                       requests: asyncio.Queue[_PredictJob]) -> None:
+                       requests: Answerer) -> None:
         state = self._state
+        inbox = ReadingsInbox(self._readings, lambda m: _ack(client, m), self._metrics)
         async for message in client.messages:
             topic = message.topic.value
+            sources = state.sources.get(topic)
+            if sources:  # a stream app's channel: acknowledged once its group committed
+                self._metrics.mqtt_received.labels("reading").inc()
+                await inbox.offer(message, sources)
+                continue
+            await inbox.drain()  # acknowledgements in arrival order
             if topic == t.ha_status:
                 self._metrics.mqtt_received.labels("ha_status").inc()
                 if message.payload in (b"online", "online"):
@@ -244,6 +248,10 @@ class Connection:
                 elif kind in ("correct", "confirm"):
                     await self._correct(parsed[0], kind, message, s)
                     _observe_ack(self._metrics, message)
+                elif kind == "happening":
+                    label = _text(message)
+                    await self._deliver(lambda f, a=parsed[0], x=label: Happening(
+                        app=a, label=x, reply=f), None)
             except Rejected as exc:
                 self._metrics.mqtt_bad_payloads.labels(exc.reason).inc()
                 log.warning("mqtt_message_rejected", topic=topic, reason=exc.reason,
@@ -253,7 +261,7 @@ class Connection:
                                        exc.payload(), "error")
             _ack(client, message)
 
-    async def _samples(self, app: str, obj: Any, requests: asyncio.Queue[_PredictJob]) -> None:
+    async def _samples(self, app: str, obj: Any, requests: Answerer) -> None:
         """Labelled items: commit, awaiting the answer (backpressure). Unlabelled: queue a
         prediction, shedding the oldest request when the queue is full."""
         if isinstance(obj, dict) and "samples" in obj:
@@ -275,11 +283,7 @@ class Connection:
         for item in items:
             if item.get("label") is not None:
                 continue
-            job = _PredictJob(app, item["features"], item.get("ref", ref))
-            if requests.full():
-                requests.get_nowait()  # the oldest request is the least useful one
-                self._metrics.mqtt_predictions_shed.inc()
-            requests.put_nowait(job)
+            requests.put(PredictJob(app, item["features"], item.get("ref", ref)))
 
     async def _feedback(self, app: str, obj: Any) -> None:
         if not isinstance(obj, dict) or "prediction_id" not in obj or "label" not in obj:
@@ -296,9 +300,7 @@ class Connection:
         label: str | None = None
         prediction_id = None
         if kind == "correct":
-            raw = message.payload
-            text = (raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray)
-                    else str(raw or "")).strip()
+            text = _text(message)
             obj: Any = text
             if text.startswith(("{", '"')):
                 obj = decode(message, s)
@@ -315,6 +317,15 @@ class Connection:
                                '"...", "prediction_id"?: "..."}')
         await self._deliver(lambda f: Correct(app=app, label=label,
                                               prediction_id=prediction_id, reply=f), None)
+
+    async def _readings(self, app: str, items: list[dict[str, Any]]) -> None:
+        try:
+            await self._deliver(lambda f: IngestReadings(app=app, items=tuple(items),
+                                                         source="mqtt", reply=f), None)
+        except Rejected as exc:  # the app went, or lost the channel: counted, logged, acked
+            self._metrics.mqtt_bad_payloads.labels(exc.reason).inc()
+            log.warning("mqtt_readings_rejected", app=app, error=exc.error,
+                        details=exc.details[:3])
 
     async def _deliver(self, make: Callable[[asyncio.Future[Any]], Query[Any]], ref: Any
                        ) -> Any:
@@ -337,55 +348,16 @@ class Connection:
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
 
-    # -- predicting -----------------------------------------------------------------------------
-
-    async def _predict(self, client: aiomqtt.Client, s: MqttSettings, t: Topics,
-                       requests: asyncio.Queue[_PredictJob]) -> None:
-        """Answer queued requests, those of one app together in one Predict (micro-batch)."""
-        while True:
-            jobs = [await requests.get()]
-            while len(jobs) < PREDICT_BATCH and not requests.empty():
-                jobs.append(requests.get_nowait())
-            by_app: dict[str, list[_PredictJob]] = {}
-            for job in jobs:
-                by_app.setdefault(job.app, []).append(job)
-            for app, group in by_app.items():
-                answers = await self._answers(app, group)
-                async with asyncio.TaskGroup() as tg:
-                    for job, answer in zip(group, answers, strict=True):
-                        if isinstance(answer, DomainError):
-                            out, topic, kind = {"ref": job.ref, "kind": answer.kind,
-                                                "error": answer.message,
-                                                "details": answer.details}, "errors", "error"
-                        else:
-                            out, topic, kind = {"ref": job.ref, **answer}, "predictions", \
-                                "prediction"
-                        tg.create_task(publish_json(client, self._metrics, t.app(app, topic),
-                                                    s.qos, out, kind))
-
-    async def _answers(self, app: str, jobs: list[_PredictJob]) -> list[Any]:
-        """One prediction dict or domain error per job; a bad instance is found by asking
-        each alone."""
-        try:
-            return await self._server.ask(lambda f: Predict(
-                app=app, instances=tuple(j.features for j in jobs), reply=f),
-                timeout=ASK_TIMEOUT_S)
-        except Unavailable as exc:  # no model yet, placement refused: said as it is
-            return [exc] * len(jobs)
-        except (TimeoutError, ActorStopped) as exc:
-            return [Unavailable(f"not answered: {exc or 'timed out'}")] * len(jobs)
-        except DomainError as exc:
-            if isinstance(exc, Invalid) and len(jobs) > 1:
-                return [a for j in jobs for a in await self._answers(app, [j])]
-            reason = "unknown_app" if isinstance(exc, NotFound) else "invalid"
-            self._metrics.mqtt_bad_payloads.labels(reason).inc(len(jobs))
-            return [exc] * len(jobs)
-
-
 def _ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
     """PUBACK (or PUBCOMP) now: the message is committed, rejected, or needs no commit."""
     if message.qos > 0:
         client._client.ack(message.mid, message.qos)
+
+
+def _text(message: aiomqtt.Message) -> str:
+    raw = message.payload
+    return (raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray)
+            else str(raw or "")).strip()
 
 
 def _observe_ack(metrics: Metrics, message: aiomqtt.Message) -> None:

@@ -12,6 +12,9 @@ Topics (``P`` = ``mqtt.prefix``, ``D`` = ``mqtt.discovery_prefix``, ``N`` = daem
                             query, else the latest prediction
   in   P/{app}/confirm      anything (Home Assistant's button): confirms the open query, else
                             the latest prediction
+  in   P/{app}/happening    a stream app's class (Home Assistant's "what is happening" select)
+                            opens a time-range label, closing the open one; ``none`` closes it
+  in   a channel's topic    a stream app's readings (``actors/mqtt/readings``), any topic
   out  P/{app}/predictions  the prediction fields plus the request's ``ref``
   out  P/{app}/errors       ``{"ref", "kind", "error", "details"}`` for a refused message;
                             ``kind`` is the domain error's (``mliot_daemon.errors``)
@@ -22,6 +25,7 @@ Topics (``P`` = ``mqtt.prefix``, ``D`` = ``mqtt.discovery_prefix``, ``N`` = daem
   out  P/{app}/event        an ``announce_as = "event"`` app's predictions (not retained):
                             ``{"event_type": label, "prediction_id", "confidence", "margin",
                             "at"}``, the last of each 20 ms burst
+  out  P/{app}/activity     retained ``{"label", "since"}``: a stream app's debounced activity
   out  P/{app}/query        retained: the open label query (``GET /v1/apps/{app}/queries``'
                             first), an empty payload when none is open
   out  P/{N}/availability   retained ``online``; last will ``offline`` (per daemon: several share
@@ -47,7 +51,8 @@ from mliot_daemon.settings import MqttSettings
 _UNSAFE = re.compile(r"[^a-z0-9_-]")
 # an app's Home Assistant entities: key -> (component, unique id suffix)
 ENTITIES = {"label": ("sensor", ""), "event": ("event", ""), "correct": ("select", "_correct"),
-            "confirm": ("button", "_confirm"), "version": ("sensor", "_version"),
+            "confirm": ("button", "_confirm"), "happening": ("select", "_happening"),
+            "version": ("sensor", "_version"),
             "feedback_accuracy": ("sensor", "_feedback_accuracy"),
             "samples": ("sensor", "_samples"), "training": ("sensor", "_training")}
 
@@ -96,6 +101,7 @@ class Topics:
         which tells us about apps deleted while we were away."""
         return [(f"{self.prefix}/+/samples", qos), (f"{self.prefix}/+/feedback", qos),
                 (f"{self.prefix}/+/correct", qos), (f"{self.prefix}/+/confirm", qos),
+                (f"{self.prefix}/+/happening", qos),
                 (self.ha_status, 1), (f"{self.prefix}/+/status", 0)]
 
     def parse(self, topic: str) -> tuple[str, str] | None:
@@ -124,9 +130,14 @@ class BridgeState:
     queries: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # the open ones
     event_apps: set[str] = field(default_factory=set)  # announced as Home Assistant events
     dirty_queries: set[str] = field(default_factory=set)  # apps whose query is not published
+    activity: dict[str, dict[str, Any]] = field(default_factory=dict)  # stream apps' activity
+    dirty_activity: set[str] = field(default_factory=set)
+    stream_apps: set[str] = field(default_factory=set)
+    sources: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # see readings
+    subscribed: set[str] = field(default_factory=set)  # channel topics of this session
     on_broker: set[str] = field(default_factory=set)  # apps with a retained status there
-    # app -> (its classes, announced as an event) as last announced
-    discovered: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
+    # app -> (its classes, announced as an event, a stream app) as last announced
+    discovered: dict[str, tuple[tuple[str, ...], bool, bool]] = field(default_factory=dict)
     connected: bool = False
     sessions: int = 0  # successful connects
 

@@ -28,6 +28,8 @@ from mliot_daemon.messages import (
     Correct,
     GetServerStatus,
     GetServingFacts,
+    Happening,
+    IngestReadings,
     IngestSamples,
     Placed,
     Predict,
@@ -114,6 +116,10 @@ class Server(Actor[ServerMsg]):
                 self._query(reply, lambda: core.feedback(app, feedback))
             case Correct(app=app, label=label, prediction_id=prediction_id, reply=reply):
                 self._query(reply, lambda: core.correct(app, label, prediction_id))
+            case IngestReadings(app=app, items=items, source=source, reply=reply):
+                self._query(reply, lambda: core.streams.ingest(app, list(items), source))
+            case Happening(app=app, label=label, reply=reply):
+                self._query(reply, lambda: core.ranges.happening(app, label))
             case TrainingEvent(app=app, kind=kind, data=data):
                 if kind in ("retraining_started", "retraining_finished"):
                     core.training[app] = "training" if kind == "retraining_started" else "idle"

@@ -14,6 +14,7 @@ from actors.server.hosting import HostedModels
 from actors.server.http import CORE, GUARD, READY, Front
 from actors.server.oip import OipApi
 from actors.server.peer_api import PeerApi
+from actors.server.stream_api import StreamApi
 from actors.server.streams import Streams
 from actors.server.v1 import V1Api
 
@@ -28,7 +29,7 @@ def build_app(core: ServingCore, started_at: float, ready: asyncio.Event,
     app[CORE] = core
     app[READY] = ready
     app[GUARD] = guard
-    for surface in (V1Api(core, started_at), OipApi(core), PeerApi(core, hosted),
-                    Streams(core), Dashboard()):
+    for surface in (V1Api(core, started_at), StreamApi(core), OipApi(core),
+                    PeerApi(core, hosted), Streams(core), Dashboard()):
         app.router.add_routes(surface.routes())
     return app

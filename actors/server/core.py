@@ -27,6 +27,8 @@ from actors.server.payloads import (
     version_number,
 )
 from actors.server.queries import QueryDesk
+from actors.server.ranges import RangeDesk
+from actors.server.readings import StreamDesk
 from actors.server.routing import Router, Started
 from actors.server.serving import Answer, ServedApp
 from actors.server.tables import parse_table, read_table
@@ -89,6 +91,8 @@ class ServingCore(Corrections):
         self._parser: ThreadPoolExecutor | None = None
         self.queries = QueryDesk(store, self.broadcast, self._announce_query,
                                  lambda: self.settings.daemon.keep_predictions_days * 86400.0)
+        self.streams = StreamDesk(self)  # stream apps: readings, windows, activity
+        self.ranges = RangeDesk(self)  # their labels by time range
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class ServingCore(Corrections):
         for clients in self.watchers.values():
             for client in list(clients):
                 client.close()
+        self.streams.close()
         if self._parser is not None:
             self._parser.shutdown(wait=False)
 
@@ -211,6 +216,7 @@ class ServingCore(Corrections):
     async def _apps_changed(self) -> None:
         specs = tuple(e.spec for n in self.catalog.names() if (e := self.catalog.get(n)))
         await self.refs.trainer.send(AppsChanged(apps=specs))
+        await self.streams.sync()
 
     def is_ready(self, entry: AppEntry) -> bool:
         served = self.router.served.get(entry.name)

@@ -1,5 +1,5 @@
-"""WebSocket streams (``/v1/apps/{app}/stream``): predictions, samples and feedback in, their
-answers, training events and (with ``?watch=true``) every prediction of the app out.
+"""WebSocket streams (``/v1/apps/{app}/stream``): predictions, samples, readings and feedback
+in, their answers, training events and (with ``?watch=true``) every prediction of the app out.
 
 The reader starts every prediction of one read in the same loop turn, so pipelined frames
 share a batch, and writes an answer it has at once straight to the socket. Anything that
@@ -119,12 +119,16 @@ class Streams:
                 item = {"features": msg.get("features"), "label": msg.get("label")}
                 result = await core.ingest(app, SamplesIn(items=(item,)), "ws")
                 client.put({"type": "ack", "ref": ref, "n_samples": result["n_samples"]})
+            elif kind == "readings":  # a stream app's batch, acknowledged after its commit
+                result = await core.streams.ingest(app, msg.get("readings"), "ws",
+                                                   msg.get("batch_id"))
+                client.put({"type": "ack", "ref": ref, **result})
             elif kind == "feedback":
                 await core.feedback(app, FeedbackIn(prediction_id=msg.get("prediction_id"),
                                                     label=msg.get("label")))
                 client.put({"type": "ack", "ref": ref})
             else:
-                raise Invalid("type: must be predict, sample or feedback")
+                raise Invalid("type: must be predict, sample, readings or feedback")
         except Exception as exc:
             client.put(_error(app, ref, exc))
         finally:

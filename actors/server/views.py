@@ -32,7 +32,8 @@ async def app_info(core: ServingCore, name: str) -> dict[str, Any]:
             "model_version": core.router.version_of(entry.name),
             "ready": core.is_ready(entry), "class_counts": counts,
             "labels": sorted(set(known) | set(counts)),
-            "feedback_accuracy": core.feedback_accuracy(entry.name)}
+            "feedback_accuracy": core.feedback_accuracy(entry.name),
+            **core.streams.status(entry.name)}
 
 
 def placement(core: ServingCore, app: str) -> dict[str, Any]:
@@ -63,7 +64,10 @@ def apps_status(core: ServingCore) -> dict[str, Any]:
             "feedback_accuracy": core.feedback_accuracy(name),
             "n_feedback_recent": len(core.recent_feedback.get(name, ())),
             "training_state": core.training.get(name, "idle"),
-            "announce_as": entry.spec.announce_as}
+            "announce_as": entry.spec.announce_as,
+            # a stream app's MQTT sources: what the bridge subscribes to
+            "stream": bool(entry.spec.channels),
+            "sources": [[c.topic, c.field, c.name] for c in entry.spec.channels if c.topic]}
     return out
 
 

@@ -21,6 +21,7 @@ import structlog
 from mliot_daemon.sample_codec import encode
 from mliot_daemon.store import records
 from mliot_daemon.store.queries import QueryTables
+from mliot_daemon.store.readings import ReadingTables
 from mliot_daemon.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger("mliot.store")
@@ -29,7 +30,7 @@ T = TypeVar("T")
 PREDICTION_FLUSH_S = 0.05  # prediction records reach the disk within this (DESIGN: 100 ms)
 
 
-class Store(QueryTables):
+class Store(QueryTables, ReadingTables):
     """The daemon's SQLite store; all methods are coroutines that never block the loop."""
 
     def __init__(self, path: Path) -> None:
@@ -218,26 +219,35 @@ class Store(QueryTables):
         """Store a batch of labelled samples atomically; a repeated batch_id is accepted once."""
 
         def write(conn: sqlite3.Connection) -> records.IngestResult:
-            if app in self._gone:
-                raise records.NotFound(app)
-            rows = [encode(x) for x in features]  # on the writer thread, not the loop
+            self._check_app(app)
             if batch_id is not None:
                 seen = conn.execute("SELECT accepted FROM batches WHERE app=? AND batch_id=?",
                                     (app, batch_id)).fetchone()
                 if seen is not None:
                     return records.IngestResult(seen[0], self._drafted(app), duplicate=True)
                 conn.execute("INSERT INTO batches VALUES (?,?,?,?)",
-                             (app, batch_id, len(rows), time.time()))
-            now = time.time()
-            conn.executemany(
-                "INSERT INTO samples (app, features, shape, label, source, created, batch_id) "
-                "VALUES (?,?,?,?,?,?,?)",
-                [(app, blob, shape, label, source, now, batch_id)
-                 for (blob, shape), label in zip(rows, labels, strict=True)])
-            self._draft.setdefault(app, Counter()).update(labels)
-            return records.IngestResult(len(rows), self._drafted(app), duplicate=False)
+                             (app, batch_id, len(labels), time.time()))
+            self._insert_samples(conn, app, features, labels, source, batch_id)
+            return records.IngestResult(len(labels), self._drafted(app), duplicate=False)
 
         return await self._write(write)
+
+    def _check_app(self, app: str) -> None:
+        """On the writer thread: an app being deleted takes no more rows."""
+        if app in self._gone:
+            raise records.NotFound(app)
+
+    def _insert_samples(self, conn: sqlite3.Connection, app: str, features: Iterable[np.ndarray],
+                        labels: Sequence[str], source: str, batch_id: str | None) -> None:
+        """Insert labelled samples (encoded here, on the writer thread, not the loop) and
+        count them into the transaction's draft."""
+        now = time.time()
+        conn.executemany(
+            "INSERT INTO samples (app, features, shape, label, source, created, batch_id) "
+            "VALUES (?,?,?,?,?,?,?)",
+            [(app, *encode(x), label, source, now, batch_id)
+             for x, label in zip(features, labels, strict=True)])
+        self._draft.setdefault(app, Counter()).update(labels)
 
     def label_counts(self, app: str) -> dict[str, int]:
         """Committed samples of an app per label."""
@@ -288,7 +298,7 @@ class Store(QueryTables):
 
         def write(conn: sqlite3.Connection) -> None:
             for table in ("samples", "batches", "predictions", "feedback", "versions",
-                          "queries"):
+                          "queries", "readings", "ranges"):
                 conn.execute(f"DELETE FROM {table} WHERE app=?", (name,))
             conn.execute("DELETE FROM apps WHERE name=?", (name,))
             self._draft.pop(name, None)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS: dict[int, str] = {
     # version -> the SQL that takes the schema from version - 1 to version
     1: """
@@ -100,5 +100,27 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX queries_app ON queries (app, state);
     CREATE INDEX queries_prediction ON queries (prediction_id);
+    """,
+    5: """
+    CREATE TABLE readings (             -- stream readings, a block per channel and write
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        t0 REAL NOT NULL,               -- the first and last reading's unix time
+        t1 REAL NOT NULL,
+        n INTEGER NOT NULL,
+        data BLOB NOT NULL              -- zlib: uint32 ms steps from t0, then float32 values
+    );
+    CREATE INDEX readings_span ON readings (app, channel, t1);
+    CREATE TABLE ranges (               -- labels by time range; an open one has no end
+        id TEXT NOT NULL,               -- the label_id
+        app TEXT NOT NULL,
+        label TEXT NOT NULL,
+        t_start REAL NOT NULL,
+        t_end REAL,                     -- NULL: open
+        windows INTEGER NOT NULL,       -- the samples it made
+        created REAL NOT NULL,
+        PRIMARY KEY (app, id)
+    );
     """,
 }

@@ -25,9 +25,9 @@ import numpy as np
 import orjson
 import pytest
 from sklearn.datasets import load_digits
+from support import CpuQuota, DaemonProcess, http, wait_for
 
 from actors.scheduler import RATE_HALF_LIFE_S
-from support import CpuQuota, DaemonProcess, http, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 MODEL = "0123456789abcdef:fedcba9876543210"

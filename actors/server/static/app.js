@@ -1,5 +1,6 @@
-// An app's page: its label queries, the live predictions to confirm or correct,
-// how it learned (the curve, recall and confusion), its versions, its data, and its spec.
+// An app's page: for a stream app its activity, channels and timeline; its label queries,
+// the live predictions to confirm or correct, how it learned (the curve, recall and
+// confusion), its versions, its data, and its spec.
 import { get, request } from "./api.js";
 import { el, percent, replace } from "./dom.js";
 import { renderCounts, testSampleForm, uploadForm } from "./data.js";
@@ -8,6 +9,7 @@ import { LiveStream } from "./live.js";
 import { placementText, trainingText } from "./overview.js";
 import { QueryPanel } from "./queries.js";
 import { renderCurve, renderQuality } from "./quality.js";
+import { StreamPanel, isStreamApp } from "./stream.js";
 import { renderVersions } from "./versions.js";
 
 const POLL_MS = 2000;
@@ -17,6 +19,7 @@ export function showApp(main, name, say) {
   const section = (id, title, ...rest) => el("section", { id, "aria-labelledby": `${id}-title` },
     el("h2", { id: `${id}-title` }, title), ...rest);
   const summary = el("div", { class: "card" });
+  const streamNode = el("div");  // a stream app's panel; stays empty for the others
   const asked = el("div", {}, el("p", { class: "muted" }, "Loading…"));
   const queries = section("queries", "Label queries", asked);
   const live = el("div");
@@ -27,12 +30,14 @@ export function showApp(main, name, say) {
   const forms = el("div");  // upload and test sample: built once, never re-rendered
   const edit = el("div");
   replace(main, el("p", {}, el("a", { href: "#/" }, "← all apps")), el("h1", {}, name), summary,
-          queries, section("live", "Live predictions", live),
+          streamNode, queries, section("live", "Live predictions", live),
           section("curve", "How it learned", curve), section("quality", "Per class", quality),
           section("versions", "Versions", versions), section("data", "Data", data, forms),
           section("spec", "Settings", edit));
   const panel = new QueryPanel(asked, name, say, () => refresh(true));
-  const stream = new LiveStream(live, name, say, () => refresh(true), () => refresh());
+  let streamPanel = null;  // made on the first answer that shows channels
+  const stream = new LiveStream(live, name, say, () => refresh(true), () => refresh(),
+                                (msg) => streamPanel && streamPanel.activity(msg));
   let stopped = false;
   let seen = "";  // version and feedback count last rendered: heavier views follow them
   let app = null;
@@ -42,6 +47,10 @@ export function showApp(main, name, say) {
       if (stopped) return;
       const first = app === null;
       app = fresh;
+      if (isStreamApp(app)) {
+        streamPanel = streamPanel || new StreamPanel(streamNode, path, say, () => refresh(true));
+        streamPanel.update(app);
+      }
       renderSummary(summary, app, await statusOf(name));
       stream.setLabels(app.labels);
       await panel.refresh(app.labels);
@@ -70,7 +79,8 @@ export function showApp(main, name, say) {
     if (!stopped) timer = setTimeout(poll, POLL_MS);
   }
   let timer = setTimeout(poll, 0);
-  return () => { stopped = true; clearTimeout(timer); stream.close(); };
+  return () => { stopped = true; clearTimeout(timer); stream.close();
+                 if (streamPanel) streamPanel.close(); };
 }
 
 async function statusOf(name) {

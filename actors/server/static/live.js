@@ -8,11 +8,12 @@ const ROWS = 30;
 const RETRY_MS = 3000;
 
 export class LiveStream {
-  constructor(node, app, say, onTraining, onQuery) {
+  constructor(node, app, say, onTraining, onQuery, onActivity = () => {}) {
     this.app = app;
     this.say = say;
     this.onTraining = onTraining;
     this.onQuery = onQuery;  // a label query opened or closed
+    this.onActivity = onActivity;  // a stream app's activity changed: its panel shows it
     this.labels = [];
     this.skipped = 0;
     this.info = el("p", { class: "muted" }, "Connecting…");
@@ -54,6 +55,8 @@ export class LiveStream {
                                            "predictions not shown (more than the page draws).");
     } else if (msg.type === "event" && msg.kind.startsWith("label_query")) {
       this.onQuery();
+    } else if (msg.type === "event" && msg.kind === "activity") {
+      this.onActivity(msg);  // not a training event
     } else if (msg.type === "event") {
       replace(this.training, `Training: ${msg.kind.replaceAll("_", " ")}` +
                              (msg.version ? ` v${msg.version}` : "") +
