@@ -12,7 +12,7 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from actors.mqtt.topics import BridgeState, Topics, publish_json
+from actors.mqtt.topics import BridgeState, Topics, publish_json, stop_if_cancelled
 from mliot_daemon import __version__
 from mliot_daemon.messages import GetServerStatus, ServerMsg
 from mliot_daemon.metrics import Metrics
@@ -47,6 +47,7 @@ class Announcer:
         state.dirty_queries |= set(state.queries)
         next_poll = 0.0
         while True:
+            stop_if_cancelled()
             state.wake.clear()
             if time.monotonic() >= next_poll or state.rediscover or state.on_broker - set(
                     published):

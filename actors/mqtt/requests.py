@@ -10,7 +10,7 @@ from typing import Any
 
 import aiomqtt
 
-from actors.mqtt.topics import Topics, publish_json
+from actors.mqtt.topics import Topics, publish_json, stop_if_cancelled
 from mliot_daemon.errors import DomainError, Invalid, NotFound, Unavailable
 from mliot_daemon.messages import Predict, ServerMsg
 from mliot_daemon.metrics import Metrics
@@ -47,6 +47,7 @@ class Answerer:
     async def run(self, client: aiomqtt.Client, s: MqttSettings, t: Topics) -> None:
         """Answer queued requests, those of one app together in one Predict (micro-batch)."""
         while True:
+            stop_if_cancelled()
             requests = self.requests
             jobs = [await requests.get()]
             while len(jobs) < PREDICT_BATCH and not requests.empty():

@@ -33,7 +33,15 @@ import structlog
 from actors.mqtt.discovery import Announcer
 from actors.mqtt.readings import ReadingsInbox
 from actors.mqtt.requests import PREDICT_BATCH, Answerer, PredictJob
-from actors.mqtt.topics import BridgeState, Rejected, Topics, decode, publish_json, ref_of
+from actors.mqtt.topics import (
+    BridgeState,
+    Rejected,
+    Topics,
+    decode,
+    publish_json,
+    ref_of,
+    stop_if_cancelled,
+)
 from mliot_daemon.errors import DomainError, Unavailable, UnknownApp
 from mliot_daemon.messages import (
     Correct,
@@ -78,6 +86,7 @@ class Connection:
         state = self._state
         failures = 0
         while True:
+            stop_if_cancelled()
             settings = state.settings
             sessions = state.sessions
             state.restart.clear()
@@ -214,6 +223,7 @@ class Connection:
         state = self._state
         inbox = ReadingsInbox(self._readings, lambda m: _ack(client, m), self._metrics)
         async for message in client.messages:
+            stop_if_cancelled()
             topic = message.topic.value
             sources = state.sources.get(topic)
             if sources:  # a stream app's channel: acknowledged once its group committed

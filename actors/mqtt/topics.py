@@ -160,6 +160,16 @@ class Rejected(Exception):
         return {"ref": self.ref, "kind": self.kind, "error": self.error, "details": self.details}
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop. Python 3.11's asyncio.wait_for
+    (under every aiomqtt publish and subscribe) returns a result that arrives together with a
+    cancellation and drops the cancellation (gh-86296), so a session's loops look for
+    themselves: without this, a SIGTERM during a publish left the bridge running."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def decode(message: aiomqtt.Message, s: MqttSettings) -> Any:
     """A message's JSON; ``Rejected`` when it is too large or not JSON."""
     payload = message.payload

@@ -18,6 +18,7 @@ from bench.report import (
     placement,
     scale,
     serving,
+    streams,
     table4,
     two_stage,
 )
@@ -31,7 +32,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("two_stage", two_stage.section), ("automl", automl.section),
     ("serving", serving.section), ("memory", memory.section),
     ("adaptation", adaptation.section), ("drift", drift.section),
-    ("active", active.section),
+    ("active", active.section), ("streams", streams.section),
     ("scale", scale.section),
     ("placement", placement.section), ("ingest", ingest_mqtt.ingest),
     ("mqtt", ingest_mqtt.mqtt),
