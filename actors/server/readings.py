@@ -154,6 +154,23 @@ class Live:
         if self.closed is None:  # the first reading: windows before it have nothing to cut
             self.closed = math.floor(float(r.t.min()) / self.spec.hop_s) * self.spec.hop_s
 
+    def late(self, r: Readings) -> int:
+        """How many readings fall behind windows already closed; the windows they fall in
+        that closed less than ``max_lateness_s`` ago are marked to be predicted again."""
+        if self.closed is None:
+            return 0
+        late = r.t[r.t <= self.closed]
+        if len(late) and self.closed_at:
+            s, now = self.spec, time.monotonic()
+            # only windows closed less than max_lateness_s ago are still in ``closed_at``
+            recent = late[late > min(self.closed_at) - s.window_s]
+            for t in np.unique(np.floor(recent / s.hop_s)):
+                for end in window_ends(t * s.hop_s, t * s.hop_s + s.window_s, s.hop_s):
+                    at = self.closed_at.get(float(end))
+                    if at is not None and now - at <= s.max_lateness_s:
+                        self.dirty.add(float(end))
+        return len(late)
+
     def trim(self) -> None:
         """Keep what a window still to close (or predict again) needs, and one reading before
         it (a held value, or how long the channel was quiet)."""
@@ -252,7 +269,7 @@ class StreamDesk:
         live = self.live.get(app)
         if not stored or live is None:  # a retried batch, or the app changed meanwhile
             return len(r.t) if stored else 0
-        late = self._late(live, r)
+        late = live.late(r)
         metrics = self._core.metrics.readings
         metrics.labels(app, "in_order").inc(len(r.t) - late)
         if late:
@@ -260,23 +277,6 @@ class StreamDesk:
         live.add(r)
         await self.step(app)
         return len(r.t)
-
-    def _late(self, live: Live, r: Readings) -> int:
-        """Readings behind closed windows; the windows they fall in that closed less than
-        ``max_lateness_s`` ago are predicted again."""
-        if live.closed is None:
-            return 0
-        late = r.t[r.t <= live.closed]
-        if len(late) and live.closed_at:
-            # only windows closed less than max_lateness_s ago are still in ``closed_at``
-            recent = late[late > min(live.closed_at) - live.spec.window_s]
-            s, now = live.spec, time.monotonic()
-            for t in np.unique(np.floor(recent / s.hop_s)):
-                for end in window_ends(t * s.hop_s, t * s.hop_s + s.window_s, s.hop_s):
-                    at = live.closed_at.get(float(end))
-                    if at is not None and now - at <= s.max_lateness_s:
-                        live.dirty.add(float(end))
-        return len(late)
 
     def _live(self, app: str) -> Live:
         live = self.live.get(self._core.app(app).name)

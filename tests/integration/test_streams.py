@@ -237,3 +237,30 @@ def test_bad_readings_are_refused_counted_and_a_stale_channel_marks_its_windows(
     assert [c["stale"] for c in status["channels"]] == [False, True]
     pub.close()
     assert d.proc.poll() is None
+
+
+def test_channels_change_live_through_the_api_and_the_file(daemon_factory: Any) -> None:
+    d = daemon_factory(extra=KITCHEN)
+    d.start()
+    spec: dict[str, Any] = {"data_type": "sensor", "window_s": 2.0, "hop_s": 0.5,
+                            "channels": [{"name": "a"}]}
+    assert d.request("PUT", "/v1/apps/plug", spec)[0] == 201
+    reading = {"readings": [{"t": time.time(), "channel": "b", "value": 1.0}]}
+    assert d.request("POST", "/v1/apps/plug/readings", reading)[0] == 422
+    spec["channels"].append({"name": "b", "resample": "mean"})
+    assert d.request("PUT", "/v1/apps/plug", spec)[0] == 200
+    assert d.request("POST", "/v1/apps/plug/readings", reading) == (200, {"accepted": 1})
+    app = d.request("GET", "/v1/apps/plug")[1]
+    assert [c["name"] for c in app["channels"]] == ["a", "b"] and app["shape"] == [2, 20]
+    # The file: a third channel applies on reload (saving is enough: the file is polled).
+    d.write_config(KITCHEN + '[[apps.channels]]\nname = "door"\n')
+    d.request("POST", "/v1/reload")
+    app = wait_for(lambda: (a := d.request("GET", "/v1/apps/kitchen")[1])["shape"] == [3, 20]
+                   and a, 10)
+    assert [c["name"] for c in app["channels"]] == ["power", "vibration", "door"]
+    # A bad one is rejected with every error, and the channels stay.
+    d.write_config(KITCHEN + '[[apps.channels]]\nname = "power"\nresample = "max"\n')
+    status, body = d.request("POST", "/v1/reload")
+    assert status == 422 and any("duplicate name 'power'" in e for e in body["details"])
+    assert any("resample: must be one of hold, mean" in e for e in body["details"])
+    assert d.request("GET", "/v1/apps/kitchen")[1]["shape"] == [3, 20]

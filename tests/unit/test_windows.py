@@ -4,12 +4,15 @@ blocks: pure functions, against plain-Python references."""
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from actors.server.readings import Debounce, check_readings
+from actors.server.readings import Debounce, Live, Readings, check_readings
 from mliot_daemon.config import ConfigError, parse_app
+from mliot_daemon.store import Store
 from mliot_daemon.store.readings import decode_block, encode_block, split_block
 from mliot_daemon.windows import Series, cut, ends_within, numeric, window_ends
 
@@ -110,3 +113,43 @@ def test_a_stream_app_is_a_sensor_app_with_a_whole_grid() -> None:
     assert "only sensor apps" in text and "duplicate name 'a'" in text
     assert "whole number of grid points" in text and "resample: must be one of" in text
     assert SPEC.shape == (2, 8)
+
+
+def test_a_late_reading_is_predicted_again_only_within_max_lateness() -> None:
+    spec = parse_app({"name": "k", "data_type": "sensor", "window_s": 2.0, "hop_s": 0.5,
+                      "sample_hz": 4.0, "max_lateness_s": 5.0, "channels": [{"name": "p"}]})
+    live = Live.new(spec)
+    live.add(Readings(np.array([100.0]), np.array([0]), np.array([1.0])))
+    assert live.closed == 100.0
+    now = time.monotonic()
+    live.closed = 110.0
+    live.closed_at = {108.0: now - 1.0, 108.5: now - 1.0, 109.0: now - 9.0, 110.0: now}
+    late = Readings(np.array([107.2, 111.0]), np.array([0, 0]), np.array([2.0, 3.0]))
+    assert live.late(late) == 1  # 111.0 is ahead of every closed window
+    # 107.2 falls in the windows ending 107.5 to 109.0: those that closed within 5 s
+    assert live.dirty == {108.0, 108.5}
+
+
+async def test_readings_blocks_are_merged_and_pruned(tmp_path: Path) -> None:
+    store = Store(tmp_path / "mliot.db")
+    await store.open()
+    try:
+        t0 = time.time() - 3 * 3600
+        rng = np.random.default_rng(2)
+        for second in range(600):  # a block per second, as MQTT and small batches leave them
+            t = t0 + second + np.arange(10) / 10
+            await store.add_readings("a", [("p", t, rng.normal(size=10))], None)
+        # the newest reading, an hour on: the first ten minutes are COMPACT_AFTER_S behind it
+        await store.add_readings("a", [("p", np.array([t0 + 3600.5]), np.zeros(1))], None)
+        before = await store.read_series("a", ["p"], t0, t0 + 600)
+        assert await store.compact_readings() == 600
+        after = await store.read_series("a", ["p"], t0, t0 + 600)
+        assert np.array_equal(before[0].t, after[0].t) and np.array_equal(before[0].v,
+                                                                          after[0].v)
+        n, size = await store.readings_bytes("a")
+        assert n == 6001 and size < 6000 * 6
+        assert await store.prune_readings(2 * 3600) == 1  # older than the retention: gone
+        assert (await store.read_series("a", ["p"], t0, time.time()))[0].t.tolist() == \
+            [pytest.approx(t0 + 3600.5, abs=1e-3)]
+    finally:
+        await store.close()
