@@ -30,6 +30,7 @@ from mliot_daemon.learn.plan import measure_speed
 from mliot_daemon.messages import GetLoad, MachineLoad, MonitorMsg, Refs
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.runtime import Actor
+from mliot_daemon.systemd import Notifier
 
 log = structlog.get_logger("mliot.monitor")
 
@@ -43,9 +44,11 @@ class Monitor(Actor[MonitorMsg]):
 
     name = "monitor"
 
-    def __init__(self, metrics: Metrics, refs: Refs, sample_every_s: float = 1.0) -> None:
+    def __init__(self, metrics: Metrics, refs: Refs, notifier: Notifier | None = None,
+                 sample_every_s: float = 1.0) -> None:
         super().__init__(refs.monitor)
         self._metrics = metrics
+        self._notifier = notifier or Notifier({})
         self._every = sample_every_s
         self._watched = refs.all()  # their mailbox depths are exported
         self._lags: deque[float] = deque(maxlen=LAG_WINDOW)
@@ -61,6 +64,7 @@ class Monitor(Actor[MonitorMsg]):
         self._children: dict[int, psutil.Process] = {}
         self._cores = usable_cores()
         self._busy = 0.0
+        self._dropped: dict[str, int] = {}  # per mailbox: drops counted so far
         psutil.cpu_percent(None)
         self._sample()
 
@@ -83,6 +87,7 @@ class Monitor(Actor[MonitorMsg]):
             lag = max(0.0, time.perf_counter() - start - TICK_S)
             self._lags.append(lag)
             self._metrics.loop_lag.observe(lag)
+            self._notifier.alive()  # the loop turns: systemd's watchdog is fed
 
     async def _sampler(self) -> None:
         while True:
@@ -115,13 +120,14 @@ class Monitor(Actor[MonitorMsg]):
             cores=self._cores, memory_mib=vm.total / 2**20,
             loop_lag_p50_ms=float(p50), loop_lag_p99_ms=float(p99), mailboxes=boxes,
             speed=self._cpu_speed * min(1.0, self._cores))
-        m.process_cpu.set(cpu)
-        m.process_rss.set(rss)
-        m.machine_cpu.set(load.cpu_percent)
-        m.machine_memory.set(vm.percent)
+        m.machine_cpu.set(load.cpu_percent / 100.0)
+        m.machine_memory.set(vm.percent / 100.0)
         for ref in self._watched:
             m.mailbox_depth.labels(ref.name).set(ref.qsize())
-            m.mailbox_dropped.labels(ref.name).set(ref.dropped)
+            dropped = ref.dropped - self._dropped.get(ref.name, 0)  # a counter: add what is new
+            if dropped > 0:
+                m.mailbox_dropped.labels(ref.name).inc(dropped)
+            self._dropped[ref.name] = ref.dropped
         self._load = load
         return load
 

@@ -25,11 +25,12 @@ from actors.server import Server
 from actors.trainer import Trainer
 from mliot_daemon.config import ConfigError, ConfigStore, load_file, parse_settings
 from mliot_daemon.logs import configure_logging
-from mliot_daemon.messages import ApplyConfig, Refs
+from mliot_daemon.messages import ApplyConfig, GetServerStatus, Refs
 from mliot_daemon.metrics import Metrics
 from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import (
     Actor,
+    ActorStopped,
     RestartBudget,
     RestartBudgetSpent,
     stop_in_order,
@@ -39,6 +40,7 @@ from mliot_daemon.runtime import (
 from mliot_daemon.settings import Settings
 from mliot_daemon.signals import Signals
 from mliot_daemon.store import Store, StoreError
+from mliot_daemon.systemd import Notifier
 
 log = structlog.get_logger("mliot.daemon")
 
@@ -46,6 +48,7 @@ EX_CONFIG = 78  # sysexits: configuration error (systemd will not restart in a l
 STOP_TIMEOUT_S = 10.0
 POLL_CONFIG_S = 1.0
 PRUNE_EVERY_S = 3600.0
+STATUS_EVERY_S = 5.0
 
 
 class Daemon:
@@ -64,11 +67,12 @@ class Daemon:
         # bridge asks the server, which only offers it Predicted telemetry; the scheduler asks
         # the monitor, peers and server; the peers actor only offers the scheduler Replan.
         refs = Refs.create()
-        self.monitor = Monitor(self.metrics, refs)
+        self.notifier = Notifier()  # systemd's, when it runs us as Type=notify
+        self.monitor = Monitor(self.metrics, refs, self.notifier)
         self.server = Server(config, self.store, self.metrics, self.registry, refs,
                              self.started_at, self.ready)
         self.trainer = Trainer(settings, self.store, self.registry, refs,
-                               settings.daemon.machine_name)
+                               settings.daemon.machine_name, self.metrics)
         self.bridge = MqttBridge(settings, refs, self.metrics)
         self.peers = Peers(settings, refs)
         self.scheduler = Scheduler(settings, refs)
@@ -102,6 +106,7 @@ class Daemon:
                         tg.create_task(self._reload_on_request(), name="config.reload"),
                         tg.create_task(self._watch_config_file(), name="config.poll"),
                         tg.create_task(self._prune(), name="store.prune"),
+                        tg.create_task(self._tell_systemd(), name="systemd.status"),
                     ]
                     # Everything loaded at start (sklearn, xgboost, models) lives for good: keep
                     # it out of the collector's full passes, which otherwise stall the loop for
@@ -111,8 +116,10 @@ class Daemon:
                     self.ready.set()
                     log.info("daemon_ready", port=self.server.port,
                              machine=self.config.current.daemon.machine_name)
+                    self.notifier.ready(f"ready on port {self.server.port}")
                     await self.signals.stop.wait()
                     log.info("daemon_stopping")
+                    self.notifier.stopping()
                     self.ready.clear()
                     for chore in chores:
                         chore.cancel()
@@ -143,6 +150,22 @@ class Daemon:
             if _stamp(path) == now:  # editors write in steps: wait for the file to settle
                 seen = now
                 await self.config.reload("file")
+
+    async def _tell_systemd(self) -> None:
+        """``systemctl status`` shows the apps and what trains, refreshed on change."""
+        shown = ""
+        while self.notifier.enabled:
+            await asyncio.sleep(STATUS_EVERY_S)
+            with contextlib.suppress(TimeoutError, ActorStopped):
+                apps = await self.server.ref.ask(lambda f: GetServerStatus(reply=f), 5.0)
+                ready = sum(1 for a in apps.values() if a.get("ready"))
+                training = sorted(n for n, a in apps.items()
+                                  if a.get("training_state") == "training")
+                text = f"{len(apps)} apps, {ready} ready" + (
+                    f"; training {', '.join(training)}" if training else "")
+                if text != shown:
+                    self.notifier.status(text)
+                    shown = text
 
     async def _prune(self) -> None:
         """Retention, hourly: predictions and readings past their days; and readings' small

@@ -70,7 +70,7 @@ class DaemonSettings:
     """The `[daemon]` section."""
 
     name: str = ""  # empty: host name + port
-    listen: str = field(default="127.0.0.1:8080", metadata=_check(_listen, restart=True))
+    listen: str = field(default="127.0.0.1:8794", metadata=_check(_listen, restart=True))
     data_dir: str = field(default="~/.local/share/mliot", metadata={"restart": True})
     token: str = ""  # what devices and people present for writes
     token_file: str = ""

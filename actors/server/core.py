@@ -193,6 +193,7 @@ class ServingCore(Corrections):
             self.latest.pop(name, None)
             self._announce_query(name, None)
             self.router.forget(name)
+            self.metrics.forget(name)
             await self._apps_changed()
         self.broadcast(name, None)
         log.info("app_deleted", app=name)
@@ -334,7 +335,12 @@ class ServingCore(Corrections):
                 item["probabilities"] = a.probabilities
             out.append(item)
         self.store.record_predictions(records)
-        self.metrics.predicted(app, len(out))
+        if len(answers) == 1:  # the usual case: no counting
+            self.metrics.predicted(app, answers[0].stage, channel, 1)
+        else:
+            for stage in {a.stage for a in answers}:
+                self.metrics.predicted(app, stage, channel,
+                                       sum(1 for a in answers if a.stage == stage))
         if out:  # what "correct" and "confirm" without a prediction id mean
             self.latest[app] = (out[-1]["id"], out[-1]["label"])
         # Home Assistant shows the last label, from any channel; no broker, no message

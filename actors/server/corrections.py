@@ -46,6 +46,11 @@ class Corrections:
             self.queries.answered(entry.name, feedback.prediction_id)
             self.recent_feedback.setdefault(entry.name, deque(maxlen=RECENT_FEEDBACK)).append(
                 result.label == result.predicted)
+            outcome = "confirmed" if result.label == result.predicted else "corrected"
+            self.metrics.feedback.labels(entry.name, outcome).inc()
+            accuracy = self.feedback_accuracy(entry.name)
+            if accuracy is not None:
+                self.metrics.feedback_accuracy.labels(entry.name).set(accuracy)
             await self.refs.trainer.send(FeedbackAdded(
                 app=entry.name, wrong=result.label != result.predicted,
                 sample_id=result.sample_id, label=result.label, predicted=result.predicted))

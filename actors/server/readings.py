@@ -275,6 +275,7 @@ class StreamDesk:
         if late:
             metrics.labels(app, "late").inc(late)
         live.add(r)
+        log.debug("readings_committed", app=app, source=source, n=len(r.t), late=late)
         await self.step(app)
         return len(r.t)
 

@@ -78,6 +78,9 @@ class Router:
             else:
                 current.swap(served)
             log.info("model_loaded", app=app, version=served.version)
+            self._metrics.model_version.labels(app).set(served.version)
+            self._metrics.model_accuracy.labels(app).set(
+                float(served.model.selection.val_accuracy))
             # The speed its latencies were measured at (the pool measured them moments ago):
             # the scheduler scales them by it to other machines, and keeps it after a quota.
             with contextlib.suppress(TimeoutError, ActorStopped):

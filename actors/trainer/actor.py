@@ -38,6 +38,7 @@ from mliot_daemon.messages import (
     SamplesAdded,
     TrainerMsg,
 )
+from mliot_daemon.metrics import Metrics
 from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import Actor
 from mliot_daemon.settings import AppSpec, Settings, TrainingSettings
@@ -56,9 +57,10 @@ class Trainer(Actor[TrainerMsg]):
     config_keys = frozenset({"training"})
 
     def __init__(self, settings: Settings, store: Store, registry: Registry, refs: Refs,
-                 machine: str) -> None:
+                 machine: str, metrics: Metrics) -> None:
         super().__init__(refs.trainer)
         self._settings = settings
+        self._metrics = metrics
         self._store = store
         self._registry = registry
         self._apps: dict[str, AppState] = {}
@@ -196,7 +198,10 @@ class Trainer(Actor[TrainerMsg]):
         if msg.wrong:
             state.corrections.append(msg)
         state.feedback = [*state.feedback[-(FEEDBACK_KEPT - 1):], msg]
+        drift_at = state.drift_at
         observe_feedback(state, msg)
+        if state.drift_at != drift_at:
+            self._metrics.drift_detections.labels(msg.app).inc()
         await self._maybe_train(msg.app)
 
     # -- deciding to train --------------------------------------------------------------------
@@ -260,8 +265,11 @@ class Trainer(Actor[TrainerMsg]):
             state.fitting_on = None
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, run_dir, True))
         state.last_error = error
+        seconds = time.perf_counter() - started
+        self._metrics.training_runs.labels(app, reason, "failed" if error else "ok").inc()
+        self._metrics.training_seconds.labels(app).observe(seconds)
         log.info("training_run_finished", app=app, reason=reason, n_samples=n,
-                 seconds=round(time.perf_counter() - started, 2), error=error)
+                 seconds=round(seconds, 2), error=error)
         await self.ref.send(RunFinished(app=app, n_samples=n, error=error,
                                         generation=generation))
 

@@ -26,8 +26,8 @@ def quickstart_command() -> str:
 
 def test_readme_quickstart_brings_the_daemon_up(tmp_path: Path) -> None:
     with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", 8080)) == 0:
-            pytest.fail("port 8080 is taken; the quick start needs it")
+        if s.connect_ex(("127.0.0.1", 8794)) == 0:
+            pytest.fail("port 8794 is taken; the quick start needs it")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
@@ -41,19 +41,19 @@ def test_readme_quickstart_brings_the_daemon_up(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "quickstart.log").read_text()
             try:
-                if http("GET", "http://127.0.0.1:8080/readyz", timeout=2)[0] == 200:
+                if http("GET", "http://127.0.0.1:8794/readyz", timeout=2)[0] == 200:
                     break
             except OSError:
                 time.sleep(1)
         else:
             pytest.fail("the daemon did not come up")
-        status, body = http("GET", "http://127.0.0.1:8080/v1/status")
+        status, body = http("GET", "http://127.0.0.1:8794/v1/status")
         assert status == 200 and body["machines"][0]["local"] is True
         # `pip install .` is not editable: the dashboard's files are the wheel's package data
-        served = urllib.request.urlopen("http://127.0.0.1:8080/", timeout=10).read()
+        served = urllib.request.urlopen("http://127.0.0.1:8794/", timeout=10).read()
         assert served == (clone / "actors/server/static/index.html").read_bytes()
         for source in sorted((clone / "actors/server/static").iterdir()):
-            with urllib.request.urlopen(f"http://127.0.0.1:8080/ui/{source.name}",
+            with urllib.request.urlopen(f"http://127.0.0.1:8794/ui/{source.name}",
                                         timeout=10) as resp:
                 assert resp.read() == source.read_bytes(), source.name
         assert (tmp_path / "home/.local/share/mliot/mliot.db").exists()
