@@ -86,7 +86,6 @@ class Connection:
         state = self._state
         failures = 0
         while True:
-            stop_if_cancelled()
             settings = state.settings
             sessions = state.sessions
             state.restart.clear()

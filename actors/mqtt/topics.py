@@ -164,7 +164,9 @@ def stop_if_cancelled() -> None:
     """Raise CancelledError when this task was asked to stop. Python 3.11's asyncio.wait_for
     (under every aiomqtt publish and subscribe) returns a result that arrives together with a
     cancellation and drops the cancellation (gh-86296), so a session's loops look for
-    themselves: without this, a SIGTERM during a publish left the bridge running."""
+    themselves: without this, a SIGTERM during a publish left the bridge running. Only the
+    session's own tasks call it: ``Connection.run``'s task carries a cancel request left over
+    from a lost session (it would then never reconnect)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
