@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ async def watch(url: str, token: str, app: str, out: Any = None,
 
 
 @contextlib.contextmanager
-def _terminate_on_sigterm() -> Iterator[None]:
+def terminate_on_sigterm() -> Iterator[None]:
     """Treat SIGTERM like Ctrl-C, so `kill` and a terminal stop the demo the same way."""
     def raise_interrupt(*_: Any) -> None:
         raise KeyboardInterrupt
@@ -172,36 +172,52 @@ def demo(client: Client, config: Path | None, sensors: bool = False,
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    daemon: subprocess.Popen[bytes] | None = None
-    with _terminate_on_sigterm():
+    def teach_digits() -> int:
+        X, y = load_digits(return_X_y=True)
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=0.3, stratify=y, random_state=0)
+        if "digits" not in client.request("GET", "/v1/apps"):
+            client.request("PUT", "/v1/apps/digits", {"data_type": "vector", "shape": [64]})
+        print("demo app 'digits': 8x8 handwritten digits as 64 numbers", flush=True)
+        print(f"see it learn, and teach it, at {client.url}/#/app/digits", flush=True)
+        return asyncio.run(_demo_loop(client, X_train, y_train, X_test, y_test))
+
+    return run_demo(client, config, teach_digits)
+
+
+def run_demo(client: Client, config: Path | None, body: Callable[[], int]) -> int:
+    """Run a demo's ``body`` beside its daemon until it ends, Ctrl-C or SIGTERM (exit 0)."""
+    with terminate_on_sigterm():
         try:
-            if not _answers(client):
-                cmd = [sys.executable, "-m", "mliot_daemon", "run"]
-                if config is not None:
-                    cmd += ["--config", str(config)]
-                print(f"starting the daemon at {client.url} ...", flush=True)
-                # its own session: Ctrl-C reaches the demo only, which then stops the daemon
-                # with one SIGTERM (a second signal would force the daemon's exit)
-                daemon = subprocess.Popen(cmd, start_new_session=True)
-                _wait_ready(client, daemon)
-            X, y = load_digits(return_X_y=True)
-            X_train, X_test, y_train, y_test = train_test_split(
-                X, y, test_size=0.3, stratify=y, random_state=0)
-            if "digits" not in client.request("GET", "/v1/apps"):
-                client.request("PUT", "/v1/apps/digits", {"data_type": "vector", "shape": [64]})
-            print("demo app 'digits': 8x8 handwritten digits as 64 numbers", flush=True)
-            print(f"see it learn, and teach it, at {client.url}/#/app/digits", flush=True)
-            return asyncio.run(_demo_loop(client, X_train, y_train, X_test, y_test))
+            with demo_daemon(client, config):
+                return body()
         except KeyboardInterrupt:
             print("\nstopping the demo", flush=True)
             return 0
         except ApiError as exc:
             print(f"mliot demo: {exc}", file=sys.stderr)
             return 1
-        finally:
-            if daemon is not None and daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                daemon.wait(30)
+
+
+@contextlib.contextmanager
+def demo_daemon(client: Client, config: Path | None) -> Iterator[None]:
+    """A demo's daemon: the one answering at the client's address, else one started here and
+    stopped when the demo ends. It runs in its own session: Ctrl-C reaches the demo only, which
+    then stops the daemon with one SIGTERM (a second signal would force the daemon's exit)."""
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        if not _answers(client):
+            cmd = [sys.executable, "-m", "mliot_daemon", "run"]
+            if config is not None:
+                cmd += ["--config", str(config)]
+            print(f"starting the daemon at {client.url} ...", flush=True)
+            daemon = subprocess.Popen(cmd, start_new_session=True)
+            _wait_ready(client, daemon)
+        yield
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
 
 
 def _answers(client: Client) -> bool:

@@ -22,9 +22,6 @@ import json
 import math
 import os
 import shlex
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +31,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from mliot_daemon.client import ApiError, Client
-from mliot_daemon.commands import _answers, _terminate_on_sigterm, _wait_ready
+from mliot_daemon.commands import run_demo
 from mliot_daemon.settings import MqttSettings, Settings
 
 APP = "home"
@@ -167,32 +164,13 @@ def demo(client: Client, config: Path | None, minutes: float | None) -> int:
     from mliot_daemon.config import load_file, parse_settings
 
     settings = load_file(config) if config is not None else parse_settings({})
-    daemon: subprocess.Popen[bytes] | None = None
-    with _terminate_on_sigterm():
-        try:
-            if not _answers(client):
-                cmd = [sys.executable, "-m", "mliot_daemon", "run"]
-                if config is not None:
-                    cmd += ["--config", str(config)]
-                print(f"starting the daemon at {client.url} ...", flush=True)
-                # its own session: Ctrl-C reaches the demo only, which then stops the daemon
-                # with one SIGTERM (a second signal would force the daemon's exit)
-                daemon = subprocess.Popen(cmd, start_new_session=True)
-                _wait_ready(client, daemon)
-            home = _teach(client, settings)
-            if settings.mqtt is not None:
-                _print_by_hand(settings.mqtt)
-            return asyncio.run(_live(client, home, settings.mqtt, minutes))
-        except KeyboardInterrupt:
-            print("\nstopping the demo", flush=True)
-            return 0
-        except ApiError as exc:
-            print(f"mliot demo: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            if daemon is not None and daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                daemon.wait(30)
+    def play() -> int:
+        home = _teach(client, settings)
+        if settings.mqtt is not None:
+            _print_by_hand(settings.mqtt)
+        return asyncio.run(_live(client, home, settings.mqtt, minutes))
+
+    return run_demo(client, config, play)
 
 
 def _teach(client: Client, settings: Settings) -> Home:
