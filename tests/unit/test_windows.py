@@ -139,8 +139,9 @@ async def test_readings_blocks_are_merged_and_pruned(tmp_path: Path) -> None:
         for second in range(600):  # a block per second, as MQTT and small batches leave them
             t = t0 + second + np.arange(10) / 10
             await store.add_readings("a", [("p", t, rng.normal(size=10))], None)
-        # the newest reading, an hour on: the first ten minutes are COMPACT_AFTER_S behind it
-        await store.add_readings("a", [("p", np.array([t0 + 3600.5]), np.zeros(1))], None)
+        # the newest reading, 70 minutes on: the first ten minutes are COMPACT_AFTER_S behind
+        # it, and it stays inside a 2 h retention however long this test takes (< 10 min)
+        await store.add_readings("a", [("p", np.array([t0 + 4200.5]), np.zeros(1))], None)
         before = await store.read_series("a", ["p"], t0, t0 + 600)
         assert await store.compact_readings() == 600
         after = await store.read_series("a", ["p"], t0, t0 + 600)
@@ -150,6 +151,6 @@ async def test_readings_blocks_are_merged_and_pruned(tmp_path: Path) -> None:
         assert n == 6001 and size < 6000 * 6
         assert await store.prune_readings(2 * 3600) == 1  # older than the retention: gone
         assert (await store.read_series("a", ["p"], t0, time.time()))[0].t.tolist() == \
-            [pytest.approx(t0 + 3600.5, abs=1e-3)]
+            [pytest.approx(t0 + 4200.5, abs=1e-3)]
     finally:
         await store.close()
