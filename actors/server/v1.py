@@ -10,6 +10,7 @@ from aiohttp import web
 
 from actors.server import views
 from actors.server.core import PARSE_IN_THREAD_BYTES, ServingCore
+from actors.server.export import export_samples
 from actors.server.http import json_response, live, read_body, read_json, ready
 from actors.server.payloads import feedback_in, parse_json, samples_in
 from actors.server.preview import preview
@@ -40,6 +41,7 @@ class V1Api:
             web.post("/v1/apps/{app}/predict", self.predict),
             web.post("/v1/apps/{app}/feedback", self.feedback),
             web.post("/v1/apps/{app}/import", self.import_file),
+            web.get("/v1/apps/{app}/export", self.export),
             web.get("/v1/apps/{app}/history", self.history),
             web.get("/v1/apps/{app}/quality", self.quality),
             web.get("/v1/apps/{app}/models", self.models),
@@ -116,6 +118,10 @@ class V1Api:
             f"import-{hashlib.sha256(body).hexdigest()[:32]}"
         return json_response(await core.import_table(app, body, request.content_type,
                                                      batch_id))
+
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        """The app's samples and corrections as npz or CSV, streamed (``export``)."""
+        return await export_samples(self._core, request)
 
     async def history(self, request: web.Request) -> web.Response:
         return json_response(await views.history(self._core, request.match_info["app"]))

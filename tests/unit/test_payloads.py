@@ -67,3 +67,28 @@ def test_malformed_json_is_400_and_wrong_structure_422() -> None:
                                                   "batch_id": 7}):
         with pytest.raises(Invalid):
             parse_samples(samples_in(payload), VECTOR, None)
+
+
+def test_an_npz_of_padded_clips_is_cut_to_its_lengths() -> None:
+    """As `mliot export` writes audio: clips padded to the longest, with their lengths."""
+    import io
+
+    import numpy as np
+
+    from actors.server.tables import parse_table, read_table
+
+    X = np.zeros((2, 6000), dtype=np.float32)
+    X[0, :4000], X[1] = 0.5, 0.25
+    body = io.BytesIO()
+    np.savez(body, X=X, y=np.array(["a", "b"]), lengths=np.array([4000, 6000]))
+    rows, labels = read_table(body.getvalue(), "application/x-npz")
+    batch = parse_table(rows, labels, parse_app({"name": "a", "data_type": "audio",
+                                                 "sample_rate": 8000}), None, "b1")
+    assert [x.shape for x in batch.features] == [(4000,), (6000,)] and batch.shape is None
+    assert batch.features[0].max() == 0.5 and batch.labels == ["a", "b"]
+    with pytest.raises(Invalid, match="only an audio app"):
+        parse_table(rows, labels, parse_app({"name": "v", "data_type": "vector"}), None, None)
+    body = io.BytesIO()
+    np.savez(body, X=X, y=np.array(["a", "b"]), lengths=np.array([4000, 7000]))
+    with pytest.raises(Invalid, match="each from 1 to 6000"):
+        read_table(body.getvalue(), "application/x-npz")
