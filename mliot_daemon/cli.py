@@ -8,13 +8,17 @@ import before that line widens the window in which a SIGHUP would kill the proce
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 from pathlib import Path
 
 from mliot_daemon import __version__
+
+# the codes themselves are in cli_output (not imported here: see above); README lists them too
+EXIT_CODES = """exit codes: 0 done; 1 `doctor`: a check failed; 2 bad arguments (or a file the
+command cannot use); 3 no answer from the daemon; 4 the daemon refused the request (its
+message is printed), or `check-config`: the file is invalid"""
 
 _early_signals: list[int] = []  # `mliot run`: what arrived before the event loop ran
 
@@ -54,50 +58,24 @@ def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Client(url, token)
 
 
-def _status(args: argparse.Namespace) -> int:
-    from mliot_daemon.client import ApiError
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run a command's body (``args.body``: "module:function" in this package, imported
+    only now) and turn its failure into the documented exit code and one line on stderr."""
+    from importlib import import_module
 
+    from mliot_daemon import cli_output as out
+    from mliot_daemon.client import Refused, Unreachable
+
+    module, _, name = args.body.partition(":")
+    body = getattr(import_module(f"mliot_daemon.{module}"), name)
     try:
-        status = _client(args).request("GET", "/v1/status")
-    except ApiError as exc:
-        print(f"mliot status: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(status, indent=2))
-    return 0
-
-
-def _command(args: argparse.Namespace) -> int:
-    """import, predict, feedback, watch, demo: client commands of a running daemon."""
-    from mliot_daemon import commands
-    from mliot_daemon.client import ApiError
-
-    client = _client(args)
-    try:
-        match args.command:
-            case "import":
-                return commands.import_file(client, args.app, args.file)
-            case "predict":
-                return commands.predict_file(client, args.app, args.data)
-            case "feedback":
-                body = {"prediction_id": args.prediction_id, "label": args.label}
-                print(json.dumps(client.request("POST", f"/v1/apps/{args.app}/feedback", body)))
-                return 0
-            case "watch":
-                import asyncio
-
-                try:
-                    asyncio.run(commands.watch(client.url, client.token, args.app))
-                except KeyboardInterrupt:
-                    pass
-                return 0
-            case "demo":
-                if args.minutes is not None and not args.sensors:
-                    raise ValueError("--minutes goes with --sensors")
-                return commands.demo(client, args.config, args.sensors, args.minutes)
-    except (ApiError, ValueError, OSError) as exc:
-        print(f"mliot {args.command}: {exc}", file=sys.stderr)
-        return 1
-    raise AssertionError(args.command)
+        return int(body(_client(args), args) if args.remote else body(args))
+    except Unreachable as exc:
+        return out.fail(args.command, exc, out.EXIT_UNREACHABLE)
+    except Refused as exc:
+        return out.fail(args.command, exc, out.EXIT_REJECTED)
+    except (ValueError, OSError) as exc:  # an argument or a named file it cannot use
+        return out.fail(args.command, exc, out.EXIT_USAGE)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -106,8 +84,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return evaluate.main(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mliot", description=__doc__)
+def build_parser(running: str | None = None) -> argparse.ArgumentParser:
+    """The parser. ``evaluate``'s options come from the learning library, whose import takes
+    seconds: they are added only when ``running`` (the command about to run) is evaluate."""
+    parser = argparse.ArgumentParser(
+        prog="mliot", description="Run the mliot daemon, and talk to a running one.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mliot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -115,42 +97,65 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML file (default: built-in defaults)")
     run.set_defaults(func=_run)
 
-    clients = {
-        "status": sub.add_parser("status", help="show a running daemon's status"),
-        "demo": sub.add_parser("demo", help="run the daemon (unless one runs) and teach it "
-                                            "sklearn's digits; Ctrl-C stops"),
-        "import": sub.add_parser("import", help="send a file of labelled samples to an app"),
-        "predict": sub.add_parser("predict", help="predict every row of a file"),
-        "feedback": sub.add_parser("feedback", help="correct a prediction"),
-        "watch": sub.add_parser("watch", help="show an app's live predictions and training"),
-    }
-    for name, p in clients.items():
-        p.add_argument("--config", type=Path, help="find the daemon's address in this file")
-        p.add_argument("--url", help="the daemon's URL (default: from --config or defaults)")
-        p.add_argument("--token", help="bearer token (default: $MLIOT_TOKEN or the config's)")
-        p.set_defaults(func=_status if name == "status" else _command)
-    clients["import"].add_argument("app")
-    clients["import"].add_argument("file", type=Path, help=".npz (X, y) or .csv (label last)")
-    clients["predict"].add_argument("app")
-    clients["predict"].add_argument("--data", type=Path, required=True,
-                                    help=".npz (X) or .csv (features only)")
-    clients["feedback"].add_argument("app")
-    clients["feedback"].add_argument("prediction_id")
-    clients["feedback"].add_argument("label")
-    clients["watch"].add_argument("app")
-    clients["demo"].add_argument("--sensors", action="store_true",
-                                 help="a generated kitchen's sensors teach a stream app instead")
-    clients["demo"].add_argument("--minutes", type=float,
-                                 help="with --sensors: stop after playing this long")
+    def command(name: str, body: str, help: str, remote: bool = True,
+                json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=_dispatch, body=body, remote=remote)
+        if remote:
+            p.add_argument("--config", type=Path, help="find the daemon's address in this file")
+            p.add_argument("--url", help="the daemon's URL (default: from --config or defaults)")
+            p.add_argument("--token",
+                           help="bearer token (default: $MLIOT_TOKEN or the config's)")
+        if json_flag:
+            p.add_argument("--json", action="store_true",
+                           help="print the result as JSON instead of a table")
+        return p
 
-    try:
+    command("status", "cli_admin:status", "show a running daemon's status")
+    command("apps", "cli_admin:apps", "list the apps: data type, samples, served version")
+    p = command("models", "cli_admin:models", "list an app's kept model versions")
+    p.add_argument("app")
+    p = command("activate", "cli_admin:activate", "serve a kept version of an app's model")
+    p.add_argument("app")
+    p.add_argument("version")
+    command("reload", "cli_admin:reload", "make the daemon reload its config file")
+    p = command("check-config", "cli_admin:check_config",
+                "validate a config file as the daemon would (no daemon needed)", remote=False)
+    p.add_argument("file", type=Path)
+    p = command("doctor", "doctor:doctor", "check this machine can run the daemon: port, "
+                "data dir, broker, token, libraries, process pool", remote=False)
+    p.add_argument("--config", type=Path, help="TOML file (default: built-in defaults)")
+    p = command("import", "commands:import_file", "send a file of labelled samples to an app")
+    p.add_argument("app")
+    p.add_argument("file", type=Path, help=".npz (X, y[, lengths]) or .csv (label last)")
+    p = command("export", "commands:export_file",
+                "save an app's samples and corrections to a file")
+    p.add_argument("app")
+    p.add_argument("--format", choices=("npz", "csv"),
+                   help="default: the output file's suffix")
+    p.add_argument("out", type=Path, help="the file to write (.npz or .csv)")
+    p = command("predict", "commands:predict_file", "predict every row of a file")
+    p.add_argument("app")
+    p.add_argument("--data", type=Path, required=True, help=".npz (X) or .csv (features only)")
+    p = command("feedback", "commands:feedback", "correct (or confirm) a prediction")
+    p.add_argument("app")
+    p.add_argument("prediction_id")
+    p.add_argument("label")
+    p = command("watch", "commands:watch_app",
+                "show an app's live predictions (with their ids) and training")
+    p.add_argument("app")
+    p = command("demo", "commands:demo", "run the daemon (unless one runs) and teach it "
+                "sklearn's digits; Ctrl-C stops", json_flag=False)
+    p.add_argument("--sensors", action="store_true",
+                   help="a generated kitchen's sensors teach a stream app instead")
+    p.add_argument("--minutes", type=float, help="with --sensors: stop after playing this long")
+
+    ev = sub.add_parser("evaluate", help="train and evaluate offline, as the daemon would")
+    ev.set_defaults(func=_evaluate)
+    if running == "evaluate":
         from mliot_daemon.learn import evaluate
-    except ImportError:
-        evaluate = None  # type: ignore[assignment]
-    if evaluate is not None:
-        ev = sub.add_parser("evaluate", help="train and evaluate offline, as the daemon would")
+
         evaluate.add_arguments(ev)
-        ev.set_defaults(func=_evaluate)
     return parser
 
 
@@ -158,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:  # before the imports below: a SIGHUP now must not kill the daemon
         _record_early_signals()
-    args = build_parser().parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return int(args.func(args))
 
 

@@ -1,11 +1,14 @@
-"""The CLI's client commands: import, predict, feedback, watch and demo.
+"""The CLI's client commands that move data: import, export, predict, feedback, watch, demo.
 
 They talk to a running daemon through its public API only (`client.Client` for HTTP, aiohttp
-for the WebSocket stream), exactly as any other program would.
+for the WebSocket stream), exactly as any other program would. Each takes the client and the
+parsed arguments, prints a table (or JSON with ``--json``) and returns the exit code; a
+failure is raised (``cli._dispatch`` maps it to its exit code).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import csv
@@ -22,7 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from mliot_daemon.client import ApiError, Client
+from mliot_daemon.cli_output import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_UNREACHABLE,
+    UsageError,
+    emit,
+    fail,
+    table,
+)
+from mliot_daemon.client import ApiError, Client, Unreachable, app_path
 
 BATCH = 500
 
@@ -52,7 +64,8 @@ def load_rows(path: Path) -> np.ndarray:
 def file_parts(path: Path) -> Iterator[tuple[int, bytes, str]]:
     """A labelled file as (first row, body, content type) parts of BATCH rows, for the
     daemon's import endpoint, which parses and reshapes them: CSV lines as they are (a header
-    line stays with the first part, where the daemon skips it), npz rows re-packed."""
+    line stays with the first part, where the daemon skips it), npz rows re-packed (with
+    their ``lengths``, when padded clips have them)."""
     if path.suffix == ".csv":
         lines = [line for line in path.read_bytes().splitlines(keepends=True) if line.strip()]
         for start in range(0, len(lines), BATCH):
@@ -61,10 +74,10 @@ def file_parts(path: Path) -> Iterator[tuple[int, bytes, str]]:
         with np.load(path, allow_pickle=False) as data:
             if "X" not in data or "y" not in data:
                 raise ValueError(f"{path}: an .npz needs arrays X and y")
-            X, y = data["X"], data["y"]
-        for start in range(0, len(X), BATCH):
+            arrays = {k: data[k] for k in ("X", "y", "lengths") if k in data}
+        for start in range(0, len(arrays["X"]), BATCH):
             part = io.BytesIO()
-            np.savez(part, X=X[start:start + BATCH], y=y[start:start + BATCH])
+            np.savez(part, **{k: a[start:start + BATCH] for k, a in arrays.items()})
             yield start, part.getvalue(), "application/x-npz"
     else:
         raise ValueError(f"{path}: expected a .npz or .csv file")
@@ -90,43 +103,103 @@ class Progress:
         sys.stderr.flush()
 
 
-def import_file(client: Client, app: str, path: Path) -> int:
+def import_file(client: Client, args: argparse.Namespace) -> int:
     """Send a labelled file to the app's import endpoint in parts (so a file of any size fits
     the daemon's body limit); the daemon parses each and reshapes its flat rows to the app's
     shape, as for the dashboard's upload. Batch ids derive from the file's content, so
     importing the same file again (after an interruption, say) stores nothing twice."""
+    app, path = args.app, args.file
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     parts = list(file_parts(path))
     bar = Progress(len(parts), f"import {path.name}")
     rows = total = 0
     for i, (start, body, content_type) in enumerate(parts, 1):
-        result = client.request("POST", f"/v1/apps/{app}/import?batch_id={digest}-{start}",
+        result = client.request("POST", app_path(app, f"import?batch_id={digest}-{start}"),
                                 raw=body, content_type=content_type)
         rows += result["accepted"]
         total = result["n_samples"]
         bar.update(i)
-    print(json.dumps({"app": app, "rows": rows, "n_samples": total}))
-    return 0
+    return emit({"app": app, "rows": rows, "n_samples": total}, args.json, lambda r: table(
+        [("app", app), ("rows sent", rows), ("samples now", total)]))
 
 
-def predict_file(client: Client, app: str, path: Path) -> int:
-    """Predict every row of a file; one JSON line per prediction on stdout."""
-    X = load_rows(path)
+def export_file(client: Client, args: argparse.Namespace) -> int:
+    """Save an app's samples and corrections (``GET /v1/apps/{app}/export``, streamed) to
+    OUT, in the format ``--format`` or OUT's suffix names; `mliot import` reads it back."""
+    suffix = args.out.suffix.lstrip(".").lower()
+    fmt = args.format or suffix
+    if fmt not in ("npz", "csv"):
+        raise UsageError(f"{args.out}: name a .npz or .csv file, or give --format")
+    if suffix in ("npz", "csv") and suffix != fmt:
+        raise UsageError(f"{args.out}: a .{suffix} name for {fmt} content; `mliot import` "
+                         "goes by the suffix")
+    headers = client.download(app_path(args.app, f"export?format={fmt}"), args.out)
+    rows = int(headers.get("X-Mliot-Rows", 0))
+    corrections = int(headers.get("X-Mliot-Corrections", 0))
+    result = {"app": args.app, "format": fmt, "file": str(args.out), "rows": rows,
+              "samples": rows - corrections, "corrections": corrections,
+              "bytes": args.out.stat().st_size}
+    return emit(result, args.json, lambda r: table(
+        [("file", r["file"]), ("format", fmt), ("rows", rows),
+         ("samples", r["samples"]), ("corrections", corrections), ("bytes", r["bytes"])]))
+
+
+def predict_file(client: Client, args: argparse.Namespace) -> int:
+    """Predict every row of a file: a line per prediction (with ``--json``, the daemon's
+    JSON, one line each), printed as each batch is answered. Flat rows (a CSV's) are
+    reshaped to the app's shape, as the import endpoint does for labelled ones."""
+    X = load_rows(args.data)
+    shape = client.request("GET", app_path(args.app))["shape"]
+    if shape and X.ndim == 2 and len(shape) > 1 and X.shape[1] == np.prod(shape):
+        X = X.reshape(len(X), *shape)
+    header = ("ID", "LABEL", "CONFIDENCE", "MARGIN", "STAGE", "VERSION")
     for start in range(0, len(X), BATCH):
         body = {"instances": X[start:start + BATCH].tolist()}
-        for p in client.request("POST", f"/v1/apps/{app}/predict", body)["predictions"]:
-            print(json.dumps(p))
-    return 0
+        answer = client.request("POST", app_path(args.app, "predict"), body)["predictions"]
+        if args.json:
+            print("\n".join(json.dumps(p) for p in answer), flush=True)
+            continue
+        rows = [(p["id"], p["label"], p["confidence"], p["margin"], p["stage"],
+                 p["model_version"]) for p in answer]
+        lines = table(rows, header).splitlines()
+        print("\n".join(lines if start == 0 else lines[1:]), flush=True)
+    return EXIT_OK
+
+
+def feedback(client: Client, args: argparse.Namespace) -> int:
+    """Correct (or confirm) a prediction by its id."""
+    body = {"prediction_id": args.prediction_id, "label": args.label}
+    result = client.request("POST", app_path(args.app, "feedback"), body)
+    return emit(result, args.json, lambda r: table(r.items()))
+
+
+def watch_app(client: Client, args: argparse.Namespace) -> int:
+    """Follow an app until Ctrl-C (exit 0) or the daemon closes the stream."""
+    import aiohttp
+
+    try:
+        asyncio.run(watch(client.url, client.token, args.app, as_json=args.json))
+    except KeyboardInterrupt:
+        pass
+    except aiohttp.WSServerHandshakeError as exc:  # the daemon's answer to the upgrade
+        message = "unknown app" if exc.status == 404 else exc.message
+        return fail(args.command, f"{args.app}: {message} (HTTP {exc.status})", EXIT_REJECTED)
+    except (aiohttp.ClientError, OSError) as exc:
+        return fail(args.command, Unreachable(f"cannot reach the daemon at {client.url}: "
+                                              f"{exc}"), EXIT_UNREACHABLE)
+    return EXIT_OK
 
 
 async def watch(url: str, token: str, app: str, out: Any = None,
-                stop: asyncio.Event | None = None, predictions: bool = True) -> None:
-    """Print an app's training events (and live predictions from every channel) until
-    stopped or the daemon closes the stream."""
+                stop: asyncio.Event | None = None, predictions: bool = True,
+                as_json: bool = False) -> None:
+    """Print an app's training events (and live predictions from every channel, each with
+    the id `mliot feedback` takes) until stopped or the daemon closes the stream; with
+    ``as_json`` each message as it came, one JSON line each."""
     import aiohttp
 
     out = out or sys.stdout
-    ws_url = f"{url.replace('http', 'ws', 1)}/v1/apps/{app}/stream"
+    ws_url = url.replace("http", "ws", 1) + app_path(app, "stream")
     if predictions:
         ws_url += "?watch=true"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -140,12 +213,16 @@ async def watch(url: str, token: str, app: str, out: Any = None,
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
             data = json.loads(msg.data)
-            if data["type"] == "event":
+            if as_json:
+                print(msg.data, file=out, flush=True)
+            elif data["type"] == "event":
                 extra = {k: v for k, v in data.items() if k not in ("type", "kind")}
                 print(f"[training] {data['kind']} {json.dumps(extra)}", file=out, flush=True)
             elif data["type"] == "prediction":
-                print(f"[predict] {data['label']} confidence={data['confidence']:.2f} "
-                      f"stage={data['stage']} v{data['model_version']}", file=out, flush=True)
+                print(f"[predict] {data['id']} {data['label']} "
+                      f"confidence={data['confidence']:.2f} stage={data['stage']} "
+                      f"v{data['model_version']} via {data.get('channel', '-')}", file=out,
+                      flush=True)
 
 
 @contextlib.contextmanager
@@ -161,14 +238,16 @@ def terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def demo(client: Client, config: Path | None, sensors: bool = False,
-         minutes: float | None = None) -> int:
+def demo(client: Client, args: argparse.Namespace) -> int:
     """Start a daemon (unless one answers), teach it sklearn's digits through the API, and show
-    training progress and live predictions until Ctrl-C. ``sensors``: a stream app instead."""
-    if sensors:
+    training progress and live predictions until Ctrl-C. ``--sensors``: a stream app instead."""
+    config = args.config
+    if args.minutes is not None and not args.sensors:
+        raise UsageError("--minutes goes with --sensors")
+    if args.sensors:
         from mliot_daemon import demo_home
 
-        return demo_home.demo(client, config, minutes)
+        return demo_home.demo(client, config, args.minutes)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -186,7 +265,8 @@ def demo(client: Client, config: Path | None, sensors: bool = False,
 
 
 def run_demo(client: Client, config: Path | None, body: Callable[[], int]) -> int:
-    """Run a demo's ``body`` beside its daemon until it ends, Ctrl-C or SIGTERM (exit 0)."""
+    """Run a demo's ``body`` beside its daemon until it ends, Ctrl-C or SIGTERM (exit 0);
+    3 when its daemon does not come up, 4 when the daemon refuses its calls."""
     with terminate_on_sigterm():
         try:
             with demo_daemon(client, config):
@@ -194,9 +274,9 @@ def run_demo(client: Client, config: Path | None, body: Callable[[], int]) -> in
         except KeyboardInterrupt:
             print("\nstopping the demo", flush=True)
             return 0
-        except ApiError as exc:
-            print(f"mliot demo: {exc}", file=sys.stderr)
-            return 1
+        except ApiError as exc:  # its daemon did not come up, or refused the demo's calls
+            code = EXIT_UNREACHABLE if isinstance(exc, Unreachable) else EXIT_REJECTED
+            return fail("demo", exc, code)
 
 
 @contextlib.contextmanager
@@ -232,13 +312,13 @@ def _wait_ready(client: Client, daemon: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
-            raise ApiError(f"the daemon exited with code {daemon.returncode}")
+            raise Unreachable(f"the daemon exited with code {daemon.returncode}")
         try:
             client.request("GET", "/readyz")
             return
         except ApiError:
             time.sleep(0.2)
-    raise ApiError("the daemon did not become ready")
+    raise Unreachable("the daemon did not become ready")
 
 
 async def _demo_loop(client: Client, X_train: np.ndarray, y_train: np.ndarray,

@@ -210,7 +210,7 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         errors.append("daemon.peer_secret: must differ from daemon.token (devices hold the "
                       "token; only peer daemons may hold the peer secret)")
     peers, warnings = _peer_aliases(settings.peers, errors)
-    if not token and not _is_loopback(d.host):
+    if not token and not is_loopback(d.host):
         errors.append("daemon.token: required when daemon.listen is not a loopback address")
     if t.backend == "dask" and not t.dask_scheduler.startswith(("tcp://", "tls://")):
         errors.append("training.dask_scheduler: a tcp:// or tls:// address is needed for dask")
@@ -258,7 +258,8 @@ def _peer_aliases(peers: tuple[PeerSettings, ...], errors: list[str]
     return tuple(out), tuple(warnings)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is reachable from this machine only (`mliot doctor` asks too)."""
     if host == "localhost":
         return True
     try:
@@ -352,7 +353,7 @@ class ConfigStore:
                                                "start it with --config FILE to reload"])
             try:
                 new = await asyncio.to_thread(load_file, self.path)
-                if not new.token and not _is_loopback(self.boot.daemon.host):
+                if not new.token and not is_loopback(self.boot.daemon.host):
                     # listen applies at restart: the public socket of the boot config is open
                     raise ConfigError([f"daemon.token: required while listening on "
                                        f"{self.boot.daemon.listen} (listen changes apply at "

@@ -28,8 +28,9 @@ def test_import_predict_feedback_watch(daemon: DaemonProcess, tmp_path: Path) ->
     npz, csv = tmp_path / "digits.npz", tmp_path / "more.csv"
     np.savez(npz, X=X[:900], y=y[:900])
     csv.write_text("f" + ",f".join(map(str, range(64))) + ",label\n" + "".join(
-        ",".join(map(str, row)) + f",{label}\n" for row, label in zip(X[900:1000], y[900:1000])))
-    conf = ["--config", str(daemon.config_path)]
+        ",".join(map(str, row)) + f",{label}\n" for row, label in zip(X[900:1000], y[900:1000],
+                                                                  strict=True)))
+    conf = ["--config", str(daemon.config_path), "--json"]
     daemon.request("PUT", "/v1/apps/digits", {"data_type": "vector"})
     out = mliot("import", "digits", str(npz), *conf)
     assert out.returncode == 0, out.stderr
@@ -42,7 +43,8 @@ def test_import_predict_feedback_watch(daemon: DaemonProcess, tmp_path: Path) ->
                          {"instances": [X[0].tolist()]})[0] != 200:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    watcher = subprocess.Popen([sys.executable, "-m", "mliot_daemon", "watch", "digits", *conf],
+    watcher = subprocess.Popen([sys.executable, "-m", "mliot_daemon", "watch", "digits",
+                                "--config", str(daemon.config_path)],
                                stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(2.0)  # let it connect
@@ -54,7 +56,7 @@ def test_import_predict_feedback_watch(daemon: DaemonProcess, tmp_path: Path) ->
         assert len(predictions) == 10 and all(p["id"] for p in predictions)
         out = mliot("feedback", "digits", predictions[0]["id"], str(y[1000]), *conf)
         assert out.returncode == 0 and json.loads(out.stdout)["label"] == str(y[1000])
-        assert mliot("feedback", "digits", "no-such-id", "3", *conf).returncode == 1
+        assert mliot("feedback", "digits", "no-such-id", "3", *conf).returncode == 4  # rejected
         watcher.send_signal(signal.SIGINT)
         seen, _ = watcher.communicate(timeout=30)
     finally:
@@ -95,7 +97,7 @@ def test_import_reshapes_a_flat_csv_for_a_sensor_app(daemon: DaemonProcess,
     path.write_text("a0,a1,a2,b0,b1,b2,label\n" + "".join(
         ",".join(f"{v:.3f}" for v in rng.normal(size=6)) + f",{'up' if i % 3 else 'down'}\n"
         for i in range(1200)))
-    conf = ["--config", str(daemon.config_path)]
+    conf = ["--config", str(daemon.config_path), "--json"]
     out = mliot("import", "motion", str(path), *conf)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"app": "motion", "rows": 1200, "n_samples": 1200}

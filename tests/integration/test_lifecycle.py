@@ -127,14 +127,14 @@ def test_cli_status_and_version(daemon: DaemonProcess) -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "mliot_daemon", "status", "--config",
+    out = subprocess.run([sys.executable, "-m", "mliot_daemon", "status", "--json", "--config",
                           str(daemon.config_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["config_version"] == 1
     daemon.stop()
     out = subprocess.run([sys.executable, "-m", "mliot_daemon", "status", "--config",
                           str(daemon.config_path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "cannot reach the daemon" in out.stderr
+    assert out.returncode == 3 and "cannot reach the daemon" in out.stderr  # unreachable
     out = subprocess.run([sys.executable, "-m", "mliot_daemon", "--version"],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("mliot ")
