@@ -126,6 +126,10 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/apps/{app}/models/{version}/activate": {"post": op(
         "Serve a kept version (roll back or forward)", ref("Activated"),
         (*GUARDED, 404, 503))},
+    "/v1/apps/{app}/models/{version}/pin": {
+        "post": op("Pin a kept version: retention never deletes it", ref("Version"),
+                   (*GUARDED, 404, 503)),
+        "delete": op("Unpin a kept version", ref("Version"), (*GUARDED, 404, 503))},
     "/v1/apps/{app}/queries": {"get": op("Open label queries, most informative first",
                                          ref("Queries"), APP_READ)},
     "/v1/apps/{app}/queries/{id}": {"delete": op("Skip a query: never asked again", None,
@@ -154,7 +158,7 @@ PATHS: dict[str, dict[str, Any]] = {
                        q("max_per_s", {"type": "number"}, "cap the watch stream"),
                        q("token", {"type": "string"}, "the bearer token (browsers)")],
         "responses": {"101": {"description": "switching to the WebSocket protocol"},
-                      **_errors((*APP_READ, 400, 403))}}},
+                      **_errors((*APP_READ, 400, 403, 422))}}},
     "/v2": {"get": op("OIP server metadata", ref("ServerMetadata"), READ)},
     "/v2/health/live": {"get": op("OIP liveness", ref("Live"), ())},
     "/v2/health/ready": {"get": op("OIP readiness", ref("Ready"), (503,))},
