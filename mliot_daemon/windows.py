@@ -72,16 +72,21 @@ def numeric(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def window_ends(after: float, upto: float, hop_s: float) -> np.ndarray:
-    """The window ends (multiples of ``hop_s``) in ``(after, upto]``."""
+def window_ends(after: float, upto: float, hop_s: float, limit: int | None = None
+                ) -> np.ndarray:
+    """The window ends (multiples of ``hop_s``) in ``(after, upto]``; past ``limit`` of them,
+    ``limit`` spread evenly over the span (a range of years is never held whole)."""
     first = math.floor(after / hop_s + 1e-9) + 1
     last = math.floor(upto / hop_s + 1e-9)
+    if limit is not None and last - first + 1 > limit:
+        return np.unique(np.linspace(first, last, limit).round()) * hop_s
     return np.arange(first, last + 1, dtype=np.float64) * hop_s
 
 
-def ends_within(start: float, end: float, spec: AppSpec) -> np.ndarray:
+def ends_within(start: float, end: float, spec: AppSpec, limit: int | None = None
+                ) -> np.ndarray:
     """The ends of the windows lying wholly inside ``[start, end]``."""
-    return window_ends(start + spec.window_s - spec.hop_s * 1e-6, end, spec.hop_s)
+    return window_ends(start + spec.window_s - spec.hop_s * 1e-6, end, spec.hop_s, limit)
 
 
 def cut(series: list[Series], ends: np.ndarray, spec: AppSpec) -> Cut:

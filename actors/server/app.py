@@ -13,6 +13,7 @@ from actors.server.guard import Guard
 from actors.server.hosting import HostedModels
 from actors.server.http import CORE, GUARD, READY, Front
 from actors.server.oip import OipApi
+from actors.server.openapi import serve as openapi_document
 from actors.server.peer_api import PeerApi
 from actors.server.stream_api import StreamApi
 from actors.server.streams import Streams
@@ -32,4 +33,5 @@ def build_app(core: ServingCore, started_at: float, ready: asyncio.Event,
     for surface in (V1Api(core, started_at), StreamApi(core), OipApi(core),
                     PeerApi(core, hosted), Streams(core), Dashboard()):
         app.router.add_routes(surface.routes())
+    app.router.add_get("/openapi.json", openapi_document)
     return app

@@ -93,9 +93,14 @@ class Guard:
         return None
 
 
+# Reads by POST: the prediction routes change nothing a client could not see otherwise.
+QUERY_ROUTES = frozenset({"/v1/apps/{app}/predict", "/v2/models/{app}/infer",
+                          "/v2/models/{app}/versions/{version}/infer"})
+
+
 def _writes(route: str) -> bool:
-    """Routes that change the daemon (the prediction routes are queries by POST)."""
-    return route not in ("/v1/apps/{app}/predict", "/v2/models/{app}/infer")
+    """Routes that change the daemon."""
+    return route not in QUERY_ROUTES
 
 
 def _wildcard(host: str) -> bool:

@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from actors.server.core import ServingCore
-from actors.server.guard import Guard
+from actors.server.guard import QUERY_ROUTES, Guard
 from actors.server.payloads import parse_json
 from mliot_daemon import logs
 from mliot_daemon.errors import (
@@ -40,7 +40,6 @@ log = structlog.get_logger("mliot.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/"})
 STATIC = "/ui/"  # the dashboard's files: no token, even with protect_reads
-QUERY_ROUTES = frozenset({"/v1/apps/{app}/predict", "/v2/models/{app}/infer"})  # reads by POST
 STATUS = {Malformed: 400, Invalid: 422, NotFound: 404, Conflict: 409, TooLarge: 413,
           Unavailable: 503}  # the one map from domain errors to HTTP
 CORE = web.AppKey("core", ServingCore)

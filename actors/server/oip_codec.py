@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,8 @@ def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, An
             and all(isinstance(o, dict) and isinstance(o.get("parameters") or {}, dict)
                     for o in request["outputs"])):
         raise Invalid("outputs: must be a list of objects")
+    if request.get("id") is not None and not isinstance(request["id"], str):
+        raise Invalid("id: must be a string")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int):
@@ -88,35 +91,91 @@ def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, An
     return request, array
 
 
-def wants_binary(request: dict[str, Any]) -> bool:
-    """Whether the client asked for binary outputs (request- or output-level parameter)."""
-    if (request.get("parameters") or {}).get("binary_data_output"):
-        return True
-    outputs = request.get("outputs") or []
-    return any((o.get("parameters") or {}).get("binary_data") for o in outputs
-               if isinstance(o, dict))
+OUTPUTS = ("label", "confidence", "probabilities", "prediction_id")
 
 
-def encode_response(model: str, version: int, request_id: str | None, labels: Sequence[str],
-                    confidences: np.ndarray, binary: bool) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when tensors follow in binary."""
-    n = len(labels)
-    outputs: list[dict[str, Any]] = [
-        {"name": "label", "datatype": "BYTES", "shape": [n]},
-        {"name": "confidence", "datatype": "FP32", "shape": [n]},
-    ]
-    head: dict[str, Any] = {"model_name": model, "model_version": str(version),
-                            "outputs": outputs}
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One output tensor a request asked for."""
+
+    name: str
+    binary: bool  # Triton's binary tensor extension: raw bytes after the JSON header
+    class_count: int = 0  # Triton's classification extension: the top k as "p:index:label"
+
+
+def requested_outputs(request: dict[str, Any]) -> list[Output]:
+    """The outputs a request selects (all of them when it names none, as the spec says), each
+    binary when it asks so or the request-level ``binary_data_output`` does."""
+    default = (request.get("parameters") or {}).get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise Invalid("parameters.binary_data_output: must be true or false")
+    asked = request.get("outputs")
+    if not asked:
+        return [Output(name, default) for name in OUTPUTS]
+    out: list[Output] = []
+    for i, o in enumerate(asked):
+        name, params = o.get("name"), o.get("parameters") or {}
+        if name not in OUTPUTS:
+            raise Invalid(f"outputs[{i}].name: {str(name)[:40]!r} is not one of "
+                          f"{list(OUTPUTS)}")
+        if any(seen.name == name for seen in out):
+            raise Invalid(f"outputs[{i}].name: {name!r} is asked for twice")
+        binary, k = params.get("binary_data", default), params.get("classification", 0)
+        if not isinstance(binary, bool):
+            raise Invalid(f"outputs[{i}].parameters.binary_data: must be true or false")
+        if type(k) is not int or k < 0:
+            raise Invalid(f"outputs[{i}].parameters.classification: must be a count >= 0")
+        if k and name != "probabilities":
+            raise Invalid(f"outputs[{i}].parameters.classification: only the probabilities "
+                          "output is a classification")
+        out.append(Output(name, binary, k))
+    return out
+
+
+def _top_classes(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[str]:
+    """Triton's classification strings, row by row: the k likeliest "p:index:label"."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [f"{probabilities[r, i]:.6f}:{i}:{classes[i]}"
+            for r, row in enumerate(order) for i in row]
+
+
+def _bytes_tensor(items: Sequence[str]) -> bytes:
+    """BYTES in binary: each element's length (4 bytes, little-endian), then the element."""
+    encoded = [s.encode() for s in items]
+    return b"".join(struct.pack("<I", len(b)) + b for b in encoded)
+
+
+def encode_response(model: str, version: int, request_id: str | None,
+                    outputs: Sequence[Output], columns: dict[str, Any],
+                    classes: Sequence[str]) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary tensors follow.
+    ``columns``: label and prediction_id (lists of str), confidence ([n]) and probabilities
+    ([n, classes], in ``classes`` order) as arrays, for the outputs asked for."""
+    head: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": []}
     if request_id is not None:
         head["id"] = request_id
-    if not binary:
-        outputs[0]["data"] = list(labels)
-        outputs[1]["data"] = [float(c) for c in confidences]
-        return orjson.dumps(head), None
-    encoded = [s.encode() for s in labels]
-    label_bytes = b"".join(struct.pack("<I", len(b)) + b for b in encoded)
-    conf_bytes = np.asarray(confidences, dtype="<f4").tobytes()
-    outputs[0]["parameters"] = {"binary_data_size": len(label_bytes)}
-    outputs[1]["parameters"] = {"binary_data_size": len(conf_bytes)}
+    binary_parts: list[bytes] = []
+    for o in outputs:
+        data = columns[o.name]
+        n = len(data)
+        if o.name in ("label", "prediction_id"):
+            tensor: dict[str, Any] = {"name": o.name, "datatype": "BYTES", "shape": [n]}
+            items: list[str] | np.ndarray = list(data)
+        elif o.class_count:
+            k = min(o.class_count, len(classes))
+            items = _top_classes(np.asarray(data), classes, k)
+            tensor = {"name": o.name, "datatype": "BYTES", "shape": [n, k]}
+        else:
+            items = np.asarray(data, dtype="<f4")
+            tensor = {"name": o.name, "datatype": "FP32", "shape": list(items.shape)}
+        if o.binary:
+            raw = items.tobytes() if isinstance(items, np.ndarray) else _bytes_tensor(items)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            binary_parts.append(raw)
+        else:
+            tensor["data"] = items.ravel().tolist() if isinstance(items, np.ndarray) else items
+        head["outputs"].append(tensor)
     header = orjson.dumps(head)
-    return header + label_bytes + conf_bytes, len(header)
+    if not binary_parts:
+        return header, None
+    return header + b"".join(binary_parts), len(header)

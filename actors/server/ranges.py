@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
+from actors.server.readings import MAX_FUTURE_S
 from mliot_daemon.errors import Conflict, Invalid, NotFound
 from mliot_daemon.messages import SamplesAdded
 from mliot_daemon.settings import AppSpec
@@ -40,8 +41,11 @@ NONE = "none"  # Home Assistant's "what is happening" option that closes the ope
 
 
 def _time(value: Any, name: str) -> float:
+    """A range's start or end: a unix time no further ahead than readings may be."""
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise Invalid(f"{name}: a unix time in seconds is expected")
+    if not 0 <= value <= time.time() + MAX_FUTURE_S:
+        raise Invalid(f"{name}: {value} is not a unix time up to {MAX_FUTURE_S:g} s from now")
     return float(value)
 
 
@@ -164,7 +168,7 @@ class RangeDesk:
     async def _windows(self, spec: AppSpec, start: float, end: float,
                        covered: list[dict[str, Any]]) -> np.ndarray:
         """The valid windows inside ``[start, end]`` that no range in ``covered`` holds."""
-        ends = ends_within(start, end, spec)
+        ends = ends_within(start, end, spec, limit=4 * MAX_RANGE_WINDOWS)
         for r in covered:
             if r["end"] is not None:
                 ends = ends[(ends - spec.window_s < r["start"]) | (ends > r["end"])]

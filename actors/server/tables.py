@@ -61,7 +61,7 @@ def _read_npz(body: bytes) -> tuple[np.ndarray | list[np.ndarray], list[Any]]:
                 raise Invalid("an .npz needs arrays X and y")
             X, y = data["X"], data["y"]
             lengths = data.get("lengths")
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise Malformed(f"not an .npz file (or it holds objects): {exc}") from None
     if X.dtype.kind not in "iuf":
         raise Invalid(f"X must hold numbers, not {X.dtype}")

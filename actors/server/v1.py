@@ -8,7 +8,7 @@ import hashlib
 
 from aiohttp import web
 
-from actors.server import views
+from actors.server import pins, views
 from actors.server.core import PARSE_IN_THREAD_BYTES, ServingCore
 from actors.server.export import export_samples
 from actors.server.http import json_response, live, read_body, read_json, ready
@@ -46,6 +46,8 @@ class V1Api:
             web.get("/v1/apps/{app}/quality", self.quality),
             web.get("/v1/apps/{app}/models", self.models),
             web.post("/v1/apps/{app}/models/{version}/activate", self.activate),
+            web.post("/v1/apps/{app}/models/{version}/pin", self.pin),
+            web.delete("/v1/apps/{app}/models/{version}/pin", self.unpin),
             web.get("/v1/apps/{app}/queries", self.queries),
             web.delete("/v1/apps/{app}/queries/{id}", self.skip_query),
             web.get("/v1/apps/{app}/queries/{id}/preview", self.query_preview),
@@ -153,3 +155,12 @@ class V1Api:
     async def activate(self, request: web.Request) -> web.Response:
         return json_response(await self._core.activate(request.match_info["app"],
                                                        request.match_info["version"]))
+
+    async def pin(self, request: web.Request) -> web.Response:
+        """Keep a version whatever retention deletes (``pins.py``)."""
+        return json_response(await pins.set_pin(self._core, request.match_info["app"],
+                                                request.match_info["version"], True))
+
+    async def unpin(self, request: web.Request) -> web.Response:
+        return json_response(await pins.set_pin(self._core, request.match_info["app"],
+                                                request.match_info["version"], False))

@@ -111,6 +111,7 @@ async def models(core: ServingCore, app: str) -> dict[str, Any]:
 
     def read() -> dict[str, Any]:
         versions = []
+        pins, ends = registry.pinned(name), set(registry.run_ends(name))
         for v in reversed(registry.versions(name)):
             try:
                 m = registry.manifest(name, v)
@@ -129,7 +130,9 @@ async def models(core: ServingCore, app: str) -> dict[str, Any]:
                                 "fitted_on": fitted_on.get(c["family"])}
                                for c in m.get("candidates", [])],
                 "metrics": {**m.get("metrics", {}), **m.get("selection", {})},
-                "gate": m.get("gate"), "decision": meta.get("decision")})
+                "gate": m.get("gate"), "decision": meta.get("decision"),
+                # what retention spares besides the newest keep_versions (registry.prune)
+                "pinned": v in pins, "ends_run": v in ends})
         return {"current": core.router.version_of(name), "versions": versions}
 
     return await asyncio.to_thread(read)

@@ -159,6 +159,14 @@ def test_activate_serves_an_older_version(daemon: DaemonProcess, browser: Any) -
     see(browser, f"Serving v{older} of room")
     assert d.request("GET", "/v1/apps/room/models")[1]["current"] == older
     assert d.request("GET", "/v1/apps/room/history")[1][-1]["reason"] == "rollback"
+    # pin it against retention, and unpin it
+    press(browser, f"Pin version {older}")
+    see(browser, f"Pinned v{older} of room")
+    pinned = d.request("GET", "/v1/apps/room/models")[1]["versions"]
+    assert [v["version"] for v in pinned if v["pinned"]] == [older]
+    press(browser, f"Unpin version {older}")
+    see(browser, f"Unpinned v{older} of room")
+    assert not any(v["pinned"] for v in d.request("GET", "/v1/apps/room/models")[1]["versions"])
 
 
 def test_uploading_a_csv_adds_its_samples(daemon: DaemonProcess, browser: Any,

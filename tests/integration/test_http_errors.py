@@ -9,6 +9,7 @@ import re
 import socket
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,24 @@ from support import DaemonProcess, wait_for
 SAMPLE = {"samples": [{"features": [1.0, 2.0, 3.0], "label": "a"}]}
 
 
-@pytest.fixture
-def app(daemon: DaemonProcess) -> DaemonProcess:
+def _with_app(daemon: DaemonProcess) -> DaemonProcess:
     assert daemon.request("PUT", "/v1/apps/v", {"data_type": "vector", "classes": ["a", "b"]}
                           )[0] == 201
     assert daemon.request("POST", "/v1/apps/v/samples", SAMPLE)[0] == 200
     return daemon
+
+
+@pytest.fixture
+def app(daemon: DaemonProcess) -> DaemonProcess:
+    return _with_app(daemon)
+
+
+@pytest.fixture(scope="module")
+def rejecting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One daemon for the bad requests: each test checks that it stored nothing."""
+    d = DaemonProcess(tmp_path_factory.mktemp("rejecting"))
+    yield _with_app(d.start())
+    d.stop()
 
 
 @pytest.mark.parametrize("method, path, body, raw, status, says", [
@@ -44,16 +57,18 @@ def app(daemon: DaemonProcess) -> DaemonProcess:
     ("PUT", "/v1/apps/v", {"data_type": "image"}, None, 409, "another type or shape"),
     ("DELETE", "/v1/apps/nope", None, None, 404, "unknown app"),
 ])
-def test_bad_requests_get_their_code(app: DaemonProcess, method: str, path: str, body: Any,
-                                     raw: bytes | None, status: int, says: str) -> None:
-    got, err = app.request(method, path, body, raw=raw)
+def test_bad_requests_get_their_code(rejecting: DaemonProcess, method: str, path: str,
+                                     body: Any, raw: bytes | None, status: int, says: str
+                                     ) -> None:
+    got, err = rejecting.request(method, path, body, raw=raw)
     assert got == status, err
     assert says in (err["error"] if isinstance(err, dict) else err)
-    assert app.request("GET", "/v1/apps/v")[1]["n_samples"] == 1  # nothing else was stored
+    assert rejecting.request("GET", "/v1/apps/v")[1]["n_samples"] == 1  # nothing was stored
+    assert rejecting.request("GET", "/v1/apps")[1] == ["v"]
 
 
-def test_invalid_spec_lists_each_error_with_its_path(app: DaemonProcess) -> None:
-    status, err = app.request("PUT", "/v1/apps/w", {"data_type": "smell",
+def test_invalid_spec_lists_each_error_with_its_path(rejecting: DaemonProcess) -> None:
+    status, err = rejecting.request("PUT", "/v1/apps/w", {"data_type": "smell",
                                                     "policy": {"max_models": 9}})
     assert status == 422
     assert any(d.startswith("data_type: must be one of") for d in err["details"])

@@ -128,29 +128,84 @@ def test_rest_accuracy_and_version_swaps_under_load(trained: Any,
     assert abs(sum(p["probabilities"].values()) - 1) < 1e-6
 
 
-def test_tritonclient_with_defaults_agrees_with_rest(trained: Any,
-                                                     digits: tuple[np.ndarray, ...]) -> None:
+def test_tritonclient_exercises_every_oip_endpoint(trained: Any,
+                                                  digits: tuple[np.ndarray, ...]) -> None:
     import tritonclient.http as triton
 
     d, _, _ = trained
     X = digits[1][:50].astype(np.float32)
     client = triton.InferenceServerClient(f"127.0.0.1:{d.port}")
-    assert client.is_server_live() and client.is_model_ready("digits")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits")
+    server = client.get_server_metadata()
+    assert server["name"] == "mliot" and "binary_tensor_data" in server["extensions"]
+    assert http("GET", f"{d.url}/v2/health/live") == (200, {"live": True})
+    assert http("GET", f"{d.url}/v2/health/ready") == (200, {"ready": True})
+    assert http("GET", f"{d.url}/v2/models/digits/ready") == (
+        200, {"name": "digits", "ready": True})
+
+    # the defaults: binary tensors both ways, every output
     inp = triton.InferInput("input", list(X.shape), "FP32")
-    inp.set_data_from_numpy(X)  # binary tensor data, the client's default
+    inp.set_data_from_numpy(X)
     result = client.infer("digits", [inp])
     labels = [b.decode() for b in result.as_numpy("label")]
     confidence = result.as_numpy("confidence")
+    ids = [b.decode() for b in result.as_numpy("prediction_id")]
+    meta = client.get_model_metadata("digits")
+    assert meta["inputs"][0]["shape"] == [-1, 64]
+    classes = meta["classes"]
+    proba = result.as_numpy("probabilities")
+    assert proba.shape == (50, len(classes)) and proba.dtype == np.float32
+    assert np.allclose(proba.sum(axis=1), 1, atol=1e-4)
+    assert [classes[i] for i in proba.argmax(axis=1)] == labels
     rest = d.request("POST", "/v1/apps/digits/predict", {"instances": X.tolist()})[1]
     assert labels == [p["label"] for p in rest["predictions"]]
     assert np.allclose(confidence, [p["confidence"] for p in rest["predictions"]], atol=1e-6)
-    meta = client.get_model_metadata("digits")
-    assert meta["inputs"][0]["shape"] == [-1, 64]
-    # JSON tensors, and a NaN in binary data that JSON could not carry
+    # its prediction ids are recorded: they take a correction
+    fix = {"prediction_id": ids[0], "label": labels[0]}
+    assert d.request("POST", "/v1/apps/digits/feedback", fix)[0] == 200
+
+    # `outputs` selects tensors, JSON or binary each; classification gives the top k
+    wanted = [triton.InferRequestedOutput("label", binary_data=False),
+              triton.InferRequestedOutput("probabilities", class_count=3)]
+    result = client.infer("digits", [inp], outputs=wanted)
+    assert {o["name"] for o in result.get_response()["outputs"]} == {"label", "probabilities"}
+    assert result.as_numpy("confidence") is None
+    top = result.as_numpy("probabilities")
+    assert top.shape == (50, 3)
+    assert [t.decode().split(":")[2] for t in top[:, 0]] == labels
     status, body = http("POST", f"{d.url}/v2/models/digits/infer", {
         "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64",
-                    "data": X[0].astype(float).tolist()}]})
-    assert status == 200 and body["outputs"][0]["data"] == labels[:1]
+                    "data": X[0].astype(float).tolist()}],
+        "outputs": [{"name": "label"}], "id": "r1"})
+    assert status == 200 and body["id"] == "r1"
+    assert body["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [1],
+                                "data": labels[:1]}]
+    status, body = http("POST", f"{d.url}/v2/models/digits/infer", {
+        "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": X[0].tolist()}],
+        "outputs": [{"name": "logits"}]})
+    assert status == 422 and "logits" in body["error"]
+
+    # a kept version that does not serve answers on demand; any other version is 404
+    kept = [int(v) for v in meta["versions"]]
+    current = int(d.request("GET", "/v1/apps/digits")[1]["model_version"])
+    old = min(kept)
+    assert old != current
+    assert client.is_model_ready("digits", str(old))
+    assert client.get_model_metadata("digits", str(old))["versions"] == [str(old)]
+    result = client.infer("digits", [inp], model_version=str(old))
+    assert result.get_response()["model_version"] == str(old)
+    mine = d.request("POST", "/v1/apps/digits/predict", {"instances": X.tolist()})
+    assert all(p["model_version"] == current for p in mine[1]["predictions"])
+    result = client.infer("digits", [inp], model_version=str(current))
+    assert [b.decode() for b in result.as_numpy("label")] == labels
+    for route in ("", "/ready"):
+        assert http("GET", f"{d.url}/v2/models/digits/versions/999999{route}")[0] == 404
+    assert not client.is_model_ready("digits", "999999")
+    with pytest.raises(Exception, match="no kept version"):
+        client.infer("digits", [inp], model_version="999999")
+
+    # a NaN in binary data, which JSON could not carry
     bad = X[:1].copy()
     bad[0, 3] = np.nan
     inp = triton.InferInput("input", [1, 64], "FP32")

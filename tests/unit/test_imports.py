@@ -23,7 +23,7 @@ MQTT_CLIENTS = {"mliot_daemon.demo_home"}
 SERVING_CORE = {"actors.server.core", "actors.server.routing", "actors.server.serving",
                 "actors.server.catalog", "actors.server.payloads", "actors.server.views",
                 "actors.server.hosting", "actors.server.oip_codec", "actors.server.tables",
-                "actors.server.readings", "actors.server.ranges"}
+                "actors.server.readings", "actors.server.ranges", "actors.server.pins"}
 
 
 def modules() -> dict[str, Path]:
