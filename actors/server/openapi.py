@@ -74,6 +74,15 @@ def q(name: str, schema: dict[str, Any], what: str) -> dict[str, Any]:
 JSON = {"application/json": {}}
 
 
+def _export() -> dict[str, Any]:
+    out = op("Samples and corrections as npz (X, y, kind, source, predicted, created; audio "
+             "padded, with lengths) or CSV (flat values, label last), streamed", None,
+             (*APP_READ, 400, 422),
+             query=(q("format", {"enum": ["npz", "csv"]}, "default npz"),))
+    out["responses"]["200"]["content"] = {"application/x-npz": {}, "text/csv": {}}
+    return out
+
+
 def _body(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": ref(name)}}
 
@@ -117,6 +126,7 @@ PATHS: dict[str, dict[str, Any]] = {
         ref("Imported"), (*WRITE, 409),
         body={"text/csv": {}, "application/x-npz": {}, "application/octet-stream": {}},
         query=(q("batch_id", {"type": "string"}, "a retry with it stores nothing twice"),))},
+    "/v1/apps/{app}/export": {"get": _export()},
     "/v1/apps/{app}/history": {"get": op("Every version ever published or activated",
                                          ref("History"), APP_READ)},
     "/v1/apps/{app}/quality": {"get": op("Confusion and recall: validation and feedback",
