@@ -15,7 +15,7 @@ from support import DaemonProcess, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 TOKEN = "fuzz-token"
-MAX_SECONDS = 100  # the run's own bound: a couple of minutes of the suite at most
+MAX_SECONDS = 75  # the run's own bound: about a minute and a half of the suite
 
 APPS = """
 [[apps]]
