@@ -60,10 +60,11 @@ def models(client: Client, args: argparse.Namespace) -> int:
             return f"{args.app}: no model versions yet"
         rows = [(f"{'*' if v['version'] == m['current'] else ' '}{v['version']}",
                  _when(v["created"]), v["reason"], [x["family"] for x in v["members"]],
-                 v["metrics"].get("val_accuracy"), v["metrics"].get("latency_ms"))
+                 v["metrics"].get("val_accuracy"), v["metrics"].get("latency_ms"),
+                 v.get("pinned"))
                 for v in m["versions"]]
         return table(rows, (" VERSION", "CREATED", "REASON", "MEMBERS", "ACCURACY",
-                            "LATENCY_MS"))
+                            "LATENCY_MS", "PINNED"))
 
     return emit(client.request("GET", app_path(args.app, "models")), args.json, render)
 

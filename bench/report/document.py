@@ -16,6 +16,7 @@ from bench.report import (
     learn,
     memory,
     placement,
+    restart,
     scale,
     serving,
     streams,
@@ -33,7 +34,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("serving", serving.section), ("memory", memory.section),
     ("adaptation", adaptation.section), ("drift", drift.section),
     ("active", active.section), ("streams", streams.section),
-    ("scale", scale.section),
+    ("scale", scale.section), ("restart", restart.section),
     ("placement", placement.section), ("ingest", ingest_mqtt.ingest),
     ("mqtt", ingest_mqtt.mqtt),
 ]
