@@ -55,6 +55,7 @@ MANIFEST = "portable.json"
 ARRAYS = "arrays.npz"
 FILES = (MANIFEST, ARRAYS)  # all a transfer may hold
 METRICS = ("front_end_ms", "measured_latency_ms", "trim_accuracy")  # what serving reads
+GATE_SCALARS = ("b", "threshold", "val_precision", "val_recall", "val_foreground_loss", "spread")
 
 
 class PortableError(ValueError):
@@ -131,11 +132,8 @@ def export_portable(model: Any, directory: Path) -> Path:
                       "latency_ms": float(sel.latency_ms),
                       "within_budget": bool(sel.within_budget)},
         "gate": None if gate is None else {
-            "background": int(gate.background), "b": float(gate.b),
-            "threshold": float(gate.threshold), "val_precision": float(gate.val_precision),
-            "val_recall": float(gate.val_recall),
-            "val_foreground_loss": float(gate.val_foreground_loss), "raw": bool(gate.raw),
-            "spread": float(gate.spread)},
+            "background": int(gate.background), "raw": bool(gate.raw),
+            **{k: float(getattr(gate, k)) for k in GATE_SCALARS}},
         "calibration": model.calibration.as_dict() if model.calibration else None,
         "metrics": {k: model.metrics[k] for k in METRICS if k in model.metrics},
     }
@@ -311,12 +309,8 @@ def _build(man: dict[str, Any], arr: _Arrays) -> PortableModel:
         g = man["gate"]
         raw = g["raw"] is True
         gate = Gate(background=_count(g["background"], "gate background"),
-                    w=arr.get("gate.w", 1, shape=(WAVEFORM_FEATURES if raw else d,)),
-                    b=_number(g["b"], "gate b"), threshold=_number(g["threshold"], "threshold"),
-                    val_precision=_number(g["val_precision"], "gate precision"),
-                    val_recall=_number(g["val_recall"], "gate recall"),
-                    val_foreground_loss=_number(g["val_foreground_loss"], "gate loss"), raw=raw,
-                    spread=_number(g["spread"], "gate spread"))
+                    w=arr.get("gate.w", 1, shape=(WAVEFORM_FEATURES if raw else d,)), raw=raw,
+                    **{k: _number(g[k], f"gate {k}") for k in GATE_SCALARS})
         if gate.background >= K or gate.spread <= 0:
             raise PortableError("the gate's background class or spread is out of range")
     metrics = {k: v for k, v in dict(man["metrics"]).items() if k in METRICS}

@@ -19,7 +19,7 @@ from mliot_daemon import signing
 from mliot_daemon.learn.ensemble import Policy, Selection, member_weight
 from mliot_daemon.learn.families import FAMILIES
 from mliot_daemon.learn.fast import compile_member
-from mliot_daemon.learn.pipeline import TrainedModel, fit_all, prepare
+from mliot_daemon.learn.pipeline import TrainedModel, fit_all, prepare, train
 from mliot_daemon.learn.portable import (
     ARRAYS,
     FILES,
@@ -148,3 +148,21 @@ def test_a_member_without_an_array_form_refuses_the_export(model, tmp_path) -> N
     broken = dataclasses.replace(model, candidates=[odd, *model.candidates[1:]], _fast=None)
     with pytest.raises(PortableError, match="no portable form"):
         export_portable(broken, tmp_path / "p")
+
+
+@pytest.mark.parametrize("data_type", ["audio", "sensor"])
+def test_audio_and_sensor_front_ends_round_trip(data_type, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    if data_type == "audio":  # 0.6 s clips: three tones in noise
+        t = np.arange(9600) / 16000
+        X = np.sin(2 * np.pi * np.array([200.0, 900.0, 2500.0])[y][:, None] * t) \
+            + rng.normal(scale=0.3, size=(60, t.size))
+    else:  # two channels, 40 steps: three levels and slopes
+        X = y[:, None, None] * np.linspace(0, 1, 40) + rng.normal(size=(60, 2, 40))
+    model = train(X[:45], y[:45], data_type, families=("ridge", "knn"), budget_s=0.3, workers=1)
+    back = load_portable(export_portable(model, tmp_path / "p"))
+    assert back.front_end.describe()["data_type"] == data_type
+    np.testing.assert_array_equal(back.front_end.transform(X[45:]),
+                                  model.front_end.transform(X[45:]))
+    assert back.fast().predict_labels(X[45:]) == model.fast().predict_labels(X[45:])
