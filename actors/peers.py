@@ -3,7 +3,8 @@
 With the server, the only module that speaks HTTP. For every ``[[peers]]`` entry it polls
 ``GET /v1/peer/profile`` once a second (speed, busy share, cores, memory, the models it holds;
 the round trip of that call is the RTT), and it carries the scheduler's and the server's
-requests to a peer: signed model versions and batches of predictions.
+requests to a peer: signed model versions (portable models: arrays and JSON, never pickles)
+and batches of predictions.
 
 A peer is down after ``DOWN_AFTER_S`` without a successful poll, or at once when a forwarded
 request cannot reach it (refused, reset, timed out); one good poll brings it back. Every
@@ -15,11 +16,12 @@ signed with. Devices never hold it: they hold ``daemon.token``, which opens no p
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, assert_never
+from typing import IO, Any, assert_never
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,6 +29,8 @@ import orjson
 import structlog
 
 from mliot_daemon import signing
+from mliot_daemon.learn.persist import load_model
+from mliot_daemon.learn.portable import export_portable
 from mliot_daemon.messages import (
     ApplyConfig,
     GetPeers,
@@ -254,7 +258,7 @@ class Peers(Actor[PeersMsg]):
             if peer is None:
                 raise PeerError(f"no peer named {msg.peer!r}", unreachable=True)
             archive, size = await asyncio.to_thread(
-                signing.pack, Path(msg.directory), self._settings.daemon.data_path)
+                portable_archive, Path(msg.directory), self._settings.daemon.data_path)
             with archive:
                 signature = await asyncio.to_thread(
                     signing.sign_file, peer.settings.secret, self._origin, msg.app,
@@ -307,6 +311,15 @@ class Peers(Actor[PeersMsg]):
             raise PeerError(f"{peer.settings.name}: HTTP {status}{_hint(status)}: {message}",
                             unreachable=False)
         return data
+
+
+def portable_archive(version: Path, scratch: Path) -> tuple[IO[bytes], int]:
+    """A version folder as a tar of its portable model (``learn.portable``: arrays and JSON),
+    and its size. The pickles of the folder never leave this machine: a peer must not have to
+    trust them. Blocking (loads the version): run it in a thread."""
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".portable-") as tmp:
+        folder = export_portable(load_model(version), Path(tmp) / "model")
+        return signing.pack(folder, scratch)  # an anonymous file: outlives the folder
 
 
 def _auth(peer: PeerSettings) -> dict[str, str]:

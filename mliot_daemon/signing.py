@@ -4,7 +4,8 @@ The key is the receiving daemon's peer secret (``daemon.peer_secret``), which th
 as that peer's ``[[peers]] secret``; devices never hold it. The signature covers the origin
 daemon's name, the app, the version and the model id as well as the bytes, so a signed
 archive cannot be replayed as another app's model. The receiver checks the signature over the
-whole body before it unpacks (let alone unpickles) anything.
+whole body before it unpacks anything, and the archive holds a portable model
+(``learn.portable``: arrays and JSON), never a pickle.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def signer(key: str, origin: str, app: str, version: int, model: str) -> hmac.HM
 
 
 def pack(directory: Path, scratch: Path) -> tuple[IO[bytes], int]:
-    """A model version folder as an uncompressed tar (pickles and npz files hardly compress)
+    """A folder (a portable model) as an uncompressed tar (npz files hardly compress)
     in an anonymous temp file under ``scratch`` (not /tmp, often RAM on small boards),
     rewound; and its size."""
     out = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 - the caller closes it
@@ -70,8 +71,19 @@ def check(mac: hmac.HMAC, header: str | None) -> None:
                            "model")
 
 
-def unpack(archive: IO[bytes], dest: Path) -> None:
-    """Extract a verified archive; the ``data`` filter still refuses links and paths that
-    would leave ``dest``."""
+class ArchiveRefused(ValueError):
+    """The archive holds something other than the files a model transfer may hold."""
+
+
+def unpack(archive: IO[bytes], dest: Path, names: tuple[str, ...]) -> None:
+    """Extract a verified archive whose members are all regular files among ``names`` (a
+    portable model: arrays and JSON, never a pickle); anything else is refused before a byte
+    is extracted. The ``data`` filter still refuses links and paths that would leave ``dest``."""
     with tarfile.open(fileobj=archive, mode="r") as tar:
-        tar.extractall(dest, filter="data")
+        members = tar.getmembers()
+        for m in members:
+            if not m.isfile() or m.name not in names:
+                raise ArchiveRefused(
+                    f"archive member {m.name!r} refused: a model transfer holds only "
+                    f"{', '.join(names)} (arrays and JSON, never pickles)")
+        tar.extractall(dest, members=members, filter="data")

@@ -2,10 +2,13 @@
 
 A peer that places an app here sends a signed archive of one model version. The server checks
 the signature while it receives it (see ``signing``); this module unpacks it under
-``<data_dir>/hosted/<origin>/<app>/`` and loads it. Only the newest version of each hosted app
-is kept, on disk and in memory, and one left unused for ``IDLE_EVICT_S`` is dropped. Hosted
-models are a cache: after a restart or an eviction the origin's scheduler sees them missing
-from this daemon's profile and sends them again.
+``<data_dir>/hosted/<origin>/<app>/`` and loads it. The archive is a portable model
+(``learn.portable``: ``portable.json`` and ``arrays.npz``, loaded without pickles): an archive
+holding anything else, a pickle above all, is refused before it is extracted, and an npz
+holding an object array is refused when it is read. Nothing here unpickles. Only the newest
+version of each hosted app is kept, on disk and in memory, and one left unused for
+``IDLE_EVICT_S`` is dropped. Hosted models are a cache: after a restart or an eviction the
+origin's scheduler sees them missing from this daemon's profile and sends them again.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from actors.server.serving import ServedApp, ServedModel
-from mliot_daemon.learn.persist import load_model
+from mliot_daemon.learn.portable import FILES, load_portable
 from mliot_daemon.settings import APP_NAME, MACHINE_NAME
 from mliot_daemon.signing import unpack
 
@@ -70,9 +73,9 @@ class HostedModels:
         staging.mkdir(parents=True)
         try:
             archive.seek(0)
-            unpack(archive, staging)
-            served = ServedModel(version, load_model(staging))
-        except Exception as exc:
+            unpack(archive, staging, FILES)
+            served = ServedModel(version, load_portable(staging))
+        except Exception as exc:  # whatever the bytes were, the answer is a 422, not a 500
             shutil.rmtree(staging, ignore_errors=True)
             raise HostError(f"model version not loadable: {exc}") from exc
         final = home / f"{version:06d}"

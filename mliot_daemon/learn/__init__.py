@@ -14,6 +14,7 @@ for the API a caller uses. Modules:
 - ``plan``: lazy-training order.
 - ``pipeline``: ``prepare``/``fit_all``/``assemble``/``train`` and ``TrainedModel``.
 - ``persist``: versioned model directories.
+- ``portable``: a version as arrays and JSON (no pickles): what crosses to a peer.
 - ``evaluate``: the ``mliot evaluate`` command.
 - ``dataset``: training samples read straight from the daemon's SQLite file.
 - ``jobs``: the trainer's process-pool entry points.

@@ -12,9 +12,8 @@ Layout::
 
 The directory is built under a temporary name beside the target and renamed into place, so a
 reader sees either nothing or a complete model. Loading verifies each artifact's sha256 against
-the manifest before unpickling; signing later (peers) means an HMAC over ``manifest.json``'s
-bytes, which covers all artifacts through their hashes. Pickles are loaded only from this
-machine's own disk (or after such a signature check).
+the manifest before unpickling. Pickles are loaded only from this machine's own disk: a model
+sent to a peer is its portable form (``portable``: arrays and JSON), never this folder.
 
 :func:`atomic_write` is the one-file form of the same promise, for what a training run writes
 between its steps (prepared features, fitted candidates).

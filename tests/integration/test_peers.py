@@ -199,10 +199,24 @@ def test_model_with_a_bad_signature_is_rejected_and_nothing_loaded(fleet: Any) -
     assert http("GET", f"{b.url}/v1/peer/profile", token="tb-peer")[1]["hosted"] == {}
     hosted = b.data_dir / "hosted"
     assert not any(hosted.rglob("*.pkl"))
-    # Correctly signed but not a model: still refused (422), still nothing loaded.
+    # Correctly signed but a pickle: refused (422) before it is even extracted, nothing loaded.
     status, answer = _put_model(b, "tb-peer", path, body,
                                 _signature("tb-peer", "a", "kitchen", 3, body))
-    assert status == 422 and "not loadable" in answer["error"]
+    assert status == 422 and "not loadable" in answer["error"], answer
+    assert "refused" in answer["error"] and "never pickles" in answer["error"]
+    # Correctly signed, the portable files, but an npz holding an object array (which only a
+    # pickle can load): refused when read, nothing loaded.
+    objects = io.BytesIO()
+    np.savez(objects, **{"front_end.mean": np.array([object()], dtype=object)})
+    portable = _archive({"portable.json": b'{"format": "mliot-portable/1"}',
+                         "arrays.npz": objects.getvalue()})
+    status, answer = _put_model(b, "tb-peer", path, portable,
+                                _signature("tb-peer", "a", "kitchen", 3, portable))
+    assert status == 422 and "allow_pickle=False" in answer["error"], answer
+    assert not trap.exists() and not any(hosted.rglob("*.npz"))
+    rejected = [e["error"] for e in b.events("peer_model_rejected")]  # and the log says why
+    assert any("never pickles" in e for e in rejected), rejected
+    assert any("allow_pickle=False" in e for e in rejected), rejected
     assert http("GET", f"{b.url}/v1/peer/profile", token="tb-peer")[1]["hosted"] == {}
     assert b.request("POST", "/v1/peer/models/a/kitchen/predict", {"instances": [[1.0]]},
                      token="tb-peer")[0] == 404
@@ -281,7 +295,8 @@ class Load(threading.Thread):
 def _feed(d: DaemonProcess, app: str, spec: dict[str, Any], X: np.ndarray, y: list[Any]
           ) -> None:
     assert d.request("PUT", f"/v1/apps/{app}", spec, token="ta")[0] == 201
-    body = {"samples": [{"features": x.round(4).tolist(), "label": t} for x, t in zip(X, y)]}
+    body = {"samples": [{"features": x.round(4).tolist(), "label": t}
+                        for x, t in zip(X, y, strict=True)]}
     assert d.request("POST", f"/v1/apps/{app}/samples", body, token="ta")[0] == 200
 
 
@@ -314,9 +329,13 @@ def test_placement_follows_budget_speed_load_and_survives_a_dead_peer(fleet: Any
     here = wait_for(lambda: (p := placement(a, "sounds", "ta"))["serving"] == "a" and p, 30)
     local_ms = here["predicted_ms"]["a"]
     assert local_ms < BUDGET_MS / 1.5, f"the ensemble is too slow for this test: {here}"
+    test_clips, _ = clips(12, seed=1)
+    status, answer = a.request("POST", "/v1/apps/sounds/predict",
+                               {"instances": test_clips.tolist()}, token="ta")
+    assert status == 200
+    labels_here = [p["label"] for p in answer["predictions"]]
     # Make this machine slower (a CPU quota) until the budget holds only on the faster peers.
     quota = CpuQuota(f"mliot-test-{a.port}", cores=local_ms / (2.5 * BUDGET_MS))
-    test_clips, _ = clips(12, seed=1)
     try:
         speed_before = machines(a, "ta")["a"]["speed"]
         quota.add_tree(a.proc.pid)
@@ -332,6 +351,14 @@ def test_placement_follows_budget_speed_load_and_survives_a_dead_peer(fleet: Any
         token = {"b": "tb-peer", "c": "tc-peer"}  # the peer API's secrets
         hosted = http("GET", f"{peer[first].url}/v1/peer/profile", token=token[first])[1]
         assert "a/sounds" in hosted["hosted"]
+        # The model crossed as arrays and JSON (no pickle), and the peer's answers are the
+        # labels this daemon gave (the same members: the peer serves as many as it is asked).
+        files = {f.name for f in (peer[first].data_dir / "hosted").rglob("*") if f.is_file()}
+        assert files == {"portable.json", "arrays.npz"}, files
+        status, there = http("POST", f"{peer[first].url}/v1/peer/models/a/sounds/predict",
+                             {"instances": test_clips.tolist(), "members": here["members"]},
+                             token=token[first])
+        assert status == 200 and [p["label"] for p in there["predictions"]] == labels_here
         status, answer = a.request("POST", "/v1/apps/sounds/predict",
                                    {"instances": test_clips[:5].tolist()}, token="ta")
         assert status == 200 and len(answer["predictions"]) == 5

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from actors.peers import portable_archive
 from actors.server.hosting import HostedModels, HostError
 from actors.server.serving import ServedModel
 from mliot_daemon import signing
@@ -54,7 +55,7 @@ def test_a_hosted_model_serves_like_the_original_and_bad_names_are_refused(saved
     model, path, rows = saved
     hosted = HostedModels(tmp_path / "hosted")
     hosted.reset()
-    archive, _ = signing.pack(path, tmp_path)
+    archive, _ = portable_archive(path, tmp_path)  # what the peers actor sends
     with archive:
         asyncio.run(hosted.receive("nuc", "kitchen", 3, "l:m", archive))
         for origin, app in (("..", "kitchen"), ("/etc", "kitchen"), ("nuc", "../x"),
@@ -69,6 +70,13 @@ def test_a_hosted_model_serves_like_the_original_and_bad_names_are_refused(saved
         [a.label for a in here.predict(rows)]
     assert sorted(p.name for p in (tmp_path / "hosted").rglob("*") if p.is_dir()) == \
         ["000003", "kitchen", "nuc"]
+    assert sorted(p.name for p in (tmp_path / "hosted").rglob("*") if p.is_file()) == \
+        ["arrays.npz", "portable.json"]  # no pickle crossed
+    # the pickled version folder itself is no longer accepted
+    pickled, _ = signing.pack(path, tmp_path)
+    with pickled, pytest.raises(HostError, match="never pickles"):
+        asyncio.run(hosted.receive("nuc", "kitchen", 4, "l:n", pickled))
+    assert hosted.get("nuc", "kitchen").current.version == 3
 
 
 def test_trimmed_ensembles_keep_the_best_weighted_members(saved) -> None:

@@ -33,7 +33,13 @@ class KnnMember(BlockwisePredict):
             raise ValueError("only euclidean KNN is compiled")
         if est.weights not in ("uniform", "distance"):
             raise ValueError("only uniform or distance KNN weights are compiled")
-        T = np.asarray(est._fit_X, dtype=np.float64)
+        self._index(np.asarray(est._fit_X, dtype=np.float64), np.asarray(est._y, dtype=np.intp),
+                    int(est.n_neighbors), est.weights == "distance", len(est.classes_))
+
+    def _index(self, T: np.ndarray, labels: np.ndarray, k: int, distance: bool, n_classes: int
+               ) -> None:
+        """Everything the three paths read, from the training rows ``T`` (float64) and their
+        class indices; also how a portable model (``learn.portable``) rebuilds a member."""
         # no temporaries the size of the training set (MNIST: 376 MB each, 1 s of page faults)
         T_sq = np.einsum("ij,ij->i", T, T)
         self.T_sq = T_sq
@@ -41,10 +47,10 @@ class KnnMember(BlockwisePredict):
         self.Tm2_32 = self.Tm2.astype(np.float32)
         self.T_sq32 = T_sq.astype(np.float32)
         self.T_sq_max = float(T_sq.max()) if len(T_sq) else 0.0
-        self.labels = np.asarray(est._y, dtype=np.intp)
-        self.k = int(est.n_neighbors)
-        self.distance = est.weights == "distance"
-        self.n_classes = len(est.classes_)
+        self.labels = labels
+        self.k = k
+        self.distance = distance
+        self.n_classes = n_classes
         n, d = self.Tm2.shape
         self.m = self.k + max(8, self.k)  # candidates kept by the float32 pass
         self.screen = n > self.m + 1

@@ -55,15 +55,25 @@ class TreesMember(BlockwisePredict):
         self.n_classes = n_classes
         if kind == "forest":
             self.values = np.ascontiguousarray(np.concatenate(values))  # (nodes, K)
-            self._ones = np.ones(len(trees))
         else:
             self.leaf = np.concatenate(values)[:, 0]  # (nodes,)
-            tree_class = np.asarray(tree_class, dtype=np.intp)[order]
-            width = n_classes if n_classes > 2 else 1
-            self.onehot = np.zeros((len(trees), width))
-            self.onehot[np.arange(len(trees)), tree_class] = 1.0
-            self.tree_class = tree_class
-            self.offset = np.zeros(width) if offset is None else offset
+            self.tree_class = np.asarray(tree_class, dtype=np.intp)[order]
+            self.offset = np.zeros(self.width) if offset is None else offset
+        self._tables()
+
+    @property
+    def width(self) -> int:
+        """Margin columns of a boosted model: one per class, one for two classes."""
+        return self.n_classes if self.n_classes > 2 else 1
+
+    def _tables(self) -> None:
+        """The lookups derived from the flattened trees (also how a portable model,
+        ``learn.portable``, rebuilds a member from its arrays)."""
+        if self.kind == "forest":
+            self._ones = np.ones(len(self.roots))
+        else:
+            self.onehot = np.zeros((len(self.roots), self.width))
+            self.onehot[np.arange(len(self.roots)), self.tree_class] = 1.0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "active" not in state:  # first version: unsorted trees, every level steps all
