@@ -30,8 +30,10 @@ def build_app(core: ServingCore, started_at: float, ready: asyncio.Event,
     app[CORE] = core
     app[READY] = ready
     app[GUARD] = guard
+    streams = Streams(core)
+    app.on_cleanup.append(streams.close)
     for surface in (V1Api(core, started_at), StreamApi(core), OipApi(core),
-                    PeerApi(core, hosted), Streams(core), Dashboard()):
+                    PeerApi(core, hosted), streams, Dashboard()):
         app.router.add_routes(surface.routes())
     app.router.add_get("/openapi.json", openapi_document)
     return app

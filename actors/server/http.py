@@ -168,19 +168,27 @@ def _bearer(request: web.Request, query: bool) -> bytes:
 
 
 async def read_body(core: ServingCore, request: web.Request) -> bytes:
-    """The body, refused (413) past ``daemon.max_body_mb`` before it is all read."""
-    limit = int(core.settings.daemon.max_body_mb * 2**20)
+    """The body, refused (413) past ``daemon.max_body_mb`` before it is all read, and (408)
+    when it has not all arrived ``daemon.body_timeout_s`` after the head."""
+    d = core.settings.daemon
+    limit = int(d.max_body_mb * 2**20)
     length = request.content_length
-    if length is not None:
-        if length > limit:
-            raise _too_big(limit)
-        return await request.read()  # aiohttp's own cap is off; the length is checked
-    body = bytearray()  # chunked: count as it arrives
-    async for chunk in request.content.iter_chunked(256 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise _too_big(limit)
-    return bytes(body)
+    if length is not None and length > limit:
+        raise _too_big(limit)
+    try:
+        async with asyncio.timeout(d.body_timeout_s):
+            if length is not None:
+                return await request.read()  # aiohttp's own cap is off; the length is checked
+            body = bytearray()  # chunked: count as it arrives
+            async for chunk in request.content.iter_chunked(256 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    raise _too_big(limit)
+            return bytes(body)
+    except TimeoutError:
+        core.metrics.http_timeouts.labels("body").inc()
+        raise web.HTTPRequestTimeout(text=f"the body did not arrive within {d.body_timeout_s:g} "
+                                          "s (daemon.body_timeout_s)") from None
 
 
 async def read_json(core: ServingCore, request: web.Request) -> Any:
