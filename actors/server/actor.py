@@ -56,6 +56,7 @@ class Server(Actor[ServerMsg]):
     config_keys = frozenset({"secrets", "daemon.protect_reads", "daemon.max_body_mb",
                              "daemon.header_timeout_s", "daemon.body_timeout_s",
                              "daemon.idle_timeout_s", "daemon.max_connections",
+                             "daemon.max_writes_per_s",
                              "daemon.name", "apps", "training.backend",
                              "training.dask_scheduler", "mqtt"})
 

@@ -12,6 +12,9 @@ connection is a ``Connection`` (made by ``Runner``'s sites), which adds:
   before anything of it is read, so it costs nothing;
 - RFC 6455's rule that a server closes the connection (1002) on an unmasked client frame.
 
+``WriteLimit`` is the optional per-address write rate (``daemon.max_writes_per_s``) that the
+middleware (429) and WebSocket streams (an error message) apply.
+
 The body deadline (``daemon.body_timeout_s``) is in ``http.read_body``. None of these drops
 acknowledged data: what they cut was never answered. The live config applies to connections
 opened after a reload.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from typing import Any, cast
 
 import orjson
@@ -213,3 +217,33 @@ def _header_size(head: bytes) -> int | None:
         return None
     length = head[1] & 0x7F
     return 2 + (2 if length == 126 else 8 if length == 127 else 0) + 4
+
+
+class WriteLimit:
+    """``daemon.max_writes_per_s`` per client address (0: no limit): a token bucket holding a
+    second's worth, so a device may send a short burst. A write past it is refused (429, or an
+    error message on a stream) before anything of it is done: it was not acknowledged, and the
+    client sends it again. Queries (predictions) are not writes."""
+
+    MAX_ADDRESSES = 4096  # buckets kept; full (idle) ones are forgotten past it
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
+
+    def wait(self, rate: float, address: str | None) -> float:
+        """0.0 when a write from ``address`` may go ahead (it is counted), else the seconds
+        until one may."""
+        if rate <= 0 or address is None:
+            return 0.0
+        now = time.monotonic()
+        burst = max(rate, 1.0)
+        tokens, when = self._buckets.get(address, (burst, now))
+        tokens = min(burst, tokens + (now - when) * rate)
+        if tokens < 1.0:
+            self._buckets[address] = (tokens, now)
+            return (1.0 - tokens) / rate
+        if len(self._buckets) >= self.MAX_ADDRESSES and address not in self._buckets:
+            self._buckets = {a: (t, w) for a, (t, w) in self._buckets.items()
+                             if t + (now - w) * rate < burst}
+        self._buckets[address] = (tokens - 1.0, now)
+        return 0.0

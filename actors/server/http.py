@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from actors.server.bounds import WriteLimit
 from actors.server.core import ServingCore
 from actors.server.guard import QUERY_ROUTES, Guard
 from actors.server.payloads import parse_json
@@ -80,9 +82,10 @@ def http_status(exc: DomainError) -> int:
 class Front:
     """The middleware: auth, errors, metrics. It reads the live settings from the core."""
 
-    def __init__(self, core: ServingCore, guard: Guard) -> None:
+    def __init__(self, core: ServingCore, guard: Guard, limit: WriteLimit) -> None:
         self._core = core
         self._guard = guard
+        self._limit = limit
         self._secrets: tuple[Settings, bytes, bytes] | None = None
 
     def _keys(self) -> tuple[bytes, bytes]:
@@ -112,6 +115,8 @@ class Front:
                 response = error_response(401, "missing or wrong bearer token")
             elif (refused := self._guard.check_body(request, route)) is not None:
                 response = error_response(*refused)
+            elif wait := self._write_wait(request, route):
+                response = too_many_writes(self._core.settings.daemon.max_writes_per_s, wait)
             if response is None:
                 response = await handler(request)
         except DomainError as exc:
@@ -134,6 +139,15 @@ class Front:
                           ms=round(elapsed * 1000, 3), app=request.match_info.get("app"))
         return response
 
+    def _write_wait(self, request: web.Request, route: str) -> float:
+        """Seconds a write must wait under ``daemon.max_writes_per_s`` (0.0: go ahead). A
+        stream's messages are counted one by one, not its upgrade."""
+        rate = self._core.settings.daemon.max_writes_per_s
+        if not rate or request.method in ("GET", "HEAD", "OPTIONS") or route in QUERY_ROUTES \
+                or route == "/v1/apps/{app}/stream":
+            return 0.0
+        return self._limit.wait(rate, request.remote)
+
     def _needs_token(self, request: web.Request, route: str) -> bool:
         if self._core.settings.daemon.protect_reads:
             return True
@@ -152,6 +166,14 @@ class Front:
             return error_response(401, "missing or wrong peer secret (the peer API takes "
                                        "daemon.peer_secret, not the device token)")
         return None
+
+
+def too_many_writes(rate: float, wait: float) -> web.Response:
+    """429, with the whole seconds to wait in ``Retry-After``."""
+    response = error_response(429, f"more than {rate:g} writes a second from this address "
+                                   f"(daemon.max_writes_per_s); retry after {wait:.2f} s")
+    response.headers["Retry-After"] = str(math.ceil(wait))
+    return response
 
 
 def _bearer(request: web.Request, query: bool) -> bytes:

@@ -27,10 +27,12 @@ ERRORS = {
     415: "a write whose body does not say it is JSON",
     421: "a host name this daemon does not answer to",
     422: "well-formed but invalid: the message and `details` say where",
+    429: "more writes a second from this address than `daemon.max_writes_per_s` (when set); "
+         "`Retry-After` says when to send it again: nothing of it was stored",
     503: "not yet or not now: no model yet, the disk is full, the daemon is busy, or it has "
          "`daemon.max_connections` open (before any route: any request may get it)",
 }
-GUARDED = (401, 403, 421)  # the middleware's answers, before any route runs
+GUARDED = (401, 403, 421, 429)  # the middleware's answers, before any route runs
 READ = (401, 421, 503)
 APP_READ = (*READ, 404)
 WRITE = (*GUARDED, 400, 404, 408, 413, 415, 422, 503)  # the routes that read a body

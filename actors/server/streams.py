@@ -24,6 +24,7 @@ import orjson
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from actors.server.bounds import WriteLimit
 from actors.server.core import ServingCore
 from actors.server.payloads import check_features
 from actors.server.routing import Started
@@ -46,8 +47,9 @@ DECODE_IN_PROCESS_BYTES = 2**20
 class Streams:
     """The stream endpoint; the core keeps each app's streams as its watchers."""
 
-    def __init__(self, core: ServingCore) -> None:
+    def __init__(self, core: ServingCore, limit: WriteLimit) -> None:
         self._core = core
+        self._limit = limit  # daemon.max_writes_per_s: a stream's writes count one by one
         self._decoder: ProcessPoolExecutor | None = None  # started at the first big message
 
     async def close(self, _app: web.Application) -> None:
@@ -83,7 +85,7 @@ class Streams:
                         client.put({"type": "error", "ref": None,
                                     "message": "only JSON text messages are understood"})
                         continue
-                    reply, later = await self._now(app, msg.data)
+                    reply, later = await self._now(app, msg.data, request.remote)
                     if reply is not None:  # answered without waiting: no task, no queue
                         await client.send(reply)
                         continue
@@ -96,7 +98,8 @@ class Streams:
                 core.unfollow(app, client)
         return ws
 
-    async def _now(self, app: str, data: str) -> tuple[dict[str, Any] | None, _Work]:
+    async def _now(self, app: str, data: str, address: str | None
+                   ) -> tuple[dict[str, Any] | None, _Work]:
         """(the reply, when the message can be answered at once; else the parsed work for
         ``_later``). A prediction on an idle app is answered here, in the reader."""
         core = self._core
@@ -111,7 +114,13 @@ class Streams:
             else:
                 await core.offload(work.size, lambda: work.read(_loads(data), entry.spec,
                                                                 entry.shape))
-            if work.samples is None:  # not a prediction
+            if work.samples is None:  # not a prediction: a write, unless past the rate
+                rate = core.settings.daemon.max_writes_per_s
+                if rate and (wait := self._limit.wait(rate, address)):
+                    return {"type": "error", "ref": work.ref, "retry_after": round(wait, 3),
+                            "message": f"more than {rate:g} writes a second from this address "
+                                       "(daemon.max_writes_per_s): not stored; send it again "
+                                       "after retry_after s"}, work
                 return None, work
             started = core.start(entry, work.samples, bool(work.msg.get("probabilities")))
             if not isinstance(started, list):  # queued here (this turn's batch) or a peer's

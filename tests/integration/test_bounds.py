@@ -10,6 +10,8 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import numpy as np
@@ -197,3 +199,36 @@ def test_big_frames_do_not_stall_other_clients(daemon_factory: Any) -> None:
     # the product's promise, with a margin for a shared machine: not a speed measurement
     ms = {q: round(float(np.percentile(times, q)) * 1000, 1) for q in (50, 90, 99, 100)}
     assert p99 < 0.1, f"predict latency (ms) {ms} while {sent} 7 MB frames were sent"
+
+
+def test_writes_past_the_rate_are_refused_and_not_stored(daemon_factory: Any) -> None:
+    """``max_writes_per_s``: a write past it gets 429 (Retry-After) or, on a stream, an error
+    with ``retry_after``; nothing of it is stored, and what was acknowledged is all there."""
+    d = _bounded(daemon_factory, "max_writes_per_s = 2.0")
+    sample = {"samples": [{"features": [1, 0, 0], "label": "a"}]}
+    codes = [d.request("POST", "/v1/apps/v/samples", sample)[0] for _ in range(6)]
+    assert codes[:2] == [200, 200] and 429 in codes and set(codes) <= {200, 429}, codes
+    request = urllib.request.Request(f"{d.url}/v1/apps/v/samples", json.dumps(sample).encode(),
+                                     {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 429 and int(refused.value.headers["Retry-After"]) >= 1
+    assert d.request("POST", "/v1/apps/v/predict", {"instances": [[1, 0, 0]]})[0] == 503
+    assert d.request("POST", "/v1/apps/v/predict", {"instances": [[1, 0, 0]]})[0] == 503
+    acked = codes.count(200)
+    time.sleep(1.0)  # the bucket refills
+    with ws_open(d.port) as ws:
+        for i in range(4):
+            ws.sendall(ws_frame(orjson.dumps({"type": "sample", "ref": i,
+                                              "features": [1, 0, 0], "label": "a"})))
+        replies: dict[int, dict[str, Any]] = {}
+        ws.settimeout(15)
+        while len(replies) < 4:
+            reply = json.loads(ws_read(ws)[1])
+            if reply.get("ref") in range(4):
+                replies[reply["ref"]] = reply
+    kinds = [replies[i]["type"] for i in range(4)]
+    assert kinds[0] == "ack" and "error" in kinds, replies
+    assert all(r["retry_after"] > 0 for r in replies.values() if r["type"] == "error")
+    acked += kinds.count("ack")
+    assert d.request("GET", "/v1/apps/v")[1]["n_samples"] == acked
