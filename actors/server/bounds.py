@@ -15,7 +15,10 @@ connection is a ``Connection`` (made by ``Runner``'s sites), which adds:
 ``WriteLimit`` is the optional per-address write rate (``daemon.max_writes_per_s``) that the
 middleware (429) and WebSocket streams (an error message) apply.
 
-The body deadline (``daemon.body_timeout_s``) is in ``http.read_body``. None of these drops
+``Connection`` reads a few of aiohttp's private fields (``_waiter``, ``_messages``,
+``_upgraded``) to know whether a head is pending; ``tests/integration/test_bounds.py`` fails if
+an aiohttp upgrade changes them. The body deadline (``daemon.body_timeout_s``) is in
+``http.read_body``. None of these drops
 acknowledged data: what they cut was never answered. The live config applies to connections
 opened after a reload.
 """
@@ -53,12 +56,13 @@ REFUSAL = _refusal()
 class Runner(web.AppRunner):
     """An ``AppRunner`` whose sites accept every connection as a ``Connection``."""
 
-    __slots__ = ("core", "_open")
+    __slots__ = ("core", "_open", "_refusing")
 
     def __init__(self, app: web.Application, core: ServingCore, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.core = core  # the live settings and the metrics
         self._open = 0
+        self._refusing = False  # logged once per spell at the cap: a flood must not flood the log
 
     @property
     def server(self) -> Any:
@@ -72,9 +76,14 @@ class Runner(web.AppRunner):
     def admit(self) -> bool:
         """Count a new connection in, unless the cap is reached."""
         metrics = self.core.metrics
-        if self._open >= self.core.settings.daemon.max_connections:
+        limit = self.core.settings.daemon.max_connections
+        if self._open >= limit:
             metrics.connections_refused.inc()
+            if not self._refusing:
+                log.warning("connections_refused", reason="max_connections", limit=limit)
+            self._refusing = True
             return False
+        self._refusing = False
         self._open += 1
         metrics.http_connections.set(self._open)
         return True
@@ -100,8 +109,6 @@ class Connection(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._runner.admit():
             # refused before aiohttp sees it: no task, no parser, nothing read
-            log.warning("connection_refused", reason="max_connections",
-                        limit=self._runner.core.settings.daemon.max_connections)
             refused = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
             refused.write(REFUSAL)
             refused.close()

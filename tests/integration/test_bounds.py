@@ -212,6 +212,7 @@ def test_writes_past_the_rate_are_refused_and_not_stored(daemon_factory: Any) ->
                                      {"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
+    refused.value.close()  # it holds the connection's socket
     assert refused.value.code == 429 and int(refused.value.headers["Retry-After"]) >= 1
     assert d.request("POST", "/v1/apps/v/predict", {"instances": [[1, 0, 0]]})[0] == 503
     assert d.request("POST", "/v1/apps/v/predict", {"instances": [[1, 0, 0]]})[0] == 503
