@@ -91,6 +91,13 @@ class Metrics:
                                         "watcher over its max_per_s cap", registry=r)
         self.ws_dropped = Counter("mliot_ws_clients_dropped", "WebSocket clients cut off "
                                   "because they did not read their messages", registry=r)
+        self.http_connections = Gauge("mliot_http_connections", "Open HTTP connections "
+                                      "(WebSocket streams included)", registry=r)
+        self.connections_refused = Counter("mliot_connections_refused", "Connections refused "
+                                           "with a 503 at daemon.max_connections", registry=r)
+        self.http_timeouts = Counter("mliot_http_timeouts", "Requests whose head (connection "
+                                     "closed) or body (408) did not arrive in time", ["phase"],
+                                     registry=r)
         self.config_version = Gauge("mliot_config_version", "Configuration version in force",
                                     registry=r)
         self.config_rejected = Counter("mliot_config_reload_rejected", "Rejected reloads",

@@ -79,6 +79,13 @@ class DaemonSettings:
     public_url: str = field(default="", metadata=_check(_url))  # how people reach the dashboard
     protect_reads: bool = False
     max_body_mb: float = field(default=16.0, metadata=_check(_positive))
+    # Resource bounds (issue 20; DESIGN.md "Resource bounds"): what one hostile or broken
+    # client can hold. They apply to connections opened after a reload.
+    header_timeout_s: float = field(default=10.0, metadata=_check(_positive))
+    body_timeout_s: float = field(default=60.0, metadata=_check(_positive))
+    idle_timeout_s: float = field(default=30.0, metadata=_check(_positive))
+    max_connections: int = field(default=512, metadata=_check(_at_least(1)))
+    max_writes_per_s: float = field(default=0.0, metadata=_check(_at_least(0.0)))  # 0: off
     keep_predictions_days: float = field(default=7.0, metadata=_check(_positive))
     keep_readings_days: float = field(default=14.0, metadata=_check(_positive))
     log_level: str = field(default="info", metadata=_check(_one_of(*LOG_LEVELS)))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -186,10 +189,8 @@ class CpuQuota:
         """Move every process back to the root group and delete the group."""
         parent = self.path.parent / "cgroup.procs"
         for pid in (self.path / "cgroup.procs").read_text().split():
-            try:
+            with contextlib.suppress(OSError):  # it exited meanwhile
                 parent.write_text(pid)
-            except OSError:
-                pass  # it exited meanwhile
         self.path.rmdir()
 
 
@@ -212,3 +213,59 @@ def borderline(k: int) -> list[list[float]]:
     rng = np.random.default_rng(1)
     u = rng.uniform(-2.0, 2.0, k)
     return np.round(np.stack([1.5 + u, 1.5 - u + rng.normal(0, 0.2, k)], axis=1), 3).tolist()
+
+
+def ws_open(port: int, rcvbuf: int | None = None, query: str = "", app: str = "v"
+            ) -> socket.socket:
+    """A raw WebSocket connection to an app's stream (the test controls every byte)."""
+    sock = socket.socket()
+    if rcvbuf is not None:  # before connect, so the TCP window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /v1/apps/{app}/stream{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                 "Upgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def ws_frame(payload: bytes, mask: bool = True, length: int | None = None) -> bytes:
+    """A client text frame (masked, as RFC 6455 requires, unless told otherwise); ``length``
+    overrides the length its header declares."""
+    n = len(payload) if length is None else length
+    if n < 126:
+        head = bytes([0x81, n])
+    elif n < 2**16:
+        head = bytes([0x81, 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([0x81, 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    masked = (np.frombuffer(payload, np.uint8)
+              ^ np.resize(np.frombuffer(key, np.uint8), len(payload))).tobytes()
+    return bytes([head[0], head[1] | 0x80]) + head[2:] + key + masked
+
+
+def ws_read(sock: socket.socket) -> tuple[int, bytes]:
+    """(opcode, payload) of the next server frame."""
+    def exact(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("closed")
+            out += chunk
+        return out
+    b0, b1 = exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", exact(8))[0]
+    return b0 & 0x0F, exact(n)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from actors.server import views
 from actors.server.app import build_app
+from actors.server.bounds import Runner
 from actors.server.core import ServingCore
 from actors.server.guard import Guard, machine_names
 from actors.server.hosting import HostedModels
@@ -53,6 +54,9 @@ class Server(Actor[ServerMsg]):
     name = "server"
     # "mqtt": whether predictions are offered to the bridge (``ServingCore.publish``)
     config_keys = frozenset({"secrets", "daemon.protect_reads", "daemon.max_body_mb",
+                             "daemon.header_timeout_s", "daemon.body_timeout_s",
+                             "daemon.idle_timeout_s", "daemon.max_connections",
+                             "daemon.max_writes_per_s",
                              "daemon.name", "apps", "training.backend",
                              "training.dask_scheduler", "mqtt"})
 
@@ -64,7 +68,7 @@ class Server(Actor[ServerMsg]):
         self._started_at = started_at
         self._ready = ready
         self._shutdown_timeout = shutdown_timeout
-        self._runner: web.AppRunner | None = None
+        self._runner: Runner | None = None
         self._queries: set[asyncio.Task[None]] = set()  # other channels' requests in progress
         self.core: ServingCore | None = None
         self.port: int | None = None
@@ -78,10 +82,9 @@ class Server(Actor[ServerMsg]):
         single_thread_blas()  # serving is one row at a time: BLAS threads only add overhead
         await core.open()
         guard = Guard(await asyncio.to_thread(machine_names))  # may ask DNS: not on the loop
-        self._runner = web.AppRunner(build_app(core, self._started_at, self._ready, hosted,
-                                               guard),
-                                     handle_signals=False, access_log=None,
-                                     shutdown_timeout=self._shutdown_timeout)
+        # Runner: aiohttp's AppRunner, each connection bounded (actors/server/bounds.py)
+        self._runner = Runner(build_app(core, self._started_at, self._ready, hosted, guard),
+                              core, handle_signals=False, shutdown_timeout=self._shutdown_timeout)
         await self._runner.setup()
         d = core.settings.daemon
         site = web.TCPSite(self._runner, d.host, d.port, reuse_address=True)

@@ -7,6 +7,7 @@ import asyncio
 
 from aiohttp import web
 
+from actors.server.bounds import WriteLimit
 from actors.server.core import ServingCore
 from actors.server.dashboard import Dashboard
 from actors.server.guard import Guard
@@ -26,12 +27,16 @@ def build_app(core: ServingCore, started_at: float, ready: asyncio.Event,
     this too). ``ready`` is set once every actor has started; ``hosted`` holds the models
     peers placed here; ``guard`` knows the names and origins the daemon answers to."""
     # aiohttp's own limit is set high: `read_body` enforces the live max_body_mb.
-    app = web.Application(client_max_size=2**40, middlewares=[Front(core, guard).middleware])
+    limit = WriteLimit()  # one per daemon: HTTP and stream writes of an address count together
+    app = web.Application(client_max_size=2**40,
+                          middlewares=[Front(core, guard, limit).middleware])
     app[CORE] = core
     app[READY] = ready
     app[GUARD] = guard
+    streams = Streams(core, limit)
+    app.on_cleanup.append(streams.close)
     for surface in (V1Api(core, started_at), StreamApi(core), OipApi(core),
-                    PeerApi(core, hosted), Streams(core), Dashboard()):
+                    PeerApi(core, hosted), streams, Dashboard()):
         app.router.add_routes(surface.routes())
     app.router.add_get("/openapi.json", openapi_document)
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from actors.server.bounds import WriteLimit
 from actors.server.core import ServingCore
 from actors.server.guard import QUERY_ROUTES, Guard
 from actors.server.payloads import parse_json
@@ -80,9 +82,10 @@ def http_status(exc: DomainError) -> int:
 class Front:
     """The middleware: auth, errors, metrics. It reads the live settings from the core."""
 
-    def __init__(self, core: ServingCore, guard: Guard) -> None:
+    def __init__(self, core: ServingCore, guard: Guard, limit: WriteLimit) -> None:
         self._core = core
         self._guard = guard
+        self._limit = limit
         self._secrets: tuple[Settings, bytes, bytes] | None = None
 
     def _keys(self) -> tuple[bytes, bytes]:
@@ -112,6 +115,8 @@ class Front:
                 response = error_response(401, "missing or wrong bearer token")
             elif (refused := self._guard.check_body(request, route)) is not None:
                 response = error_response(*refused)
+            elif wait := self._write_wait(request, route):
+                response = too_many_writes(self._core.settings.daemon.max_writes_per_s, wait)
             if response is None:
                 response = await handler(request)
         except DomainError as exc:
@@ -134,6 +139,15 @@ class Front:
                           ms=round(elapsed * 1000, 3), app=request.match_info.get("app"))
         return response
 
+    def _write_wait(self, request: web.Request, route: str) -> float:
+        """Seconds a write must wait under ``daemon.max_writes_per_s`` (0.0: go ahead). A
+        stream's messages are counted one by one, not its upgrade."""
+        rate = self._core.settings.daemon.max_writes_per_s
+        if not rate or request.method in ("GET", "HEAD", "OPTIONS") or route in QUERY_ROUTES \
+                or route == "/v1/apps/{app}/stream":
+            return 0.0
+        return self._limit.wait(rate, request.remote)
+
     def _needs_token(self, request: web.Request, route: str) -> bool:
         if self._core.settings.daemon.protect_reads:
             return True
@@ -154,6 +168,14 @@ class Front:
         return None
 
 
+def too_many_writes(rate: float, wait: float) -> web.Response:
+    """429, with the whole seconds to wait in ``Retry-After``."""
+    response = error_response(429, f"more than {rate:g} writes a second from this address "
+                                   f"(daemon.max_writes_per_s); retry after {wait:.2f} s")
+    response.headers["Retry-After"] = str(math.ceil(wait))
+    return response
+
+
 def _bearer(request: web.Request, query: bool) -> bytes:
     """The bearer token a request presents, as bytes: aiohttp keeps undecodable header bytes
     as surrogates, which a plain ``encode()`` would raise on (a 500, not the 401 it is)."""
@@ -168,19 +190,27 @@ def _bearer(request: web.Request, query: bool) -> bytes:
 
 
 async def read_body(core: ServingCore, request: web.Request) -> bytes:
-    """The body, refused (413) past ``daemon.max_body_mb`` before it is all read."""
-    limit = int(core.settings.daemon.max_body_mb * 2**20)
+    """The body, refused (413) past ``daemon.max_body_mb`` before it is all read, and (408)
+    when it has not all arrived ``daemon.body_timeout_s`` after the head."""
+    d = core.settings.daemon
+    limit = int(d.max_body_mb * 2**20)
     length = request.content_length
-    if length is not None:
-        if length > limit:
-            raise _too_big(limit)
-        return await request.read()  # aiohttp's own cap is off; the length is checked
-    body = bytearray()  # chunked: count as it arrives
-    async for chunk in request.content.iter_chunked(256 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise _too_big(limit)
-    return bytes(body)
+    if length is not None and length > limit:
+        raise _too_big(limit)
+    try:
+        async with asyncio.timeout(d.body_timeout_s):
+            if length is not None:
+                return await request.read()  # aiohttp's own cap is off; the length is checked
+            body = bytearray()  # chunked: count as it arrives
+            async for chunk in request.content.iter_chunked(256 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    raise _too_big(limit)
+            return bytes(body)
+    except TimeoutError:
+        core.metrics.http_timeouts.labels("body").inc()
+        raise web.HTTPRequestTimeout(text=f"the body did not arrive within {d.body_timeout_s:g} "
+                                          "s (daemon.body_timeout_s)") from None
 
 
 async def read_json(core: ServingCore, request: web.Request) -> Any:

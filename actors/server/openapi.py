@@ -21,17 +21,21 @@ ERRORS = {
     401: "missing or wrong bearer token (writes; reads with `daemon.protect_reads`)",
     403: "a write from a web page of another origin; the peer API without a peer secret",
     404: "no such app, version, query or file",
+    408: "the body did not all arrive within `daemon.body_timeout_s`",
     409: "conflicts with what the daemon has (see the message)",
     413: "body larger than `daemon.max_body_mb`",
     415: "a write whose body does not say it is JSON",
     421: "a host name this daemon does not answer to",
     422: "well-formed but invalid: the message and `details` say where",
-    503: "not yet or not now: no model yet, the disk is full, or the daemon is busy",
+    429: "more writes a second from this address than `daemon.max_writes_per_s` (when set); "
+         "`Retry-After` says when to send it again: nothing of it was stored",
+    503: "not yet or not now: no model yet, the disk is full, the daemon is busy, or it has "
+         "`daemon.max_connections` open (before any route: any request may get it)",
 }
-GUARDED = (401, 403, 421)  # the middleware's answers, before any route runs
+GUARDED = (401, 403, 421, 429)  # the middleware's answers, before any route runs
 READ = (401, 421, 503)
 APP_READ = (*READ, 404)
-WRITE = (*GUARDED, 400, 404, 413, 415, 422, 503)
+WRITE = (*GUARDED, 400, 404, 408, 413, 415, 422, 503)  # the routes that read a body
 
 
 def _errors(codes: tuple[int, ...]) -> dict[str, Any]:

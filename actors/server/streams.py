@@ -5,14 +5,18 @@ The reader starts every prediction of one read in the same loop turn, so pipelin
 share a batch, and writes an answer it has at once straight to the socket. Anything that
 waits (a batch, a commit, a peer) goes to a task per message, bounded per connection. Each
 connection has a bounded queue of outgoing messages; a client that lets it fill is cut off at
-once, so it never holds back the others.
+once, so it never holds back the others. A big message is decoded off the loop (in a child
+process past 1 MiB: see DECODE_IN_PROCESS_BYTES).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,25 +24,39 @@ import orjson
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from actors.server.bounds import WriteLimit
 from actors.server.core import ServingCore
 from actors.server.payloads import check_features
 from actors.server.routing import Started
-from mliot_daemon.errors import DomainError, Invalid, Malformed
+from mliot_daemon.errors import DomainError, Invalid, Malformed, Unavailable
+from mliot_daemon.learn import decode
 from mliot_daemon.messages import FeedbackIn, SamplesIn
 from mliot_daemon.metrics import Metrics
+from mliot_daemon.settings import AppSpec
 
 log = structlog.get_logger("mliot.server")
 
 WS_QUEUE = 1024  # messages waiting for one WebSocket client; a client that lets it fill is cut
 WS_IN_FLIGHT = 256  # predictions one WebSocket client may have pending
 WS_DIRECT_MAX = 16 * 1024  # unsent bytes above which a reply queues instead (see Client.send)
+# Messages past this are decoded in a child process: a thread would still hold the GIL (see
+# mliot_daemon.learn.decode); those between the core's threshold (32 KiB) and this, in a thread.
+DECODE_IN_PROCESS_BYTES = 2**20
 
 
 class Streams:
     """The stream endpoint; the core keeps each app's streams as its watchers."""
 
-    def __init__(self, core: ServingCore) -> None:
+    def __init__(self, core: ServingCore, limit: WriteLimit) -> None:
         self._core = core
+        self._limit = limit  # daemon.max_writes_per_s: a stream's writes count one by one
+        self._decoder: ProcessPoolExecutor | None = None  # started at the first big message
+
+    async def close(self, _app: web.Application) -> None:
+        """Stop the decoding process (the application's cleanup)."""
+        if self._decoder is not None:
+            await asyncio.to_thread(self._decoder.shutdown, wait=True, cancel_futures=True)
+            self._decoder = None
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/apps/{app}/stream", self.stream)]
@@ -60,11 +78,14 @@ class Streams:
                 core.follow(app, client)
                 writer = tg.create_task(client.write_loop(), name=f"ws.{app}.tx")
                 async for msg in ws:
-                    if msg.type != web.WSMsgType.TEXT:
+                    if msg.type == WSMsgType.ERROR:  # aiohttp closed it: 1009 past max_body_mb
+                        log.info("ws_closed_on_error", app=app, error=str(msg.data))
+                        break
+                    if msg.type != WSMsgType.TEXT:
                         client.put({"type": "error", "ref": None,
                                     "message": "only JSON text messages are understood"})
                         continue
-                    reply, later = self._now(app, msg.data)
+                    reply, later = await self._now(app, msg.data, request.remote)
                     if reply is not None:  # answered without waiting: no task, no queue
                         await client.send(reply)
                         continue
@@ -77,24 +98,31 @@ class Streams:
                 core.unfollow(app, client)
         return ws
 
-    def _now(self, app: str, data: str) -> tuple[dict[str, Any] | None, _Work]:
+    async def _now(self, app: str, data: str, address: str | None
+                   ) -> tuple[dict[str, Any] | None, _Work]:
         """(the reply, when the message can be answered at once; else the parsed work for
         ``_later``). A prediction on an idle app is answered here, in the reader."""
         core = self._core
-        work = _Work()
+        work = _Work(size=len(data))
         try:
-            try:
-                msg = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise Malformed(f"malformed JSON: {exc}") from exc
-            if not isinstance(msg, dict):
-                raise Invalid("a message must be a JSON object")
-            work.msg, work.ref = msg, msg.get("ref")
-            if msg.get("type") != "predict":
-                return None, work
             entry = core.app(app)
-            work.samples = [check_features(msg.get("features"), entry.spec, entry.shape)]
-            started = core.start(entry, work.samples, bool(msg.get("probabilities")))
+            # A big message is decoded and checked off the loop (7 MB took it ~0.15 s); a
+            # small one inline, without leaving this turn, so pipelined predictions still
+            # share a batch.
+            if work.size > DECODE_IN_PROCESS_BYTES:
+                work.read(await self._decode(data), entry.spec, entry.shape)
+            else:
+                await core.offload(work.size, lambda: work.read(_loads(data), entry.spec,
+                                                                entry.shape))
+            if work.samples is None:  # not a prediction: a write, unless past the rate
+                rate = core.settings.daemon.max_writes_per_s
+                if rate and (wait := self._limit.wait(rate, address)):
+                    return {"type": "error", "ref": work.ref, "retry_after": round(wait, 3),
+                            "message": f"more than {rate:g} writes a second from this address "
+                                       "(daemon.max_writes_per_s): not stored; send it again "
+                                       "after retry_after s"}, work
+                return None, work
+            started = core.start(entry, work.samples, bool(work.msg.get("probabilities")))
             if not isinstance(started, list):  # queued here (this turn's batch) or a peer's
                 work.started = started
                 return None, work
@@ -102,6 +130,21 @@ class Streams:
             return {"type": "prediction", "ref": work.ref, **prediction}, work
         except Exception as exc:
             return _error(app, work.ref, exc), work
+
+    async def _decode(self, data: str) -> Any:
+        """A big message, decoded in the child process (its lists of numbers as arrays)."""
+        if self._decoder is None:
+            self._decoder = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("forkserver"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, decode.loads,
+                                                                    data)
+        except ValueError as exc:
+            raise Malformed(f"malformed JSON: {exc}") from None
+        except BrokenProcessPool:  # killed (out of memory?): the next message starts another
+            pool, self._decoder = self._decoder, None
+            pool.shutdown(wait=False)
+            raise Unavailable("the message decoder stopped; send it again") from None
 
     async def _later(self, app: str, client: Client, work: _Work,
                      in_flight: asyncio.Semaphore) -> None:
@@ -117,7 +160,7 @@ class Streams:
                 client.put({"type": "prediction", "ref": ref, **prediction})
             elif kind == "sample":
                 item = {"features": msg.get("features"), "label": msg.get("label")}
-                result = await core.ingest(app, SamplesIn(items=(item,)), "ws")
+                result = await core.ingest(app, SamplesIn(items=(item,)), "ws", work.size)
                 client.put({"type": "ack", "ref": ref, "n_samples": result["n_samples"]})
             elif kind == "readings":  # a stream app's batch, acknowledged after its commit
                 result = await core.streams.ingest(app, msg.get("readings"), "ws",
@@ -133,6 +176,13 @@ class Streams:
             client.put(_error(app, ref, exc))
         finally:
             in_flight.release()
+
+
+def _loads(data: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed(f"malformed JSON: {exc}") from exc
 
 
 def _rate(text: str) -> float:
@@ -162,10 +212,20 @@ def _error(app: str, ref: Any, exc: Exception) -> dict[str, Any]:
 class _Work:
     """One parsed WebSocket message on its way to ``Streams._later``."""
 
+    size: int = 0  # the message's length
     msg: dict[str, Any] = field(default_factory=dict)
     ref: Any = None
     samples: list[Any] | None = None  # a prediction's checked features
     started: Started | None = None  # see Router.start
+
+    def read(self, msg: Any, spec: AppSpec, shape: tuple[int, ...] | None) -> None:
+        """Take a decoded message, and check a prediction's features (no loop state: this may
+        run on the parser thread)."""
+        if not isinstance(msg, dict):
+            raise Invalid("a message must be a JSON object")
+        self.msg, self.ref = msg, msg.get("ref")
+        if msg.get("type") == "predict":
+            self.samples = [check_features(msg.get("features"), spec, shape)]
 
 
 class Client:

@@ -18,6 +18,7 @@ for the API a caller uses. Modules:
 - ``evaluate``: the ``mliot evaluate`` command.
 - ``dataset``: training samples read straight from the daemon's SQLite file.
 - ``jobs``: the trainer's process-pool entry points.
+- ``decode``: big WebSocket messages decoded in a child process (the server's).
 - ``shipping``: fits shipped to a Dask cluster and their results written back.
 
 It may import numpy, scipy, scikit-learn, XGBoost, threadpoolctl and ``mliot_daemon``'s

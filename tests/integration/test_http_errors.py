@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import re
-import socket
-import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DaemonProcess, wait_for
+from support import DaemonProcess, wait_for, ws_frame, ws_open, ws_read
 
 SAMPLE = {"samples": [{"features": [1.0, 2.0, 3.0], "label": "a"}]}
 
@@ -155,67 +152,23 @@ def test_an_app_named_like_a_query_route_is_still_guarded(daemon_factory: Any) -
     assert d.request("POST", "/v1/apps/predict/predict", {"instances": [[1.0]]})[0] == 503
 
 
-def _ws_open(port: int, rcvbuf: int | None = None, query: str = "") -> socket.socket:
-    """A raw WebSocket connection to app v's stream (the test controls every read)."""
-    sock = socket.socket()
-    if rcvbuf is not None:  # before connect, so the TCP window stays small
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /v1/apps/v/stream{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                 "Upgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
-def _ws_frame(payload: bytes) -> bytes:
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
-        b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def _ws_read(sock: socket.socket) -> tuple[int, bytes]:
-    """(opcode, payload) of the next server frame."""
-    def exact(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = sock.recv(n - len(out))
-            if not chunk:
-                raise ConnectionError("closed")
-            out += chunk
-        return out
-    b0, b1 = exact(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", exact(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", exact(8))[0]
-    return b0 & 0x0F, exact(n)
-
-
 def test_a_websocket_client_that_never_reads_is_cut_off(app: DaemonProcess) -> None:
     """Replies to a client that does not read queue up in that client's queue (never in the
     reader); past its limit the daemon closes that connection, and others are answered."""
-    with _ws_open(app.port, rcvbuf=4096) as stuck, _ws_open(app.port) as other:
-        frame = _ws_frame(b'{"type": "predict", "ref": 1, "features": [1, 2, 3]}')
+    with ws_open(app.port, rcvbuf=4096) as stuck, ws_open(app.port) as other:
+        frame = ws_frame(b'{"type": "predict", "ref": 1, "features": [1, 2, 3]}')
         with contextlib.suppress(ConnectionError):  # the cut may come while we still send
             for _ in range(100_000):  # each is answered (503: no model yet), never read: MBs
                 stuck.sendall(frame)  # of replies, more than the kernel's buffers and queue
         wait_for(lambda: app.events("ws_client_too_slow"), 60)
-        other.sendall(_ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 2, 3]}'))
-        opcode, payload = _ws_read(other)
+        other.sendall(ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 2, 3]}'))
+        opcode, payload = ws_read(other)
         assert opcode == 1 and b'"ref":"x"' in payload and b"no model yet" in payload
         # what was sent before the cut can be read, then the connection ends (a close frame,
         # or a reset: the daemon closed a socket holding frames it had not read)
         stuck.settimeout(30)
         with pytest.raises(ConnectionError):
-            while _ws_read(stuck)[0] != 0x8:
+            while ws_read(stuck)[0] != 0x8:
                 pass
             raise ConnectionResetError("closed by the daemon")
     assert app.request("GET", "/v1/apps/v")[0] == 200
@@ -233,8 +186,8 @@ def test_watchers_that_never_read_are_dropped_at_once(app: DaemonProcess) -> Non
                for i in range(20)]
     assert app.request("POST", "/v1/apps/v/samples", {"samples": samples})[0] == 200
     wait_for(lambda: app.request("GET", "/v1/apps/v")[1]["ready"], 120)
-    watchers = [_ws_open(app.port, rcvbuf=4096, query="?watch=true") for _ in range(3)]
-    other = _ws_open(app.port)
+    watchers = [ws_open(app.port, rcvbuf=4096, query="?watch=true") for _ in range(3)]
+    other = ws_open(app.port)
     try:
         wait_for(lambda: _gauge(app, "mliot_ws_connections") == 4)
         batch = {"instances": [[0.0, 1.0, 1.0]] * 10_000}  # 10,000 watch messages each
@@ -244,9 +197,9 @@ def test_watchers_that_never_read_are_dropped_at_once(app: DaemonProcess) -> Non
                 break
         assert _gauge(app, "mliot_ws_clients_dropped_total") == 3
         wait_for(lambda: _gauge(app, "mliot_ws_connections") == 1, 5)  # only `other` is left
-        other.sendall(_ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 0, 0]}'))
+        other.sendall(ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 0, 0]}'))
         other.settimeout(30)
-        while b'"ref":"x"' not in (payload := _ws_read(other)[1]):  # training events come too
+        while b'"ref":"x"' not in (payload := ws_read(other)[1]):  # training events come too
             assert b'"type":"event"' in payload, payload
         assert b'"type":"prediction"' in payload
     finally:

@@ -15,7 +15,7 @@ PACKAGES = ("mliot_daemon", "actors")
 AIOHTTP = {"actors.server.app", "actors.server.http", "actors.server.guard", "actors.server.v1",
            "actors.server.oip", "actors.server.peer_api", "actors.server.streams",
            "actors.server.dashboard", "actors.server.actor", "actors.server.stream_api",
-           "actors.server.export", "actors.server.openapi",
+           "actors.server.export", "actors.server.openapi", "actors.server.bounds",
            "actors.peers",
            "mliot_daemon.commands"}
 # the CLI's client commands may be MQTT clients: `mliot demo --sensors` publishes as devices do
