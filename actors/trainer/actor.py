@@ -175,8 +175,10 @@ class Trainer(Actor[TrainerMsg]):
         for name, spec in wanted.items():
             state = self._apps.get(name)
             if state is None:
-                state = self._apps[name] = AppState(spec)
+                state = AppState(spec)
+                # resumed before _poll can see it: else a poll in between trains it from zero
                 await self._resume(state)
+                self._apps[name] = state
             elif state.spec != spec:
                 changed_policy = state.spec.policy != spec.policy
                 state.spec = spec
