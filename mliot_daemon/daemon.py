@@ -110,12 +110,8 @@ class Daemon:
                         tg.create_task(self._watch_config_file(), name="config.poll"),
                         tg.create_task(self._prune(), name="store.prune"),
                         tg.create_task(self._tell_systemd(), name="systemd.status"),
+                        tg.create_task(self._freeze_heap(), name="gc.freeze"),
                     ]
-                    # Everything loaded at start (modules, models) lives for good: keep it out
-                    # of the collector's full passes, which otherwise stall the loop for tens
-                    # of milliseconds under allocation-heavy ingest.
-                    gc.collect()
-                    gc.freeze()
                     self.ready.set()
                     self.serving.set()
                     log.info("daemon_ready", port=self.server.port,
@@ -132,6 +128,15 @@ class Daemon:
             await self.store.close()
         log.info("daemon_stopped")
         return 0
+
+    async def _freeze_heap(self) -> None:
+        """Everything loaded at start lives for good: the modules, the models, and sklearn and
+        xgboost, which the trainer imports once the daemon serves. Keep it out of the
+        collector's full passes, which otherwise stall the loop for tens of milliseconds under
+        allocation-heavy ingest; so after the trainer's imports, not before ``/readyz``."""
+        await self.trainer.working.wait()
+        gc.collect()
+        gc.freeze()
 
     async def _reload_on_request(self) -> None:
         while True:

@@ -59,6 +59,7 @@ class Trainer(Actor[TrainerMsg]):
                  machine: str, metrics: Metrics, after: asyncio.Event | None = None) -> None:
         super().__init__(refs.trainer)
         self._after = after  # work starts once this is set (the daemon: serving)
+        self.working = asyncio.Event()  # set once the learning code and the pool are in
         self._settings = settings
         self._metrics = metrics
         self._store = store
@@ -79,7 +80,7 @@ class Trainer(Actor[TrainerMsg]):
         await asyncio.to_thread(self._registry.clear_staging)
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
         self._dask.check_installed()
-        self._working = asyncio.Event()  # set by _start_work; messages wait for it
+        self.working.clear()  # set by _start_work; messages wait for it
         self._versions: dict[str, str] = {}
 
     def background(self) -> list:
@@ -93,7 +94,7 @@ class Trainer(Actor[TrainerMsg]):
             await self._after.wait()
         self._versions = await asyncio.to_thread(_import_learning)
         await asyncio.to_thread(self._pool.start)  # blocks while the forkserver starts
-        self._working.set()
+        self.working.set()
 
     async def on_stop(self) -> None:
         runs = [s.running for s in self._apps.values() if s.running is not None]
@@ -121,14 +122,14 @@ class Trainer(Actor[TrainerMsg]):
         """Check every app now and then: a dropped SamplesAdded must not stall training."""
         while True:
             await asyncio.sleep(POLL_S)
-            await self._working.wait()
+            await self.working.wait()
             for name in list(self._apps):
                 await self._maybe_train(name)
 
     # -- messages -----------------------------------------------------------------------------
 
     async def handle(self, msg: TrainerMsg) -> None:
-        await self._working.wait()  # the first messages (the apps at start) wait for the pool
+        await self.working.wait()  # the first messages (the apps at start) wait for the pool
         match msg:
             case AppsChanged(apps=apps):
                 await self._set_apps(apps)
