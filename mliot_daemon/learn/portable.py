@@ -137,6 +137,11 @@ def export_portable(model: Any, directory: Path) -> Path:
             **{k: float(getattr(gate, k)) for k in GATE_SCALARS}},
         "calibration": model.calibration.as_dict() if model.calibration else None,
         "metrics": {k: model.metrics[k] for k in METRICS if k in model.metrics},
+        # the rest (validation confusion, accuracies) is only shown, never computed with: the
+        # quality view and the version history read it from the served model
+        "report": json.loads(json.dumps(
+            {k: v for k, v in model.metrics.items() if k not in METRICS},
+            default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))),
     }
     directory = Path(directory)
     directory.mkdir(parents=True)
@@ -318,6 +323,9 @@ def _build(man: dict[str, Any], arr: _Arrays) -> PortableModel:
     for k, v in metrics.items():
         for x in v if isinstance(v, list) else [v]:
             _number(x, k)
+    report = man.get("report")
+    if isinstance(report, dict):
+        metrics = {**{k: v for k, v in report.items() if k not in METRICS}, **metrics}
     model = PortableModel(front_end, list(classes), members, selection, reducer, gate,
                           Calibration.from_dict(man["calibration"]), metrics)
     probe = np.zeros((2, d))  # a trial vote, both paths: what is left inconsistent fails here

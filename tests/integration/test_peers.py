@@ -79,16 +79,18 @@ def test_peers_see_each_other_and_refuse_wrong_tokens(fleet: Any) -> None:
         d.wait_ready()
 
     def a_sees() -> dict[str, dict[str, Any]] | None:
-        m = machines(a, "ta")
-        return m if m["b"]["up"] and "401" in (m["c"]["error"] or "") else None
+        m = machines(a, "ta")  # before the scheduler's first plan: this machine alone
+        seen = "b" in m and "c" in m
+        return m if seen and m["b"]["up"] and "401" in (m["c"]["error"] or "") else None
 
     seen = wait_for(a_sees, 15)
     assert seen["a"]["local"] and seen["a"]["speed"] > 0
     assert seen["b"]["rtt_ms"] > 0 and seen["b"]["speed"] > 0 and seen["b"]["cores"] > 0
     assert not seen["c"]["up"] and "401" in seen["c"]["error"]  # a's token is wrong at c
-    b_sees = wait_for(lambda: (m := machines(b, "tb"))["a"]["up"] and m, 15)
+    b_sees = wait_for(lambda: (m := machines(b, "tb")).get("a", {}).get("up") and m, 15)
     assert b_sees["a"]["rtt_ms"] > 0 and b_sees["a"]["speed"] > 0
-    c_sees = wait_for(lambda: "401" in ((m := machines(c, "tc"))["a"]["error"] or "") and m, 15)
+    c_sees = wait_for(
+        lambda: "401" in ((m := machines(c, "tc")).get("a", {}).get("error") or "") and m, 15)
     assert not c_sees["a"]["up"] and "401" in c_sees["a"]["error"]  # c's token is wrong at a
     # The peer API refuses a missing or wrong secret outright, and a's own device token too.
     assert http("GET", f"{a.url}/v1/peer/profile")[0] == 401
