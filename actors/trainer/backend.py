@@ -9,11 +9,10 @@ store and write local model folders).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # the learning code is not imported before the daemon serves
-    from mliot_daemon.learn.fit import FitResult
-    from mliot_daemon.learn.plan import PlanStep
+from mliot_daemon.learn.fit import FitResult
+from mliot_daemon.learn.plan import PlanStep
 
 
 class FitBackend(Protocol):
