@@ -75,7 +75,7 @@ def test_schemathesis_finds_no_500_no_undeclared_status_and_no_schema_violation(
                          "response_schema_conformance,content_type_conformance",
              "--header", f"Authorization: Bearer {TOKEN}",
              "--max-examples", "10", "--max-time", str(MAX_SECONDS), "--seed", "1",
-             "--phases", "examples,coverage,fuzzing", "--workers", "2",
+             "--phases", "examples,coverage,fuzzing", "--workers", "1",
              "--request-timeout", "20", "--no-color"],
             cwd=tmp_path, capture_output=True, text=True, timeout=MAX_SECONDS + 120,
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
