@@ -92,8 +92,8 @@ class Monitor(Actor[MonitorMsg]):
 
     async def handle(self, msg: MonitorMsg) -> None:
         match msg:
-            case GetLoad(reply=reply):
-                if self._cpu_speed is None:
+            case GetLoad(reply=reply, wait_for_speed=wait):
+                if self._cpu_speed is None and wait:
                     self._waiting.append(reply)  # answered once measured: never a made-up speed
                 elif not reply.done():
                     reply.set_result(self._load or self._sample())
@@ -117,11 +117,9 @@ class Monitor(Actor[MonitorMsg]):
             if cores != self._cores:  # a CPU quota was set or changed
                 log.info("cpu_quota_changed", cores_before=self._cores, cores=cores)
                 self._cores = cores
-            if self._cpu_speed is not None:
-                self._sample()
+            self._sample()
 
     def _sample(self) -> MachineLoad:
-        assert self._cpu_speed is not None
         m = self._metrics
         with self._proc.oneshot():
             cpu = self._proc.cpu_percent(None)
@@ -142,7 +140,7 @@ class Monitor(Actor[MonitorMsg]):
             cpu_percent=psutil.cpu_percent(None), memory_percent=vm.percent,
             cores=self._cores, memory_mib=vm.total / 2**20,
             loop_lag_p50_ms=float(p50), loop_lag_p99_ms=float(p99), mailboxes=boxes,
-            speed=self._cpu_speed * min(1.0, self._cores))
+            speed=(self._cpu_speed or 0.0) * min(1.0, self._cores))
         m.machine_cpu.set(load.cpu_percent / 100.0)
         m.machine_memory.set(vm.percent / 100.0)
         for ref in self._watched:
