@@ -81,6 +81,7 @@ class Trainer(Actor[TrainerMsg]):
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
         self._dask.check_installed()
         self.working.clear()  # set by _start_work; messages wait for it
+        self._early_apps: tuple[AppSpec, ...] | None = None  # AppsChanged before then
         self._versions: dict[str, str] = {}
 
     def background(self) -> list:
@@ -94,6 +95,9 @@ class Trainer(Actor[TrainerMsg]):
             await self._after.wait()
         self._versions = await asyncio.to_thread(_import_learning)
         await asyncio.to_thread(self._pool.start)  # blocks while the forkserver starts
+        while self._early_apps is not None:  # another may come while these are resumed
+            apps, self._early_apps = self._early_apps, None
+            await self._set_apps(apps)
         self.working.set()
 
     async def on_stop(self) -> None:
@@ -129,7 +133,17 @@ class Trainer(Actor[TrainerMsg]):
     # -- messages -----------------------------------------------------------------------------
 
     async def handle(self, msg: TrainerMsg) -> None:
-        await self.working.wait()  # the first messages (the apps at start) wait for the pool
+        if not self.working.is_set():
+            # The learning code takes seconds to import (more on a cold disk): /v1/status must
+            # not wait for it, and the apps at start are resumed once it is in (_start_work).
+            match msg:
+                case GetTrainerStatus(reply=reply) if not reply.done():
+                    reply.set_result({name: _status(s) for name, s in self._apps.items()})
+                    return
+                case AppsChanged(apps=apps):
+                    self._early_apps = apps
+                    return
+            await self.working.wait()  # other messages wait for the pool
         match msg:
             case AppsChanged(apps=apps):
                 await self._set_apps(apps)
