@@ -26,10 +26,9 @@ import numpy as np
 import psutil
 import structlog
 
-from mliot_daemon.learn.plan import measure_speed
 from mliot_daemon.messages import GetLoad, MachineLoad, MonitorMsg, Refs
 from mliot_daemon.metrics import Metrics
-from mliot_daemon.runtime import Actor
+from mliot_daemon.runtime import Actor, ActorStopped
 from mliot_daemon.systemd import Notifier
 
 log = structlog.get_logger("mliot.monitor")
@@ -45,8 +44,9 @@ class Monitor(Actor[MonitorMsg]):
     name = "monitor"
 
     def __init__(self, metrics: Metrics, refs: Refs, notifier: Notifier | None = None,
-                 sample_every_s: float = 1.0) -> None:
+                 sample_every_s: float = 1.0, after: asyncio.Event | None = None) -> None:
         super().__init__(refs.monitor)
+        self._after = after  # the speed is measured once this is set (the daemon: serving)
         self._metrics = metrics
         self._notifier = notifier or Notifier({})
         self._every = sample_every_s
@@ -55,10 +55,8 @@ class Monitor(Actor[MonitorMsg]):
         self._load: MachineLoad | None = None
 
     async def on_start(self) -> None:
-        # A short standard fit (the learning core's cost reference): model latencies measured
-        # on one machine scale to another by the ratio of their speeds. The daemon's speed is
-        # the CPU's, times the share of one core a CPU quota leaves it.
-        self._cpu_speed = await asyncio.to_thread(measure_speed)
+        self._cpu_speed: float | None = None  # until _measure_speed
+        self._waiting: list[asyncio.Future[MachineLoad]] = []  # GetLoad before the speed
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)  # the first reading is a meaningless 0.0: prime it
         self._children: dict[int, psutil.Process] = {}
@@ -66,15 +64,38 @@ class Monitor(Actor[MonitorMsg]):
         self._busy = 0.0
         self._dropped: dict[str, int] = {}  # per mailbox: drops counted so far
         psutil.cpu_percent(None)
-        self._sample()
 
     def background(self) -> list:
-        return [self._ticker(), self._sampler()]
+        return [self._ticker(), self._sampler(), self._measure_speed()]
+
+    async def on_stop(self) -> None:
+        for reply in getattr(self, "_waiting", ()):  # a half-done start has none
+            if not reply.done():
+                reply.set_exception(ActorStopped(self.name))
+
+    async def _measure_speed(self) -> None:
+        """A short standard fit (the learning core's cost reference): model latencies measured
+        on one machine scale to another by the ratio of their speeds. The daemon's speed is the
+        CPU's, times the share of one core a CPU quota leaves it.
+
+        It needs sklearn (~2 s to import), which serving does not: so it runs in a thread once
+        the daemon serves (issue 20), and GetLoad asked before then is answered after it.
+        """
+        if self._after is not None:
+            await self._after.wait()
+        self._cpu_speed = await asyncio.to_thread(_measure)
+        load = self._sample()
+        for reply in self._waiting:
+            if not reply.done():
+                reply.set_result(load)
+        self._waiting.clear()
 
     async def handle(self, msg: MonitorMsg) -> None:
         match msg:
-            case GetLoad(reply=reply):
-                if not reply.done():
+            case GetLoad(reply=reply, wait_for_speed=wait):
+                if self._cpu_speed is None and wait:
+                    self._waiting.append(reply)  # answered once measured: never a made-up speed
+                elif not reply.done():
                     reply.set_result(self._load or self._sample())
             case _:
                 assert_never(msg)
@@ -119,7 +140,7 @@ class Monitor(Actor[MonitorMsg]):
             cpu_percent=psutil.cpu_percent(None), memory_percent=vm.percent,
             cores=self._cores, memory_mib=vm.total / 2**20,
             loop_lag_p50_ms=float(p50), loop_lag_p99_ms=float(p99), mailboxes=boxes,
-            speed=self._cpu_speed * min(1.0, self._cores))
+            speed=(self._cpu_speed or 0.0) * min(1.0, self._cores))
         m.machine_cpu.set(load.cpu_percent / 100.0)
         m.machine_memory.set(vm.percent / 100.0)
         for ref in self._watched:
@@ -148,6 +169,12 @@ class Monitor(Actor[MonitorMsg]):
             seen[child.pid] = proc
         self._children = seen
         return total
+
+
+def _measure() -> float:
+    from mliot_daemon.learn.plan import measure_speed  # sklearn: imported in this thread
+
+    return measure_speed()
 
 
 def _host_cores() -> float:

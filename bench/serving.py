@@ -84,7 +84,8 @@ def build_models(data_dir: Path) -> dict[str, list[str]]:
     every.selection = dataclasses.replace(
         every.selection, members=list(range(len(candidates))),
         weights=[member_weight(c.val_accuracy, k) for c in candidates],
-        families=[c.family for c in candidates])
+        families=[c.family for c in candidates],
+        sharpness=[c.sharpness for c in candidates])  # one per member, as save_model writes
     every._fast = None
     for app, model in (("digits7", every), ("digits3", low)):
         staging = registry.staging_path(app)

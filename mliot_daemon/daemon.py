@@ -60,6 +60,9 @@ class Daemon:
         self.metrics = Metrics()
         self.store = Store(settings.daemon.data_path / "mliot.db")
         self.ready = asyncio.Event()
+        # Set with the first ``ready`` and never cleared: what serving does not need (the
+        # trainer's learning code and pool, the monitor's speed benchmark) starts then.
+        self.serving = asyncio.Event()
         self.signals = signals or Signals()
         self.started_at = time.monotonic()
         self.registry = Registry(settings.daemon.data_path / "models")
@@ -68,11 +71,11 @@ class Daemon:
         # the monitor, peers and server; the peers actor only offers the scheduler Replan.
         refs = Refs.create()
         self.notifier = Notifier()  # systemd's, when it runs us as Type=notify
-        self.monitor = Monitor(self.metrics, refs, self.notifier)
+        self.monitor = Monitor(self.metrics, refs, self.notifier, after=self.serving)
         self.server = Server(config, self.store, self.metrics, self.registry, refs,
                              self.started_at, self.ready)
         self.trainer = Trainer(settings, self.store, self.registry, refs,
-                               settings.daemon.machine_name, self.metrics)
+                               settings.daemon.machine_name, self.metrics, self.serving)
         self.bridge = MqttBridge(settings, refs, self.metrics)
         self.peers = Peers(settings, refs)
         self.scheduler = Scheduler(settings, refs)
@@ -107,13 +110,10 @@ class Daemon:
                         tg.create_task(self._watch_config_file(), name="config.poll"),
                         tg.create_task(self._prune(), name="store.prune"),
                         tg.create_task(self._tell_systemd(), name="systemd.status"),
+                        tg.create_task(self._freeze_heap(), name="gc.freeze"),
                     ]
-                    # Everything loaded at start (sklearn, xgboost, models) lives for good: keep
-                    # it out of the collector's full passes, which otherwise stall the loop for
-                    # tens of milliseconds under allocation-heavy ingest.
-                    gc.collect()
-                    gc.freeze()
                     self.ready.set()
+                    self.serving.set()
                     log.info("daemon_ready", port=self.server.port,
                              machine=self.config.current.daemon.machine_name)
                     self.notifier.ready(f"ready on port {self.server.port}")
@@ -128,6 +128,15 @@ class Daemon:
             await self.store.close()
         log.info("daemon_stopped")
         return 0
+
+    async def _freeze_heap(self) -> None:
+        """Everything loaded at start lives for good: the modules, the models, and sklearn and
+        xgboost, which the trainer imports once the daemon serves. Keep it out of the
+        collector's full passes, which otherwise stall the loop for tens of milliseconds under
+        allocation-heavy ingest; so after the trainer's imports, not before ``/readyz``."""
+        await self.trainer.working.wait()
+        gc.collect()
+        gc.freeze()
 
     async def _reload_on_request(self) -> None:
         while True:

@@ -44,12 +44,16 @@ class MachineLoad:
     loop_lag_p50_ms: float
     loop_lag_p99_ms: float
     mailboxes: tuple[tuple[str, int], ...]
-    speed: float  # this machine against the reference one, from a short standard benchmark
+    speed: float  # this machine against the reference one (a short standard benchmark); 0.0 until measured
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GetLoad(Query[MachineLoad]):
-    """Query: the latest MachineLoad."""
+    """Query: the latest MachineLoad. The speed is measured once the daemon serves: asked
+    before then, the answer waits for it, or (``wait_for_speed=False``, for views that only
+    show it) comes at once with speed 0.0, "not measured yet"."""
+
+    wait_for_speed: bool = True
 
 
 MonitorMsg: TypeAlias = GetLoad

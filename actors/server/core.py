@@ -113,7 +113,8 @@ class ServingCore(Corrections):
         for name in self.catalog.names():
             version = await asyncio.to_thread(self.registry.current, name)
             if version is not None:
-                await self.load(name, version)
+                await self.router.load(name, version, lambda n=name: self.catalog.get(n)
+                                       is not None, fresh=False)
 
     def close(self) -> None:
         """Close every stream ("going away") and the parser thread."""

@@ -20,6 +20,7 @@ import structlog
 from actors.server.serving import Answer, ServedApp, ServedModel
 from mliot_daemon.errors import Unavailable
 from mliot_daemon.learn.persist import load_model
+from mliot_daemon.learn.portable import PORTABLE_DIR, PortableError, load_portable
 from mliot_daemon.messages import (
     AppFacts,
     GetLoad,
@@ -56,14 +57,15 @@ class Router:
 
     # -- versions -------------------------------------------------------------------------------
 
-    async def load(self, app: str, version: int, exists: Any) -> None:
+    async def load(self, app: str, version: int, exists: Any, fresh: bool = True) -> None:
         """Load a version from this machine's registry and swap it in (requests in flight
-        finish on the old one). ``exists()`` says whether the app is still there."""
+        finish on the old one). ``exists()`` says whether the app is still there; ``fresh``
+        that its latencies were just measured (false at start: see below)."""
         path = self._registry.version_path(app, version)
         async with self._load_locks.setdefault(app, asyncio.Lock()):  # publish vs. activate
             try:
                 served = await asyncio.to_thread(lambda: ServedModel(
-                    version, load_model(path), self._registry.model_id(app, version)))
+                    version, _read(app, version, path), self._registry.model_id(app, version)))
             except Exception as exc:  # e.g. pickles of an older library: the trainer retrains
                 log.error("model_load_failed", app=app, version=version, error=repr(exc))
                 await self._refs.trainer.send(LoadFailed(app=app, version=version))
@@ -83,6 +85,10 @@ class Router:
                 float(served.model.selection.val_accuracy))
             # The speed its latencies were measured at (the pool measured them moments ago):
             # the scheduler scales them by it to other machines, and keeps it after a quota.
+            # Not at start: the monitor measures the speed only once the daemon serves, and
+            # without it the scheduler takes the machine's speed, the same thing.
+            if not fresh:
+                return
             with contextlib.suppress(TimeoutError, ActorStopped):
                 load: MachineLoad = await self._refs.monitor.ask(lambda f: GetLoad(reply=f), 5.0)
                 served.measured_speed = load.speed
@@ -189,3 +195,18 @@ class Router:
 
     def _local(self, app: str, reason: str) -> Route:
         return Route(app=app, serving=self.me, members=None, reason=reason)
+
+
+def _read(app: str, version: int, path: Any) -> Any:
+    """The served predictor of a version: its portable form (arrays and JSON, numpy only: no
+    unpickling, no sklearn, so a restart serves within a second) when the version has one;
+    the pickles otherwise (versions published before issue 20, or a part with no array
+    form), which a pool worker wrote on this machine."""
+    portable = path / PORTABLE_DIR
+    if portable.is_dir():
+        try:
+            return load_portable(portable)
+        except PortableError as exc:
+            log.warning("portable_model_refused", app=app, version=version, error=str(exc))
+    log.info("model_loaded_from_pickles", app=app, version=version)
+    return load_model(path)

@@ -26,7 +26,6 @@ from actors.trainer.cluster import CLUSTER_RETRY_S, ClusterUnavailable, DaskClie
 from actors.trainer.pipeline import Pipeline
 from actors.trainer.pool import WorkerPool
 from actors.trainer.state import AppState
-from mliot_daemon.learn.persist import library_versions
 from mliot_daemon.messages import (
     ApplyConfig,
     AppsChanged,
@@ -57,8 +56,10 @@ class Trainer(Actor[TrainerMsg]):
     config_keys = frozenset({"training"})
 
     def __init__(self, settings: Settings, store: Store, registry: Registry, refs: Refs,
-                 machine: str, metrics: Metrics) -> None:
+                 machine: str, metrics: Metrics, after: asyncio.Event | None = None) -> None:
         super().__init__(refs.trainer)
+        self._after = after  # work starts once this is set (the daemon: serving)
+        self.working = asyncio.Event()  # set once the learning code and the pool are in
         self._settings = settings
         self._metrics = metrics
         self._store = store
@@ -78,11 +79,26 @@ class Trainer(Actor[TrainerMsg]):
     async def on_start(self) -> None:
         await asyncio.to_thread(self._registry.clear_staging)
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)
-        await self._pool.start()
         self._dask.check_installed()
+        self.working.clear()  # set by _start_work; messages wait for it
+        self._early_apps: tuple[AppSpec, ...] | None = None  # AppsChanged before then
+        self._versions: dict[str, str] = {}
 
     def background(self) -> list:
-        return [self._poll()]
+        return [self._start_work(), self._poll()]
+
+    async def _start_work(self) -> None:
+        """Once the daemon serves (issue 20): import the learning code in a thread (sklearn,
+        xgboost: seconds that would otherwise delay serving, or stall the loop), then make the
+        pool, whose workers warm in the background."""
+        if self._after is not None:
+            await self._after.wait()
+        self._versions = await asyncio.to_thread(_import_learning)
+        await asyncio.to_thread(self._pool.start)  # blocks while the forkserver starts
+        while self._early_apps is not None:  # another may come while these are resumed
+            apps, self._early_apps = self._early_apps, None
+            await self._set_apps(apps)
+        self.working.set()
 
     async def on_stop(self) -> None:
         runs = [s.running for s in self._apps.values() if s.running is not None]
@@ -110,12 +126,24 @@ class Trainer(Actor[TrainerMsg]):
         """Check every app now and then: a dropped SamplesAdded must not stall training."""
         while True:
             await asyncio.sleep(POLL_S)
+            await self.working.wait()
             for name in list(self._apps):
                 await self._maybe_train(name)
 
     # -- messages -----------------------------------------------------------------------------
 
     async def handle(self, msg: TrainerMsg) -> None:
+        if not self.working.is_set():
+            # The learning code takes seconds to import (more on a cold disk): /v1/status must
+            # not wait for it, and the apps at start are resumed once it is in (_start_work).
+            match msg:
+                case GetTrainerStatus(reply=reply) if not reply.done():
+                    reply.set_result({name: _status(s) for name, s in self._apps.items()})
+                    return
+                case AppsChanged(apps=apps):
+                    self._early_apps = apps
+                    return
+            await self.working.wait()  # other messages wait for the pool
         match msg:
             case AppsChanged(apps=apps):
                 await self._set_apps(apps)
@@ -162,8 +190,10 @@ class Trainer(Actor[TrainerMsg]):
         for name, spec in wanted.items():
             state = self._apps.get(name)
             if state is None:
-                state = self._apps[name] = AppState(spec)
+                state = AppState(spec)
+                # resumed before _poll can see it: else a poll in between trains it from zero
                 await self._resume(state)
+                self._apps[name] = state
             elif state.spec != spec:
                 changed_policy = state.spec.policy != spec.policy
                 state.spec = spec
@@ -186,7 +216,7 @@ class Trainer(Actor[TrainerMsg]):
         state.val_accuracy = float(manifest.get("selection", {}).get("val_accuracy", 0.0))
         # A run cut short (kill, crash) or models pickled by other library versions: retrain
         # from the stored samples, while the last good version keeps serving.
-        if extra.get("complete", True) and manifest.get("versions") == library_versions():
+        if extra.get("complete", True) and manifest.get("versions") == self._versions:
             state.trained_on = int(extra.get("n_samples", 0))
         state.stale_before_id = int(extra.get("stale_before_id", 0))
         state.stale_labels = frozenset(extra.get("stale_labels", ()))
@@ -283,3 +313,11 @@ def _status(s: AppState) -> dict[str, Any]:
             "planned": s.planned if running else None, "fitted": s.fitted if running else None,
             "elapsed_s": round(time.monotonic() - s.run_started, 1) if running else None,
             "drift_at": s.drift_at}
+
+
+def _import_learning() -> dict[str, str]:
+    """Import what jobs run (in a thread): the library versions models are saved with."""
+    from mliot_daemon.learn import jobs  # noqa: F401  (then cheap wherever it is imported)
+    from mliot_daemon.learn.persist import library_versions
+
+    return library_versions()

@@ -35,7 +35,6 @@ import structlog
 from actors.trainer.drift import PageHinkley
 from actors.trainer.pipeline import Pipeline
 from actors.trainer.state import AppState
-from mliot_daemon.learn import jobs
 from mliot_daemon.messages import FeedbackAdded
 
 log = structlog.get_logger("mliot.trainer")
@@ -118,6 +117,8 @@ async def _adapt_with(pipeline: Pipeline, state: AppState, run_dir: Path, n: int
             fitted.append((staging, summary))
         dirs = [s for s, _ in fitted] + ([registry.version_path(app, current)] if current
                                          else [])
+        from mliot_daemon.learn import jobs  # imported in a thread before the first job
+
         scores = await pipeline.pool.call(jobs.score_job, dirs, data, list(holdout))
     except BaseException:
         for staging, _ in fitted:

@@ -9,10 +9,11 @@ store and write local model folders).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from mliot_daemon.learn.fit import FitResult
-from mliot_daemon.learn.plan import PlanStep
+if TYPE_CHECKING:  # the learning code is not imported before the daemon serves
+    from mliot_daemon.learn.fit import FitResult
+    from mliot_daemon.learn.plan import PlanStep
 
 
 class FitBackend(Protocol):

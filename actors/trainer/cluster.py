@@ -23,14 +23,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from mliot_daemon.learn import shipping
-from mliot_daemon.learn.fit import FitResult
-from mliot_daemon.learn.plan import PlanStep
 from mliot_daemon.settings import TrainingSettings
+
+# The learning code (``shipping`` imports sklearn and xgboost) is imported where a run uses it,
+# after the daemon serves (issue 20).
+if TYPE_CHECKING:
+    from mliot_daemon.learn.fit import FitResult
+    from mliot_daemon.learn.plan import PlanStep
 
 log = structlog.get_logger("mliot.trainer")
 
@@ -107,6 +110,8 @@ class DaskClients:
 
     async def fits(self, link: DaskLink, app: str, out_dir: Path) -> ClusterFits:
         """A run's fits on the link's cluster, connected first."""
+        from mliot_daemon.learn import shipping
+
         client = await self._connect(link)
         if self._versions is None:  # imports xgboost: not on the loop
             self._versions = await asyncio.to_thread(shipping.compatible_versions)
@@ -179,6 +184,8 @@ class ClusterFits:
 
     async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None,
                   warm: dict[str, Any] | None = None) -> FitResult:
+        from mliot_daemon.learn import shipping
+
         async with self._scatter:
             if self._data is None:
                 await self._scatter_features(directory)
@@ -205,6 +212,8 @@ class ClusterFits:
         return await asyncio.to_thread(shipping.save_shipped, shipped, self._out_dir)
 
     async def _scatter_features(self, directory: Path) -> None:
+        from mliot_daemon.learn import shipping
+
         features = await asyncio.to_thread(shipping.load_features, directory)
         try:
             # distributed waits up to its connect timeout for a worker to take them

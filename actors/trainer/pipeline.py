@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -32,16 +32,18 @@ from actors.trainer.cluster import DaskClients
 from actors.trainer.drift import PageHinkley
 from actors.trainer.pool import PoolFits, WorkerPool
 from actors.trainer.state import AppState
-from mliot_daemon.learn import jobs
 from mliot_daemon.learn.dataset import TrainingData
-from mliot_daemon.learn.ensemble import Policy
-from mliot_daemon.learn.fit import FitResult
-from mliot_daemon.learn.plan import PlanStep
 from mliot_daemon.messages import ServerMsg, TrainingEvent, VersionPublished
 from mliot_daemon.registry import Registry
 from mliot_daemon.runtime import ActorRef
 from mliot_daemon.settings import TrainingSettings
 from mliot_daemon.store import Store
+
+# The learning code (sklearn, xgboost: seconds to import) is imported where a run uses it, after
+# the daemon serves (issue 20): the trainer imports it in a thread before its first job.
+if TYPE_CHECKING:
+    from mliot_daemon.learn.ensemble import Policy
+    from mliot_daemon.learn.fit import FitResult
 
 log = structlog.get_logger("mliot.trainer")
 
@@ -121,6 +123,8 @@ class Pipeline:
         extra = {"reason": reason, "n_samples": n, "complete": False,
                  "stale_before_id": state.stale_before_id,
                  "stale_labels": sorted(state.stale_labels)}
+        from mliot_daemon.learn import jobs
+
         try:
             info = await self.pool.call(
                 jobs.quick_job, data, spec.data_type, spec.sample_rate or 16000,
@@ -157,6 +161,9 @@ class Pipeline:
                                data: TrainingData, run_dir: Path, reason: str, n: int,
                                refit: dict[str, dict[str, Any]] | None, published: bool = False
                                ) -> tuple[Path | None, dict[str, Any]]:
+        from mliot_daemon.learn import jobs
+        from mliot_daemon.learn.plan import PlanStep
+
         spec = state.spec
         app = spec.name
         started = time.perf_counter()
@@ -229,6 +236,8 @@ class Pipeline:
                  "fitted_on": {r.family: fits.where for r in candidates},
                  "stale_before_id": state.stale_before_id,
                  "stale_labels": sorted(state.stale_labels)}
+        from mliot_daemon.learn import jobs
+
         summary = await self.pool.call(
             jobs.assemble_job, directory, [r.artifact for r in candidates], policy,
             spec.background_class, staging, extra)

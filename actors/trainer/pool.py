@@ -1,7 +1,8 @@
 """The trainer's local process pool, and a run's fits in it.
 
 The pool is forkserver (3.11 on Linux defaults to fork, unsafe with threads present), its
-workers at lower priority (`jobs.worker_init`), warmed at the actor's start. Every job (the
+workers at lower priority (`jobs.worker_init`), warmed in the background once the daemon
+serves (the actor waits for the warm-ups no more than for any other job). Every job (the
 quick version, prepare, reduce, fit, assemble, score) holds one of the pool's slots and is
 bounded by ``fit_timeout_s``; a dead worker or an overrun job replaces the pool and fails every
 job in flight.
@@ -16,14 +17,17 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from mliot_daemon.learn import jobs
-from mliot_daemon.learn.fit import FitResult
-from mliot_daemon.learn.plan import PlanStep
 from mliot_daemon.settings import TrainingSettings
+
+# The learning code (sklearn, xgboost: seconds to import) is imported where it is used, after
+# the daemon serves (issue 20); the trainer imports it in a thread before its first job.
+if TYPE_CHECKING:
+    from mliot_daemon.learn.fit import FitResult
+    from mliot_daemon.learn.plan import PlanStep
 
 log = structlog.get_logger("mliot.trainer")
 
@@ -47,13 +51,15 @@ class WorkerPool:
         self._pool: ProcessPoolExecutor | None = None
         self._slots = asyncio.Semaphore(training().pool_size)
 
-    async def start(self) -> None:
+    def start(self) -> None:
+        """Make the pool and warm every worker in the background: the first unpickle of
+        sklearn in a fresh worker takes seconds; a job sent meanwhile queues behind."""
+        from mliot_daemon.learn import jobs
+
         self._new_pool()
-        # Warm every worker now: the first unpickle of sklearn in a fresh worker takes seconds.
         assert self._pool is not None
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._pool, jobs.warm_up)
-                               for _ in range(self._training().pool_size)))
+        for _ in range(self._training().pool_size):
+            self._pool.submit(jobs.warm_up)  # nothing waits for it: its result is ignored
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -86,6 +92,8 @@ class WorkerPool:
             _kill_pool(broken)
 
     def _new_pool(self) -> None:
+        from mliot_daemon.learn import jobs
+
         self._pool = ProcessPoolExecutor(
             self._training().pool_size,
             mp_context=multiprocessing.get_context("forkserver"),
@@ -103,6 +111,8 @@ class PoolFits:
 
     async def fit(self, directory: Path, step: PlanStep, params: dict[str, Any] | None,
                   warm: dict[str, Any] | None = None) -> FitResult:
+        from mliot_daemon.learn import jobs
+
         result: FitResult = await self._pool.call(jobs.fit_job, directory, step,
                                                        self._out_dir, None, 0, params, warm)
         return result

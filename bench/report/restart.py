@@ -9,7 +9,9 @@ from bench.report.common import header, table_head, verdict
 INTRO = """Three digits apps, each serving a 7-member ensemble (as in `bench memory`). Each
 cycle starts `mliot run` on that data folder, polls `/readyz` and one prediction per app every
 10 ms, then kills the daemon with SIGKILL. The imports are measured apart, in a fresh
-interpreter (`python -X importtime -c "import mliot_daemon.daemon"`)."""
+interpreter (`python -X importtime -c "import mliot_daemon.daemon"`). The project's bytecode
+is compiled first, as `pip install .` does (a source tree under `PYTHONDONTWRITEBYTECODE`
+would compile its ~100 modules at every start, ~0.3 s more)."""
 
 
 def section(r: dict[str, Any]) -> list[str]:
@@ -25,7 +27,8 @@ def section(r: dict[str, Any]) -> list[str]:
     parts = ", ".join(f"{k} {v} s" for k, v in imp["by_package_s"].items() if v >= 0.01)
     out += ["", f"Where a start goes: the interpreter {imp['interpreter_s']} s; importing the "
             f"daemon {imp['import_daemon_s']} s, of which (each package's own import, first "
-            f"met) {parts}. The rest, up to `/readyz`, opens the store, starts the pool and "
-            "loads the models. The daemon answers once it is ready: its models load before "
-            "`/readyz`.", ""]
+            f"met) {parts}. The rest, up to `/readyz`, opens the store and loads the models "
+            "(their portable form: numpy only). The daemon answers once it is ready: its "
+            "models load before `/readyz`; the trainer's learning code (sklearn, xgboost), "
+            "its pool and the monitor's speed benchmark come after it (issue 20).", ""]
     return out

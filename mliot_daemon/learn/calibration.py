@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,9 @@ class Calibration:
         constant = cls(0.0, math.log(rate / (1 - rate)))
         if correct.all() or not correct.any() or np.ptp(share) == 0:
             return constant  # nothing to tell shares apart by: the rate of right answers
+        # imported here: a served model reads its calibration without sklearn (issue 20)
+        from sklearn.linear_model import LogisticRegression
+
         lr = LogisticRegression(C=1.0).fit(share[:, None], correct)
         slope = float(lr.coef_[0, 0])
         # a larger share of the vote never means less sure (a negative slope is noise)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import RidgeClassifier
 
 from mliot_daemon.learn.errors import DataError
 
@@ -58,6 +57,8 @@ def _ridge(Z: np.ndarray, t: np.ndarray, standardize: bool = False) -> tuple[np.
     so the gate still takes one dot product of the unscaled row."""
     mean, scale = (Z.mean(axis=0), Z.std(axis=0)) if standardize else (0.0, 1.0)
     scale = np.where(scale > 0, scale, 1.0) if standardize else scale
+    from sklearn.linear_model import RidgeClassifier  # fitting only: serving never needs it
+
     m = RidgeClassifier(alpha=1.0, class_weight="balanced").fit((Z - mean) / scale, t)
     w = np.atleast_2d(m.coef_)[0].astype(np.float64) / scale
     return w, float(np.ravel(m.intercept_)[0] - np.sum(mean * w))

@@ -9,6 +9,9 @@ Layout::
     <dir>/reducer.npz          shared PCA (when a member uses it)
     <dir>/member-<family>.pkl  each member's estimator and compiled fast form
     <dir>/gate.pkl             the two-stage gate (optional)
+    <dir>/portable/            the served predictor as arrays and JSON (``portable``), which
+                               the server loads without unpickling or importing sklearn;
+                               absent when a part has no array form, and in older versions
 
 The directory is built under a temporary name beside the target and renamed into place, so a
 reader sees either nothing or a complete model. Loading verifies each artifact's sha256 against
@@ -37,6 +40,7 @@ import numpy as np
 from mliot_daemon.learn.calibration import Calibration
 from mliot_daemon.learn.ensemble import Policy, Selection
 from mliot_daemon.learn.fast import Reducer
+from mliot_daemon.learn.portable import PORTABLE_DIR, PortableError, export_portable
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -130,6 +134,10 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
                             "sharpness": m.sharpness, **m.summary()})
         if model.gate is not None:
             put("gate.pkl", model.gate)
+        try:  # not among the hashed artifacts: it runs no code, and load_model never reads it
+            _fsynced(export_portable(model, tmp / PORTABLE_DIR))
+        except PortableError:
+            shutil.rmtree(tmp / PORTABLE_DIR, ignore_errors=True)  # served from the pickles
         manifest = {
             "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "classes": model.classes, "front_end": model.front_end.describe(),
@@ -146,16 +154,22 @@ def save_model(model: Any, directory: Path, extra: dict[str, Any] | None = None)
             "versions": library_versions(), "artifacts": artifacts, "extra": _plain(extra or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsynced(tmp)
         os.rename(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _fsynced(directory: Path) -> None:
+    """Flush every file of ``directory`` and the folder itself to disk."""
+    for p in [*directory.iterdir(), directory]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ FORMAT = "mliot-portable/1"
 MANIFEST = "portable.json"
 ARRAYS = "arrays.npz"
 FILES = (MANIFEST, ARRAYS)  # all a transfer may hold
+PORTABLE_DIR = "portable"  # the same two files inside a version folder (persist.save_model)
 METRICS = ("front_end_ms", "measured_latency_ms", "trim_accuracy")  # what serving reads
 GATE_SCALARS = ("b", "threshold", "val_precision", "val_recall", "val_foreground_loss", "spread")
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 SHARPNESS_RANGE = (1e-3, 1e3)
 
@@ -80,6 +79,8 @@ def fit_sharpness(scores: np.ndarray, y: np.ndarray) -> float:
         top = s.max(axis=1)
         target = (1 - eps) * s[rows, y] + eps / k * s.sum(axis=1)
         return float(np.mean(top + np.log(np.exp(s - top[:, None]).sum(axis=1)) - target))
+
+    from scipy.optimize import minimize_scalar  # fitting only: serving never needs scipy
 
     lo, hi = np.log(SHARPNESS_RANGE[0]), np.log(SHARPNESS_RANGE[1])
     return float(np.exp(minimize_scalar(loss, bounds=(lo, hi), method="bounded").x))

@@ -81,13 +81,16 @@ def test_peers_see_each_other_and_refuse_wrong_tokens(fleet: Any) -> None:
     def a_sees() -> dict[str, dict[str, Any]] | None:
         m = machines(a, "ta")  # before the scheduler's first plan: this machine alone
         seen = "b" in m and "c" in m
-        return m if seen and m["b"]["up"] and "401" in (m["c"]["error"] or "") else None
+        # a speed is 0.0 until its daemon has measured it, just after /readyz
+        measured = seen and m["a"]["speed"] > 0 and m["b"]["speed"] > 0
+        return m if measured and m["b"]["up"] and "401" in (m["c"]["error"] or "") else None
 
-    seen = wait_for(a_sees, 15)
+    seen = wait_for(a_sees, 60)
     assert seen["a"]["local"] and seen["a"]["speed"] > 0
     assert seen["b"]["rtt_ms"] > 0 and seen["b"]["speed"] > 0 and seen["b"]["cores"] > 0
     assert not seen["c"]["up"] and "401" in seen["c"]["error"]  # a's token is wrong at c
-    b_sees = wait_for(lambda: (m := machines(b, "tb")).get("a", {}).get("up") and m, 15)
+    b_sees = wait_for(lambda: (a_ := (m := machines(b, "tb")).get("a", {})).get("up")
+                      and a_["speed"] > 0 and m, 60)
     assert b_sees["a"]["rtt_ms"] > 0 and b_sees["a"]["speed"] > 0
     c_sees = wait_for(
         lambda: "401" in ((m := machines(c, "tc")).get("a", {}).get("error") or "") and m, 15)

@@ -299,6 +299,8 @@ def test_restart_serves_last_version_and_activate_rolls_back(trained: Any,
     status, body = d.request("POST", "/v1/apps/digits/predict",
                              {"instances": [digits[1][0].tolist()]})
     assert status == 200 and body["predictions"][0]["model_version"] == current
+    # served from the version's portable form (numpy only), never its pickles (issue 20)
+    assert d.events("model_loaded") and not d.events("model_loaded_from_pickles")
     older = min(v["version"] for v in models["versions"])
     assert d.request("POST", f"/v1/apps/digits/models/{older}/activate")[0] == 200
     status, body = d.request("POST", "/v1/apps/digits/predict",

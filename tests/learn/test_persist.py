@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from sklearn.datasets import make_classification
 
 from mliot_daemon.learn.persist import ModelFormatError, load_model, read_manifest, save_model
 from mliot_daemon.learn.pipeline import train
+from mliot_daemon.learn.portable import FILES, PORTABLE_DIR, load_portable
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +59,21 @@ def test_unknown_format_is_refused(tmp_path, model):
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFormatError, match="format"):
         load_model(d)
+
+
+def test_a_version_holds_its_portable_form_which_serves_without_sklearn(tmp_path, model):
+    """Issue 20: the server loads a version's ``portable/`` (numpy only): the same answers as
+    the pickles, and a fresh interpreter that loads it never imports sklearn, scipy or
+    xgboost."""
+    m, X = model
+    d = save_model(m, tmp_path / "v1")
+    assert sorted(p.name for p in (d / PORTABLE_DIR).iterdir()) == sorted(FILES)
+    np.testing.assert_array_equal(load_portable(d / PORTABLE_DIR).fast().predict(X),
+                                  m.fast().predict(X))
+    code = ("import sys; from actors.server.serving import ServedModel; "
+            "from mliot_daemon.learn.portable import load_portable; "
+            f"ServedModel(1, load_portable({str(d / PORTABLE_DIR)!r})); "
+            "print(sorted({'sklearn', 'scipy', 'xgboost'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

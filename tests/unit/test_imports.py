@@ -5,6 +5,8 @@ messages, and nothing imports in a cycle."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -112,3 +114,14 @@ def test_no_import_cycles() -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def test_the_daemon_imports_no_learning_library() -> None:
+    """Issue 20: importing the daemon (every actor) pulls in neither sklearn, scipy nor
+    xgboost, seconds that a restart would spend before serving; the trainer and the monitor
+    import them in a thread once the daemon serves. A fresh interpreter, as ``mliot run``."""
+    code = ("import sys, mliot_daemon.daemon; "
+            "print(sorted({'sklearn', 'scipy', 'xgboost'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

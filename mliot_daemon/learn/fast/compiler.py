@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.base import BaseEstimator
 
 from mliot_daemon.learn.fast.knn import KnnMember
 from mliot_daemon.learn.fast.linear import LinearMember, MlpMember, RbfSvmMember
 from mliot_daemon.learn.fast.member import FastMember
 from mliot_daemon.learn.fast.trees import compile_forest, compile_xgboost
+
+if TYPE_CHECKING:  # sklearn only for the annotations: serving never imports it
+    from sklearn.base import BaseEstimator
 
 
 def compile_member(family: str, est: BaseEstimator, reduced: bool,

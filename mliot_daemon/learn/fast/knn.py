@@ -14,12 +14,14 @@ permitted disagreement.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
 
 from mliot_daemon.learn.fast.member import BlockwisePredict
+
+if TYPE_CHECKING:  # sklearn only for the annotations: serving never imports it
+    from sklearn.base import BaseEstimator
 
 
 class KnnMember(BlockwisePredict):

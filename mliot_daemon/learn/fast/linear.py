@@ -10,13 +10,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
 
 from mliot_daemon.learn.fast.member import BlockwisePredict
 from mliot_daemon.learn.soft import as_columns
+
+if TYPE_CHECKING:  # sklearn only for the annotations: serving never imports it
+    from sklearn.base import BaseEstimator
 
 
 class LinearMember(BlockwisePredict):

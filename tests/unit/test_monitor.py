@@ -1,0 +1,31 @@
+"""The monitor's load answers before and after it has measured the machine's speed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from actors.monitor import Monitor
+from mliot_daemon.messages import GetLoad, Refs
+from mliot_daemon.metrics import Metrics
+
+
+def test_a_view_is_answered_before_the_speed_and_the_scheduler_waits_for_it() -> None:
+    async def scenario() -> None:
+        refs = Refs.create()
+        serving = asyncio.Event()  # the speed is measured only once this is set
+        monitor = Monitor(Metrics(), refs, sample_every_s=0.05, after=serving)
+        task = asyncio.create_task(monitor.run())
+        await monitor.started.wait()
+        shown = await refs.monitor.ask(lambda f: GetLoad(reply=f, wait_for_speed=False), 2.0)
+        assert shown.speed == 0.0 and shown.cores > 0  # "not measured yet", at once
+        waiting = asyncio.ensure_future(refs.monitor.ask(lambda f: GetLoad(reply=f), 60.0))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # no made-up speed for placement
+        serving.set()
+        assert (await waiting).speed > 0
+        shown = await refs.monitor.ask(lambda f: GetLoad(reply=f, wait_for_speed=False), 2.0)
+        assert shown.speed > 0
+        monitor.request_stop()
+        await task
+
+    asyncio.run(scenario())
