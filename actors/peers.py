@@ -30,7 +30,7 @@ import structlog
 
 from mliot_daemon import signing
 from mliot_daemon.learn.persist import load_model
-from mliot_daemon.learn.portable import export_portable
+from mliot_daemon.learn.portable import PORTABLE_DIR, export_portable
 from mliot_daemon.messages import (
     ApplyConfig,
     GetPeers,
@@ -316,8 +316,11 @@ class Peers(Actor[PeersMsg]):
 def portable_archive(version: Path, scratch: Path) -> tuple[IO[bytes], int]:
     """A version folder as a tar of its portable model (``learn.portable``: arrays and JSON),
     and its size. The pickles of the folder never leave this machine: a peer must not have to
-    trust them. Blocking (loads the version): run it in a thread."""
-    with tempfile.TemporaryDirectory(dir=scratch, prefix=".portable-") as tmp:
+    trust them. Blocking (may load the version): run it in a thread."""
+    saved = version / PORTABLE_DIR
+    if (saved / "portable.json").is_file():  # written with the version: sent as it is
+        return signing.pack(saved, scratch)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".portable-") as tmp:  # older versions
         folder = export_portable(load_model(version), Path(tmp) / "model")
         return signing.pack(folder, scratch)  # an anonymous file: outlives the folder
 

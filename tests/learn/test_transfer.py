@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from actors.server.hosting import HostedModels, HostError
 from actors.server.serving import ServedModel
 from mliot_daemon import signing
 from mliot_daemon.learn.persist import save_model
+from mliot_daemon.learn.portable import PORTABLE_DIR
 from mliot_daemon.learn.pipeline import train
 
 
@@ -77,6 +79,22 @@ def test_a_hosted_model_serves_like_the_original_and_bad_names_are_refused(saved
     with pickled, pytest.raises(HostError, match="never pickles"):
         asyncio.run(hosted.receive("nuc", "kitchen", 4, "l:n", pickled))
     assert hosted.get("nuc", "kitchen").current.version == 3
+
+
+def test_a_version_saved_without_its_portable_form_is_exported_from_its_pickles(saved, tmp_path
+                                                                               ) -> None:
+    model, path, rows = saved
+    older = tmp_path / "older"
+    shutil.copytree(path, older)
+    shutil.rmtree(older / PORTABLE_DIR)  # as versions saved before the portable form was kept
+    hosted = HostedModels(tmp_path / "hosted")
+    hosted.reset()
+    archive, _ = portable_archive(older, tmp_path)
+    with archive:
+        asyncio.run(hosted.receive("nuc", "kitchen", 3, "l:m", archive))
+    assert [a.label for a in hosted.get("nuc", "kitchen").current.predict(rows)] == \
+        [a.label for a in ServedModel(3, model).predict(rows)]
+    assert not list(tmp_path.glob(".portable-*"))  # the export's folder is gone
 
 
 def test_trimmed_ensembles_keep_the_best_weighted_members(saved) -> None:
