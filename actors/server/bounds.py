@@ -17,8 +17,8 @@ middleware (429) and WebSocket streams (an error message) apply.
 
 ``Connection`` reads a few of aiohttp's private fields (``_waiter``, ``_messages``,
 ``_upgraded``) to know whether a head is pending; ``tests/integration/test_bounds.py`` fails if
-an aiohttp upgrade changes them. The body deadline (``daemon.body_timeout_s``) is in
-``http.read_body``. None of these drops
+an aiohttp upgrade changes them. The body deadline (``daemon.body_timeout_s``) is
+``http.body_deadline``, for request bodies and peers' model uploads. None of these drops
 acknowledged data: what they cut was never answered. The live config applies to connections
 opened after a reload.
 """

@@ -10,10 +10,11 @@ the core's parser thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -197,20 +198,29 @@ async def read_body(core: ServingCore, request: web.Request) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise _too_big(limit)
+    async with body_deadline(core):
+        if length is not None:
+            return await request.read()  # aiohttp's own cap is off; the length is checked
+        body = bytearray()  # chunked: count as it arrives
+        async for chunk in request.content.iter_chunked(256 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise _too_big(limit)
+        return bytes(body)
+
+
+@contextlib.asynccontextmanager
+async def body_deadline(core: ServingCore) -> AsyncIterator[None]:
+    """A body read that has not ended ``daemon.body_timeout_s`` after it began is a 408: a
+    client that stalls mid-body holds no connection (nor a peer an upload slot) for long."""
+    seconds = core.settings.daemon.body_timeout_s
     try:
-        async with asyncio.timeout(d.body_timeout_s):
-            if length is not None:
-                return await request.read()  # aiohttp's own cap is off; the length is checked
-            body = bytearray()  # chunked: count as it arrives
-            async for chunk in request.content.iter_chunked(256 * 1024):
-                body += chunk
-                if len(body) > limit:
-                    raise _too_big(limit)
-            return bytes(body)
+        async with asyncio.timeout(seconds):
+            yield
     except TimeoutError:
         core.metrics.http_timeouts.labels("body").inc()
-        raise web.HTTPRequestTimeout(text=f"the body did not arrive within {d.body_timeout_s:g} "
-                                          "s (daemon.body_timeout_s)") from None
+        raise web.HTTPRequestTimeout(text=f"the body did not arrive within {seconds:g} s "
+                                          "(daemon.body_timeout_s)") from None
 
 
 async def read_json(core: ServingCore, request: web.Request) -> Any:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from actors.server.core import ServingCore
 from actors.server.hosting import HostedModels, HostError
-from actors.server.http import json_response, read_json
+from actors.server.http import body_deadline, json_response, read_json
 from actors.server.payloads import peer_instance, version_number
 from mliot_daemon import signing
 from mliot_daemon.errors import Invalid, NotFound, TooLarge
@@ -65,12 +65,13 @@ class PeerApi:
         size = 0
         async with self._uploads:
             with self._hosted.incoming() as archive:
-                async for chunk in request.content.iter_chunked(signing.CHUNK):
-                    size += len(chunk)
-                    if size > MAX_MODEL_ARCHIVE:
-                        raise too_big
-                    mac.update(chunk)
-                    await asyncio.to_thread(archive.write, chunk)
+                async with body_deadline(self._core):
+                    async for chunk in request.content.iter_chunked(signing.CHUNK):
+                        size += len(chunk)
+                        if size > MAX_MODEL_ARCHIVE:
+                            raise too_big
+                        mac.update(chunk)
+                        await asyncio.to_thread(archive.write, chunk)
                 try:
                     signing.check(mac, signature)
                     await self._hosted.receive(origin, app, version, model, archive)

@@ -91,16 +91,19 @@ def test_a_slowloris_connection_is_closed_after_the_header_timeout(daemon_factor
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408(daemon_factory: Any) -> None:
-    d = _bounded(daemon_factory, "body_timeout_s = 1.0")
-    with socket.create_connection(("127.0.0.1", d.port)) as sock:
-        sock.sendall(f"POST /v1/apps/v/samples HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\n"
-                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-                     '{"samples": ['.encode())
-        sock.settimeout(10)
-        started = time.monotonic()
-        answer = sock.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 408"), answer
-        assert b"body_timeout_s" in answer and 0.8 < time.monotonic() - started < 5.0
+    d = _bounded(daemon_factory, 'body_timeout_s = 1.0\npeer_secret = "ps"')
+    # a sample batch, and a peer's model upload (signed headers; the archive stalls)
+    for head in ("POST /v1/apps/v/samples HTTP/1.1\r\nContent-Type: application/json\r\n",
+                 "PUT /v1/peer/models/nuc/v/3 HTTP/1.1\r\nAuthorization: Bearer ps\r\n"
+                 "X-Mliot-Signature: hmac-sha256=00\r\nX-Mliot-Model: l:m\r\n"):
+        with socket.create_connection(("127.0.0.1", d.port)) as sock:
+            sock.sendall(f"{head}Host: 127.0.0.1:{d.port}\r\nContent-Length: 1000\r\n\r\n"
+                         '{"samples": ['.encode())
+            sock.settimeout(10)
+            started = time.monotonic()
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"body_timeout_s" in answer and 0.8 < time.monotonic() - started < 5.0
     assert d.request("GET", "/v1/apps/v")[1]["n_samples"] == 0  # nothing was stored
 
 
