@@ -96,7 +96,8 @@ class Metrics:
         self.connections_refused = Counter("mliot_connections_refused", "Connections refused "
                                            "with a 503 at daemon.max_connections", registry=r)
         self.http_timeouts = Counter("mliot_http_timeouts", "Requests whose head (connection "
-                                     "closed) or body (408) did not arrive in time", ["phase"],
+                                     "closed), body (408) or WebSocket frame (closed, 1008) did "
+                                     "not arrive in time", ["phase"],
                                      registry=r)
         self.config_version = Gauge("mliot_config_version", "Configuration version in force",
                                     registry=r)

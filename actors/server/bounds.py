@@ -40,6 +40,7 @@ from actors.server.core import ServingCore
 log = structlog.get_logger("mliot.server")
 
 _CLOSE_PROTOCOL_ERROR = b"\x88\x02" + struct.pack("!H", 1002)  # a server's close frame: no mask
+_CLOSE_POLICY = b"\x88\x02" + struct.pack("!H", 1008)  # a frame that did not arrive in time
 
 
 def _refusal() -> bytes:
@@ -168,7 +169,7 @@ class MaskCheck:
     client frame without a mask, which RFC 6455 (section 5.1) says a server must do. It only
     walks frame headers; payload bytes are skipped by count."""
 
-    __slots__ = ("_parser", "_conn", "_head", "_skip", "_refused")
+    __slots__ = ("_parser", "_conn", "_head", "_skip", "_refused", "_started", "_timer")
 
     def __init__(self, parser: Any, conn: Connection) -> None:
         self._parser = parser
@@ -176,6 +177,8 @@ class MaskCheck:
         self._head = b""  # a frame header split across reads
         self._skip = 0  # payload bytes of the current frame still to come
         self._refused = False
+        self._started = 0.0  # loop time of the current frame's first byte
+        self._timer: asyncio.TimerHandle | None = None
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if self._refused:
@@ -188,6 +191,8 @@ class MaskCheck:
                 pos += step
                 continue
             known = len(self._head)
+            if not known:
+                self._started = self._conn._loop.time()  # a new frame begins
             head = self._head + data[pos:pos + 14]  # a header is at most 14 bytes
             if len(head) >= 2 and not head[1] & 0x80:
                 return self._refuse()
@@ -203,19 +208,52 @@ class MaskCheck:
             elif length == 127:
                 length = struct.unpack_from("!Q", head, 2)[0]
             self._skip = length
+        if not (self._skip or self._head):
+            self._stop_timer()
+        elif self._timer is None:
+            self._time_frame()
         return self._parser.feed_data(data)
 
     def feed_eof(self) -> None:
+        self._stop_timer()
         self._parser.feed_eof()
+
+    # A frame sent a byte at a time keeps aiohttp's heartbeat from ever pinging: like an HTTP
+    # body, a frame must all arrive within daemon.body_timeout_s of its first byte.
+    def _time_frame(self) -> None:
+        due = self._started + self._conn._runner.core.settings.daemon.body_timeout_s
+        self._timer = self._conn._loop.call_at(due, self._frame_late)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _frame_late(self) -> None:
+        self._timer = None
+        if not (self._skip or self._head) or self._refused:
+            return
+        seconds = self._conn._runner.core.settings.daemon.body_timeout_s
+        if self._conn._loop.time() < self._started + seconds:
+            self._time_frame()  # a later frame is pending: its own deadline
+            return
+        self._refused = True
+        log.info("ws_frame_timeout", peer=str(self._conn.peername), seconds=seconds)
+        self._conn._runner.core.metrics.http_timeouts.labels("frame").inc()
+        self._close(_CLOSE_POLICY)
 
     def _refuse(self) -> tuple[bool, bytes]:
         self._refused = True
+        self._stop_timer()
         log.warning("ws_unmasked_frame", peer=str(self._conn.peername))
-        transport = self._conn.transport
-        if transport is not None:
-            transport.write(_CLOSE_PROTOCOL_ERROR)
-            transport.close()
+        self._close(_CLOSE_PROTOCOL_ERROR)
         return True, b""
+
+    def _close(self, frame: bytes) -> None:
+        transport = self._conn.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+            transport.close()
 
 
 def _header_size(head: bytes) -> int | None:

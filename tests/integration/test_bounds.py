@@ -141,6 +141,21 @@ def test_an_oversized_websocket_frame_closes_that_socket_with_1009(daemon_factor
     assert d.request("GET", "/healthz")[0] == 200
 
 
+def test_a_frame_that_does_not_arrive_in_time_closes_that_socket_with_1008(daemon_factory: Any
+                                                                           ) -> None:
+    d = _bounded(daemon_factory, "body_timeout_s = 1.0")
+    with ws_open(d.port) as slow, ws_open(d.port) as other:
+        frame = ws_frame(PREDICT)
+        started = time.monotonic()
+        slow.sendall(frame[:-5])  # all but the last bytes: the frame never completes
+        for _ in range(6):  # the other client keeps talking for longer than the deadline
+            assert _answered(other)
+            time.sleep(0.3)
+        assert _close_code(slow) == 1008 and 0.8 < time.monotonic() - started < 5.0
+        assert _answered(other)
+    assert _metric(d, 'mliot_http_timeouts_total{phase="frame"}') == 1
+
+
 def test_an_unmasked_frame_closes_the_connection(daemon_factory: Any) -> None:
     d = _bounded(daemon_factory, "")
     with ws_open(d.port) as bad, ws_open(d.port) as other:
