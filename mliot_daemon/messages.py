@@ -44,7 +44,8 @@ class MachineLoad:
     loop_lag_p50_ms: float
     loop_lag_p99_ms: float
     mailboxes: tuple[tuple[str, int], ...]
-    speed: float  # this machine against the reference one (a short standard benchmark); 0.0 until measured
+    # this machine against the reference one (a short standard benchmark); 0.0 until measured
+    speed: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,7 +38,8 @@ class PeerApi:
         ]
 
     async def profile(self, request: web.Request) -> web.Response:
-        load: MachineLoad = await self._core.refs.monitor.ask(lambda f: GetLoad(reply=f, wait_for_speed=False), 5.0)
+        load: MachineLoad = await self._core.refs.monitor.ask(
+            lambda f: GetLoad(reply=f, wait_for_speed=False), 5.0)  # 0.0 until measured
         for origin, app in self._hosted.evict_idle():
             log.info("peer_model_evicted", origin=origin, app=app)
         return json_response({

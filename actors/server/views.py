@@ -74,7 +74,8 @@ def apps_status(core: ServingCore) -> dict[str, Any]:
 async def status(core: ServingCore, started_at: float) -> dict[str, Any]:
     """``GET /v1/status``: uptime, config, apps (with training and placement), machines,
     this process, mailboxes and loop lag."""
-    load: MachineLoad = await core.refs.monitor.ask(lambda f: GetLoad(reply=f, wait_for_speed=False), ASK_TIMEOUT_S)
+    load: MachineLoad = await core.refs.monitor.ask(
+        lambda f: GetLoad(reply=f, wait_for_speed=False), ASK_TIMEOUT_S)  # speed 0.0 until measured
     training = await core.refs.trainer.ask(lambda f: GetTrainerStatus(reply=f), ASK_TIMEOUT_S)
     apps = apps_status(core)
     for name, app in apps.items():

@@ -23,7 +23,6 @@ whole or not at all, never as a different ensemble.
 from __future__ import annotations
 
 import json
-import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,6 @@ import numpy as np
 from mliot_daemon.learn.calibration import Calibration
 from mliot_daemon.learn.ensemble import Selection
 from mliot_daemon.learn.fast import FastEnsemble, Reducer
-from mliot_daemon.learn.fast.knn import KnnMember
-from mliot_daemon.learn.fast.linear import LinearMember, MlpMember, RbfSvmMember
-from mliot_daemon.learn.fast.trees import TreesMember
 from mliot_daemon.learn.frontends import (
     AUDIO_SUMMARIES,
     AudioFrontEnd,
@@ -47,20 +43,24 @@ from mliot_daemon.learn.frontends import (
     make_front_end,
 )
 from mliot_daemon.learn.gate import Gate
+from mliot_daemon.learn.portable_members import (
+    ARRAYS,
+    Arrays,
+    PortableError,
+    count,
+    member_in,
+    member_out,
+    number,
+)
 from mliot_daemon.learn.sensor import BLOCKS, SensorFrontEnd
 from mliot_daemon.learn.waveform import N_FEATURES as WAVEFORM_FEATURES
 
 FORMAT = "mliot-portable/1"
 MANIFEST = "portable.json"
-ARRAYS = "arrays.npz"
 FILES = (MANIFEST, ARRAYS)  # all a transfer may hold
 PORTABLE_DIR = "portable"  # the same two files inside a version folder (persist.save_model)
 METRICS = ("front_end_ms", "measured_latency_ms", "trim_accuracy")  # what serving reads
 GATE_SCALARS = ("b", "threshold", "val_precision", "val_recall", "val_foreground_loss", "spread")
-
-
-class PortableError(ValueError):
-    """A model that cannot be expressed as arrays, or a portable model that is malformed."""
 
 
 @dataclass
@@ -114,7 +114,7 @@ def export_portable(model: Any, directory: Path) -> Path:
     sel = model.selection
     members = []
     for i, (m, w) in enumerate(zip(model.members, sel.weights, strict=True)):
-        spec = _member_out(m.fast, f"member{i}", put)  # first: refuses what has no arrays
+        spec = member_out(m.fast, f"member{i}", put)  # first: refuses what has no arrays
         members.append({"family": m.family, "weight": float(w), "reduced": bool(m.fast.reduced),
                         "latency_ms": float(m.latency_ms), **spec})
     if model.reducer is not None:
@@ -166,32 +166,6 @@ def _front_end_out(fe: FrontEnd, put: Any) -> dict[str, Any]:
     return spec
 
 
-def _member_out(m: Any, key: str, put: Any) -> dict[str, Any]:
-    """Put a fast member's arrays under ``key.``; its kind and scalars for the manifest."""
-    if type(m) is LinearMember:
-        put(f"{key}.W", m.W), put(f"{key}.b", m.b)
-        return {"kind": "linear"}
-    if type(m) is MlpMember:
-        for j, (W, b) in enumerate(m.layers):
-            put(f"{key}.W{j}", W), put(f"{key}.b{j}", b)
-        return {"kind": "mlp", "layers": len(m.layers)}
-    if type(m) is RbfSvmMember:
-        for name in ("S2g", "gS_sq", "C", "b", "pair_i", "pair_j"):
-            put(f"{key}.{name}", getattr(m, name))
-        return {"kind": "svm_rbf", "gamma": m.gamma, "n_classes": m.n_classes}
-    if type(m) is KnnMember:
-        put(f"{key}.T", m.Tm2 * -0.5)  # the training rows, exactly
-        put(f"{key}.labels", m.labels)
-        return {"kind": "knn", "k": m.k, "distance": bool(m.distance), "n_classes": m.n_classes}
-    if type(m) is TreesMember:
-        for name in ("feat", "thr", "left", "roots") + (
-                ("values",) if m.kind == "forest" else ("leaf", "tree_class", "offset")):
-            put(f"{key}.{name}", getattr(m, name))
-        return {"kind": "trees", "trees": m.kind, "n_classes": m.n_classes,
-                "active": [int(a) for a in m.active]}
-    raise PortableError(f"a {type(m).__name__} member has no portable form")
-
-
 # -- load -----------------------------------------------------------------------------------
 
 
@@ -205,7 +179,7 @@ def load_portable(directory: Path) -> PortableModel:
         raise PortableError(f"unreadable {MANIFEST}: {exc}") from None
     arrays = read_arrays(directory / ARRAYS)
     try:
-        return _build(manifest, _Arrays(arrays))
+        return _build(manifest, Arrays(arrays))
     except PortableError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -234,49 +208,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise PortableError(f"{ARRAYS} refused: {exc}") from None
 
 
-class _Arrays:
-    """Typed access to the loaded arrays: a missing key, a wrong rank or kind is an error."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self._a = arrays
-
-    def get(self, key: str, ndim: int, kind: str = "f", shape: tuple[int | None, ...] = ()
-            ) -> np.ndarray:
-        a = self._a.get(key)
-        if a is None:
-            raise PortableError(f"{ARRAYS} lacks {key!r}")
-        if a.ndim != ndim or a.dtype.kind not in kind:
-            raise PortableError(f"{key}: expected {ndim}-D of kind {kind!r}, got {a.dtype}"
-                                f"{a.shape}")
-        for want, got in zip(shape, a.shape, strict=False):
-            if want is not None and want != got:
-                raise PortableError(f"{key}: shape {a.shape} does not fit (expected {shape})")
-        if kind == "f" and not np.all(np.isfinite(a)) and key.split(".")[-1] != "thr":
-            raise PortableError(f"{key}: not finite")  # thresholds: leaves hold +inf
-        return np.ascontiguousarray(a, dtype=np.float64 if kind == "f" else None)
-
-    def index(self, key: str, ndim: int, bound: int, shape: tuple[int | None, ...] = ()
-              ) -> np.ndarray:
-        """Integer indices, each in ``[0, bound)``."""
-        a = self.get(key, ndim, "iu", shape)
-        if a.size and (int(a.min()) < 0 or int(a.max()) >= bound):
-            raise PortableError(f"{key}: indices outside [0, {bound})")
-        return a.astype(np.intp)
-
-
-def _count(v: Any, what: str, low: int = 0) -> int:
-    if type(v) is not int or v < low:
-        raise PortableError(f"{what} must be an integer >= {low}")
-    return v
-
-
-def _number(v: Any, what: str) -> float:
-    if type(v) not in (int, float) or not math.isfinite(v):
-        raise PortableError(f"{what} must be a finite number")
-    return float(v)
-
-
-def _build(man: dict[str, Any], arr: _Arrays) -> PortableModel:
+def _build(man: dict[str, Any], arr: Arrays) -> PortableModel:
     if not isinstance(man, dict) or man.get("format") != FORMAT:
         raise PortableError(f"not a {FORMAT} model")
     classes = man["classes"]
@@ -295,34 +227,34 @@ def _build(man: dict[str, Any], arr: _Arrays) -> PortableModel:
         reduced = spec["reduced"] is True
         if reduced and reducer is None:
             raise PortableError(f"member {i} reads the reducer, which is missing")
-        fast = _member_in(spec, f"member{i}", arr, reducer.n_components if reduced else d, K)
+        fast = member_in(spec, f"member{i}", arr, reducer.n_components if reduced else d, K)
         fast.family, fast.reduced = str(spec["family"]), reduced
-        members.append(PortableMember(fast.family, fast, _number(spec["latency_ms"], "latency")))
-        weights.append(_number(spec["weight"], "weight"))
+        members.append(PortableMember(fast.family, fast, number(spec["latency_ms"], "latency")))
+        weights.append(number(spec["weight"], "weight"))
         families.append(fast.family)
     if not members or min(weights) <= 0:
         raise PortableError("a model needs members with positive weights")
     sharp = man["sharpness"]
-    sharpness = None if sharp is None else [_number(a, "sharpness") for a in sharp]
+    sharpness = None if sharp is None else [number(a, "sharpness") for a in sharp]
     sel = man["selection"]
     selection = Selection(members=list(range(len(members))), weights=weights,
-                          val_accuracy=_number(sel["val_accuracy"], "val_accuracy"),
-                          latency_ms=_number(sel["latency_ms"], "latency_ms"),
+                          val_accuracy=number(sel["val_accuracy"], "val_accuracy"),
+                          latency_ms=number(sel["latency_ms"], "latency_ms"),
                           within_budget=sel["within_budget"] is True, families=families,
                           sharpness=sharpness, soft=man["vote"] == "soft")
     gate = None
     if man["gate"] is not None:
         g = man["gate"]
         raw = g["raw"] is True
-        gate = Gate(background=_count(g["background"], "gate background"),
+        gate = Gate(background=count(g["background"], "gate background"),
                     w=arr.get("gate.w", 1, shape=(WAVEFORM_FEATURES if raw else d,)), raw=raw,
-                    **{k: _number(g[k], f"gate {k}") for k in GATE_SCALARS})
+                    **{k: number(g[k], f"gate {k}") for k in GATE_SCALARS})
         if gate.background >= K or gate.spread <= 0:
             raise PortableError("the gate's background class or spread is out of range")
     metrics = {k: v for k, v in dict(man["metrics"]).items() if k in METRICS}
     for k, v in metrics.items():
         for x in v if isinstance(v, list) else [v]:
-            _number(x, k)
+            number(x, k)
     report = man.get("report")
     if isinstance(report, dict):
         metrics = {**{k: v for k, v in report.items() if k not in METRICS}, **metrics}
@@ -334,15 +266,15 @@ def _build(man: dict[str, Any], arr: _Arrays) -> PortableModel:
     return model
 
 
-def _front_end_in(spec: dict[str, Any], arr: _Arrays) -> FrontEnd:
+def _front_end_in(spec: dict[str, Any], arr: Arrays) -> FrontEnd:
     data_type = spec["data_type"]
     if data_type not in ("vector", "image", "audio", "sensor"):
         raise PortableError(f"unknown data type {data_type!r}")
-    d = _count(spec["n_features"], "n_features", 1)
-    fe = make_front_end(data_type, _count(spec.get("sample_rate", 16000), "sample_rate", 1000))
+    d = count(spec["n_features"], "n_features", 1)
+    fe = make_front_end(data_type, count(spec.get("sample_rate", 16000), "sample_rate", 1000))
     fe.n_features_ = d
     if isinstance(fe, ImageFrontEnd):
-        fe.pixel_scale_ = _number(spec["pixel_scale"], "pixel_scale")
+        fe.pixel_scale_ = number(spec["pixel_scale"], "pixel_scale")
         if fe.pixel_scale_ <= 0:
             raise PortableError("pixel_scale must be positive")
         return fe
@@ -362,82 +294,3 @@ def _front_end_in(spec: dict[str, Any], arr: _Arrays) -> FrontEnd:
         raise PortableError("front_end.scale holds a zero")
     fe._std = std
     return fe
-
-
-def _member_in(spec: dict[str, Any], key: str, arr: _Arrays, d: int, K: int) -> Any:
-    """A fast member rebuilt from its arrays, reading ``d`` features and voting on ``K``."""
-    kind = spec["kind"]
-    if kind == "linear":
-        m: Any = LinearMember.__new__(LinearMember)
-        m.W = arr.get(f"{key}.W", 2, shape=(d, None))
-        m.b = arr.get(f"{key}.b", 1, shape=(m.W.shape[1],))
-        m.binary = _outputs(m.W.shape[1], K, key) == 1
-    elif kind == "mlp":
-        m = MlpMember.__new__(MlpMember)
-        m.layers, rows = [], d
-        for j in range(_count(spec["layers"], "layers", 1)):
-            W = arr.get(f"{key}.W{j}", 2, shape=(rows, None))
-            m.layers.append((W, arr.get(f"{key}.b{j}", 1, shape=(W.shape[1],))))
-            rows = W.shape[1]
-        m.binary = _outputs(rows, K, key) == 1
-    elif kind == "svm_rbf":
-        m = RbfSvmMember.__new__(RbfSvmMember)
-        m.S2g = arr.get(f"{key}.S2g", 2, shape=(None, d))
-        m.n_classes = _count(spec["n_classes"], "n_classes", 2)
-        n, pairs = m.S2g.shape[0], m.n_classes * (m.n_classes - 1) // 2
-        m.gS_sq = arr.get(f"{key}.gS_sq", 1, shape=(n,))
-        m.C = arr.get(f"{key}.C", 2, shape=(n, pairs))
-        m.b = arr.get(f"{key}.b", 1, shape=(pairs,))
-        m.pair_i = arr.index(f"{key}.pair_i", 1, m.n_classes, (pairs,))
-        m.pair_j = arr.index(f"{key}.pair_j", 1, m.n_classes, (pairs,))
-        m.gamma = _number(spec["gamma"], "gamma")
-        m.binary = m.n_classes == 2
-    elif kind == "knn":
-        m = KnnMember.__new__(KnnMember)
-        T = arr.get(f"{key}.T", 2, shape=(None, d))
-        n_classes = _count(spec["n_classes"], "n_classes", 2)
-        labels = arr.index(f"{key}.labels", 1, n_classes, (T.shape[0],))
-        k = _count(spec["k"], "k", 1)
-        if k > len(T):
-            raise PortableError(f"{key}: k = {k} with {len(T)} rows")
-        m._index(T, labels, k, spec["distance"] is True, n_classes)
-    elif kind == "trees":
-        m = TreesMember.__new__(TreesMember)
-        m.kind, m.n_classes = spec["trees"], _count(spec["n_classes"], "n_classes", 2)
-        if m.kind not in ("forest", "boost"):
-            raise PortableError(f"{key}: unknown tree kind {m.kind!r}")
-        thr = arr.get(f"{key}.thr", 1, shape=(None,))
-        nodes = len(thr)
-        m.thr = thr.astype(np.float32)
-        m.feat = arr.index(f"{key}.feat", 1, d, (nodes,))
-        m.left = arr.index(f"{key}.left", 1, nodes, (nodes,))
-        m.roots = arr.index(f"{key}.roots", 1, nodes)
-        # a walk may step to the right child (left + 1): it must exist unless the node is a
-        # leaf (threshold +inf, never passed)
-        if np.any((m.left + 1 >= nodes) & (m.thr != np.inf)):
-            raise PortableError(f"{key}: a split's right child is missing")
-        active = spec["active"]
-        if not (isinstance(active, list) and len(active) <= nodes
-                and all(type(a) is int and 0 < a <= len(m.roots) for a in active)
-                and active == sorted(active, reverse=True)):
-            raise PortableError(f"{key}: bad tree levels")
-        m.active, m.depth = active, len(active)
-        if m.kind == "forest":
-            m.values = arr.get(f"{key}.values", 2, shape=(nodes, m.n_classes))
-        else:
-            m.leaf = arr.get(f"{key}.leaf", 1, shape=(nodes,))
-            m.tree_class = arr.index(f"{key}.tree_class", 1, m.width, (len(m.roots),))
-            m.offset = arr.get(f"{key}.offset", 1, shape=(m.width,))
-        m._tables()
-    else:
-        raise PortableError(f"{key}: unknown member kind {kind!r}")
-    if getattr(m, "n_classes", 2) > K:
-        raise PortableError(f"{key}: more classes than the model's {K}")
-    return m
-
-
-def _outputs(width: int, K: int, key: str) -> int:
-    """A linear or MLP member's output columns: one for two classes, else one per class."""
-    if not 1 <= width <= K or width == 2:
-        raise PortableError(f"{key}: {width} outputs for {K} classes")
-    return width

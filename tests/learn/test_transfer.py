@@ -14,8 +14,8 @@ from actors.server.hosting import HostedModels, HostError
 from actors.server.serving import ServedModel
 from mliot_daemon import signing
 from mliot_daemon.learn.persist import save_model
-from mliot_daemon.learn.portable import PORTABLE_DIR
 from mliot_daemon.learn.pipeline import train
+from mliot_daemon.learn.portable import PORTABLE_DIR
 
 
 @pytest.fixture(scope="module")
