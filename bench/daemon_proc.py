@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -48,6 +49,10 @@ def running_daemon(extra_toml: str = "", data_dir: Path | None = None, daemon_to
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise RuntimeError("daemon did not start") from None
                     time.sleep(0.05)
+            while not _settled(url):  # measure the daemon as it runs, not as it starts
+                if time.monotonic() > deadline + 120 or proc.poll() is not None:
+                    raise RuntimeError("daemon did not finish its start")
+                time.sleep(0.1)
             yield url, proc
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -55,6 +60,16 @@ def running_daemon(extra_toml: str = "", data_dir: Path | None = None, daemon_to
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _settled(url: str) -> bool:
+    """The work a start does after ``/readyz`` is done: the monitor has measured the speed
+    (0.0 until then) and the trainer lists the apps (none until its learning code is in).
+    Until then serving shares the CPU with those imports (DESIGN.md, "Restart")."""
+    with urllib.request.urlopen(f"{url}/v1/status", timeout=10) as r:
+        status = json.load(r)
+    return status["machines"][0]["speed"] > 0 and all(
+        app["training"] for app in status["apps"].values())
 
 
 def histogram(metrics_text: str, name: str) -> list[tuple[float, float]]:
