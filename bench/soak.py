@@ -40,10 +40,10 @@ RATE_HZ = 10.0  # each honest client's predictions per second
 DRIFT_EVERY_S = 600.0
 SAMPLE_EVERY_S = 2.0
 INGEST_BATCH, INGEST_RATE_HZ = 5, 4.0  # 20 labelled rows a second
-NEVER_READ_RATE_HZ = 100.0
+NEVER_READ_RATE_HZ = 400.0  # each never-reader: fast enough to be cut within a minute
 INGEST_FIRST = 300  # rows the ingest app is trained on before the baseline
 SIZES = {  # honest clients, their processes, slowloris, never-readers, load s, probe clients, s
-    False: {"honest": 100, "procs": 4, "slowloris": 20, "never_readers": 5, "load_s": 60.0,
+    False: {"honest": 100, "procs": 4, "slowloris": 20, "never_readers": 2, "load_s": 60.0,
             "probe_clients": 10, "probe_s": 10.0},
     True: {"honest": 20, "procs": 2, "slowloris": 5, "never_readers": 2, "load_s": 10.0,
            "probe_clients": 5, "probe_s": 5.0},

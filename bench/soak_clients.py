@@ -30,6 +30,7 @@ EDGES = np.logspace(-5, 1, 1201)
 ANSWER_TIMEOUT_S = 5.0  # an honest prediction unanswered this long is an error
 SLOW_BYTE_EVERY_S = 0.2  # slowloris: one byte of the head this often (a head never completes)
 NEVER_READ_RCVBUF = 4096  # never-readers: a small window, so the daemon's side backs up soon
+NEVER_READ_EVERY_S = 0.01
 
 
 def percentile(counts: np.ndarray, q: float) -> float:
@@ -310,11 +311,13 @@ async def _never_reader(port: int, app: str, rate: float, end_at: float, stats: 
             continue
         stats["never_reader_opened"] += 1
         opened, k = time.monotonic(), 0
+        burst = max(1, round(rate * NEVER_READ_EVERY_S))  # timers are too coarse for 1/rate
         try:
             while time.time() < end_at:
-                await asyncio.wait_for(loop.sock_sendall(sock, frames[k % len(frames)]), 30)
-                k += 1
-                await asyncio.sleep(1 / rate)
+                chunk = b"".join(frames[(k + i) % len(frames)] for i in range(burst))
+                await asyncio.wait_for(loop.sock_sendall(sock, chunk), 30)
+                k += burst
+                await asyncio.sleep(NEVER_READ_EVERY_S)
         except (OSError, TimeoutError):
             stats["never_reader_cut"] += 1  # reset by the daemon (or its send side stuck)
             held.append(time.monotonic() - opened)
@@ -327,8 +330,10 @@ def hostile(port: int, app: str, row: list[float], slowloris: int, never_readers
             never_rate: float, start_at: float, duration_s: float) -> dict[str, Any]:
     import uvloop
 
-    frames = [client_frame(orjson.dumps({"type": "predict", "ref": i, "features": row}))
-              for i in range(100)]
+    # with probabilities: longer answers fill the daemon's side sooner (the kernel's send
+    # buffer, up to 4 MiB, then the stream's 1,024-message queue) so the cut comes in the run
+    frames = [client_frame(orjson.dumps({"type": "predict", "ref": i, "features": row,
+                                         "probabilities": True})) for i in range(100)]
 
     async def main() -> dict[str, Any]:
         await asyncio.sleep(max(0.0, start_at - time.time()))
