@@ -30,6 +30,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
+import psutil
 
 from bench import soak_clients
 from bench.common import request, rss_mib, scrape, training, wait_quiet, wait_trained
@@ -215,6 +216,8 @@ def load(pool: ProcessPoolExecutor, url: str, pid: int, port: int, rows: list[li
     futures: list[Future[Any]] = [*honest, hostile, ingest]
     time.sleep(max(0.0, start_at - time.time()))
     lag, drift_lag = Lag(url), Lag(url)
+    daemon, began = psutil.Process(pid), time.monotonic()
+    cpu_before = sum(daemon.cpu_times()[:2])  # its own threads, not the pool's
     samples, drift, training_seen = [], [], 0
     while not all(f.done() for f in futures):
         time.sleep(SAMPLE_EVERY_S)
@@ -234,6 +237,7 @@ def load(pool: ProcessPoolExecutor, url: str, pid: int, port: int, rows: list[li
                           "loop_lag_ms": drift_lag.since()})
     results = [f.result() for f in futures]
     loop_lag = lag.since()
+    cpu = (sum(daemon.cpu_times()[:2]) - cpu_before) / (time.monotonic() - began)
     windows = merged_windows(results[:len(honest)])
     for i, d in enumerate(drift):  # the clients' windows are the drift records' intervals
         counts = windows.get(i)
@@ -242,6 +246,7 @@ def load(pool: ProcessPoolExecutor, url: str, pid: int, port: int, rows: list[li
     series = samples or [{"main_mib": d["main_mib"], "fds": d["fds"]} for d in drift]
     return {"honest": honest_summary(results[:len(honest)], size["honest"]),
             "hostile": results[-2], "ingest": results[-1], "loop_lag_ms": loop_lag,
+            "daemon_cpu_percent": round(cpu * 100, 1), "load_avg_at_end": list(os.getloadavg()),
             "max_main_mib": max(s["main_mib"] for s in series),
             "max_fds": max(s["fds"] for s in series),
             "training_samples": training_seen, "samples": samples, "drift": drift}
