@@ -115,8 +115,9 @@ def acceptance(r: dict[str, Any]) -> list[str]:
         f"RSS during the load rose to {r['during']['max_main_mib']} MiB as the connections "
         f"opened; after it the ingest app serves a model trained on {rows_after} rows instead "
         "of 300 (the KNN member keeps its rows, the forest grows), so part of the change "
-        "below is that model, not the load. A run of 60 s cannot tell a slow leak from the "
-        "allocator keeping what the peak took: `--duration` (hours) records the drift."), ""]
+        f"below is that model, not the load. A run of {r['load_s']:g} s cannot tell a slow leak "
+        "from the allocator keeping what the peak took: `--duration` (hours) records the "
+        "drift."), ""]
     out += table_head("acceptance", "measured", "verdict")
     out += [f"| {name} | {value} | {verdict(ok)} |" for name, value, ok in rows]
     missed = [name for name, _, ok in rows if not ok]
