@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 
 NAMES = ["ingest", "learn", "serving", "mqtt", "placement", "table4", "lazy", "two_stage",
-         "memory", "adaptation", "scale", "automl", "drift", "active", "streams", "restart"]
+         "memory", "adaptation", "scale", "automl", "drift", "active", "streams", "restart",
+         "soak"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -33,7 +34,7 @@ def machine() -> dict:
     }
 
 
-def run_one(name: str, quick: bool, **options: int) -> dict:
+def run_one(name: str, quick: bool, **options: float) -> dict:
     module = importlib.import_module(f"bench.{name}")
     started = time.perf_counter()
     result = module.run(quick=quick, **options)
@@ -51,9 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watchers", type=int, default=0,
                         help="serving only: N dashboard pages open on the measured app (watch "
                              "sockets at the page's rate cap, and the page's API polling)")
+    parser.add_argument("--duration", type=float, default=0,
+                        help="soak only: SECONDS of load (default 60, --quick 10); a long run "
+                             "records the drift of RSS, descriptors, p99 and loop lag every "
+                             "10 min")
     args = parser.parse_args(argv)
     if args.watchers and args.name != "serving":
         parser.error("--watchers goes with serving")
+    if args.duration and args.name != "soak":
+        parser.error("--duration goes with soak")
     names = NAMES if args.name == "all" else [args.name]
     for name in names:
         if importlib.util.find_spec(f"bench.{name}") is None:
@@ -61,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.name != "all":
                 return 2
             continue
-        result = run_one(name, args.quick,
-                         **({"watchers": args.watchers} if args.watchers else {}))
+        options: dict[str, float] = {"watchers": args.watchers} if args.watchers else {}
+        if args.duration:
+            options["duration"] = args.duration
+        result = run_one(name, args.quick, **options)
         print(json.dumps(result, indent=2))
     return 0
 

@@ -28,7 +28,8 @@ def test_unknown_name_is_refused() -> None:
 
 
 @pytest.mark.parametrize("name", ["table4", "lazy", "two_stage", "serving", "memory",
-                                  "adaptation", "scale", "placement", "automl", "active"])
+                                  "adaptation", "scale", "placement", "automl", "active",
+                                  "soak"])
 def test_benchmark_module_has_run(name: str) -> None:
     sys.path.insert(0, str(ROOT))
     try:
@@ -55,3 +56,29 @@ def test_placement_quick_runs() -> None:
             assert d["serving"] is None or d["serving"] in fleet
             if d["serving"] is None or d["members"] < d["n_members"]:
                 assert d["reason"]  # a refusal or a trim always says why
+
+
+def test_soak_histograms_give_percentiles_and_frames_parse() -> None:
+    """The soak's clients keep latencies as histograms (fixed memory over hours) and parse
+    server frames themselves: both checked on known input, not against a daemon."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench import soak_clients
+    finally:
+        sys.path.remove(str(ROOT))
+    recorder = soak_clients.Recorder(t0=0.0, window_s=10.0)
+    for i in range(1, 1001):  # 1..1000 µs, answered in the first window
+        recorder.add(1.0, i * 1e-6)
+    recorder.add(15.0, 0.5)  # the second window
+    recorder.flush()
+    first = recorder.windows[0]
+    assert abs(soak_clients.percentile(first, 0.5) - 500e-6) / 500e-6 < 0.03
+    assert abs(soak_clients.percentile(first, 0.99) - 990e-6) / 990e-6 < 0.03
+    assert recorder.windows[1].sum() == 1 and recorder.max_s == 0.5
+    assert soak_clients.percentile(np.zeros_like(first), 0.99) == 0.0
+    buf = bytearray(bytes([0x81, 3]) + b"abc" + bytes([0x89, 126]) + (300).to_bytes(2, "big")
+                    + b"p" * 300 + bytes([0x81, 5]) + b"ab")  # the last frame is incomplete
+    assert soak_clients.server_frames(buf) == [(1, b"abc"), (9, b"p" * 300)]
+    assert bytes(buf) == bytes([0x81, 5]) + b"ab"

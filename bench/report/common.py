@@ -26,7 +26,8 @@ def load(name: str) -> dict[str, Any] | None:
 
 
 def cmd(r: dict[str, Any]) -> str:
-    return f"`python -m bench {r['name']}{' --quick' if r.get('quick') else ''}`"
+    duration = f" --duration {r['duration']:g}" if r.get("duration") else ""
+    return f"`python -m bench {r['name']}{' --quick' if r.get('quick') else ''}{duration}`"
 
 
 def header(r: dict[str, Any], title: str, intro: str = "") -> list[str]:

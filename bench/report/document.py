@@ -19,6 +19,7 @@ from bench.report import (
     restart,
     scale,
     serving,
+    soak,
     streams,
     table4,
     two_stage,
@@ -35,6 +36,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("adaptation", adaptation.section), ("drift", drift.section),
     ("active", active.section), ("streams", streams.section),
     ("scale", scale.section), ("restart", restart.section),
+    ("soak", soak.section),
     ("placement", placement.section), ("ingest", ingest_mqtt.ingest),
     ("mqtt", ingest_mqtt.mqtt),
 ]
