@@ -58,11 +58,14 @@ def section(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def held(x: dict[str, Any]) -> str:
+    return f"held p50 {x['p50']} s, max {x['max']} s" if x["n"] else "none cut"
+
+
 def hostile(r: dict[str, Any]) -> list[str]:
     d, c = r["during"], r["counters"]
     s, ing = d["hostile"]["stats"], d["ingest"]
     slow, never = d["hostile"]["slowloris_held_s"], d["hostile"]["never_reader_held_s"]
-    held = (lambda x: f"held p50 {x['p50']} s, max {x['max']} s" if x["n"] else "none cut")
     header_timeouts = int(c['mliot_http_timeouts_total{phase="header"}'])
     codes = ", ".join(f"{k} × {v}" for k, v in sorted(ing["codes"].items()))
     versions = r["ingest_versions"]
