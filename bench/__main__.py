@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 
 NAMES = ["ingest", "learn", "serving", "mqtt", "placement", "table4", "lazy", "two_stage",
-         "memory", "adaptation", "scale", "automl", "drift", "active", "streams", "restart"]
+         "memory", "adaptation", "scale", "automl", "drift", "active", "streams", "restart",
+         "faults"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
