@@ -41,6 +41,8 @@ class Daemon:
     """`mliot run` on a fixed port and data folder; SIGKILL and start again as often as
     needed. The log (JSON lines) is appended across restarts."""
 
+    LINGER_S = 15.0
+
     def __init__(self, workdir: Path, toml: str = "", daemon_toml: str = "",
                  data_dir: Path | None = None, port: int | None = None) -> None:
         self.workdir = workdir
@@ -49,7 +51,9 @@ class Daemon:
         self.config = workdir / "mliot.toml"
         self.log_path = workdir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.orphans = 0  # pool workers or forkservers still alive after a SIGKILL
+        self.late = 0  # pool workers or forkservers alive 3 s after a SIGKILL
+        self.orphans = 0  # ... and LINGER_S after it
+        self._lingering: list[tuple[float, psutil.Process]] = []
         self.write_config(toml, daemon_toml)
 
     def write_config(self, toml: str = "", daemon_toml: str = "") -> None:
@@ -86,22 +90,37 @@ class Daemon:
         return request(self.url, method, path, body, timeout=timeout)
 
     def kill9(self) -> None:
-        """SIGKILL the daemon alone, as the OOM killer or a power cut would; then kill what
-        it leaves behind (its pool workers, the forkserver), counted in ``orphans``: systemd
-        kills the unit's whole cgroup, a shell does not."""
+        """SIGKILL the daemon alone, as the OOM killer or a power cut would (systemd kills the
+        unit's whole cgroup, a shell does not). What it leaves behind (pool workers, the
+        forkserver) should end by itself: alive 3 s later it counts in ``late``, alive
+        ``LINGER_S`` later in ``orphans`` (and is killed then, by ``reap``)."""
         assert self.proc is not None
         try:
             kids = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:  # it died by itself already
             kids = []
+        self.reap(wait=False)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
         _, alive = psutil.wait_procs(kids, timeout=3)  # workers watch the daemon each 1 s
-        self.orphans += len(alive)
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
+        self.late += len(alive)
+        self._lingering += [(time.monotonic(), p) for p in alive]
+
+    def reap(self, wait: bool = True) -> None:
+        """Kill (and count as orphans) what outlived a kill by ``LINGER_S``; with ``wait``,
+        wait for the rest until then."""
+        keep = []
+        for killed_at, p in self._lingering:
+            left = killed_at + self.LINGER_S - time.monotonic()
+            if left > 0 and not wait:
+                keep.append((killed_at, p))
+                continue
+            if psutil.wait_procs([p], timeout=max(left, 0.0))[1]:
+                self.orphans += 1
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+                psutil.wait_procs([p], timeout=5)
+        self._lingering = keep
 
     def stop(self) -> None:
         if not self.alive():

@@ -311,6 +311,7 @@ def kill_cycles(workdir: Path, cycles: int, seed_: int = 0, max_up_s: float = 3.
         if client.is_alive():
             client.kill()
         d.stop()
+        d.reap()
     if ledger is None:
         raise RuntimeError(f"the client process failed (exit {client.exitcode})")
     db = d.data_dir / "mliot.db"
@@ -326,7 +327,7 @@ def kill_cycles(workdir: Path, cycles: int, seed_: int = 0, max_up_s: float = 3.
             "kills_during_start": sum(1 for e in log if e.get("during_start")),
             "versions_seen": sorted({e["model_version"] for e in log
                                      if e.get("model_version") is not None}),
-            "orphans_after_kill": d.orphans,
+            "late_after_kill": d.late, "orphans_after_kill": d.orphans,
             "integrity_check": integrity(db),
             "first_served_s": firsts, "final_first_served_s": round(final_first, 3),
             "first_served_p50_s": round(float(np.median(firsts)), 3) if firsts else None,

@@ -111,14 +111,15 @@ def serving(d: Daemon) -> str | None:
     return _get(d, "/v1/status", "a")["apps"]["v"]["placement"]["serving"]
 
 
-def stopped_peer(workdir: Path, quota_cores: float = 0.05, budget_ms: float = 2.0,
+def stopped_peer(workdir: Path, quota_cores: float = 0.035, budget_ms: float = 2.0,
                  hold_s: float = 8.0) -> dict[str, Any]:
     """The scenario; returns the steps' times and the client's answers in each phase.
 
-    The numbers are this machine's: a digits model answers in ~0.1 ms, ~2.5 ms under a
-    0.05-core quota, and a loopback peer in ~1.3 ms (the round trip), so a 2 ms budget holds
-    on ``b`` alone. A smaller quota would make ``a`` measure its round trips to ``b`` slow
-    too (its own loop waits for CPU), and the app would go back and forth."""
+    The numbers are this machine's: a digits model answers in ~0.1 ms, ~3 ms under a
+    0.035-core quota, and a loopback peer in ~1.3 ms (the round trip), so a 2 ms budget holds
+    on ``b`` alone (at 0.05 cores a busy machine predicted 1.8 ms on ``a``). A smaller quota
+    would make ``a`` measure its round trips to ``b`` slow too (its own loop waits for CPU),
+    and the app would go back and forth."""
     global DIGITS
     if DIGITS is None:
         from sklearn.datasets import load_digits

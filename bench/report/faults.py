@@ -18,17 +18,27 @@ serving an app is SIGSTOPped while a client predicts through the app's own daemo
 SIGCONTed."""
 
 
+def _left(k: dict[str, Any]) -> str:
+    """Processes a kill left behind (pool workers, forkserver)."""
+    if "late_after_kill" not in k:  # the first runs counted those alive 3 s after, only
+        return (f"Processes (pool workers, forkserver) still alive 3 s after a kill: "
+                f"{k['orphans_after_kill']} (the harness killed them then).")
+    return (f"Processes (pool workers, forkserver) still alive 3 s after a kill: "
+            f"{k['late_after_kill']}; still alive 15 s after (killed then): "
+            f"{k['orphans_after_kill']}.")
+
+
 def _kill(k: dict[str, Any]) -> list[str]:
     if "error" in k:
         return [f"Part 1 failed: `{k['error']}`.", ""]
     seen = k["versions_seen"]
-    versions = f"versions {seen[0]} to {seen[-1]} served at kills" if seen else "no version"
+    versions = (f"version {seen[0]} served at every kill" if len(seen) == 1 else
+                f"versions {seen[0]} to {seen[-1]} served at kills" if seen else "no version")
     out = [f"**1. kill -9**: {k['kills']} kills ({k['kills_during_start']} during a start, "
            f"{k['kills_in_training']} while the vector app was training; {versions}). "
            f"Restart to the first served "
            f"prediction: p50 {k['first_served_p50_s']} s, max {k['first_served_max_s']} s. "
-           f"Store after the run: `{k['integrity_check']}`; processes left by a kill (pool "
-           f"workers, forkserver): {k['orphans_after_kill']}.", ""]
+           f"Store after the run: `{k['integrity_check']}`. " + _left(k), ""]
     out += table_head("channel", "sent", "acknowledged", "stored", "lost", "duplicated",
                       "stored, not acknowledged", "refused")
     for name, c in k["counts"].items():
