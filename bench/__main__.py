@@ -19,7 +19,7 @@ import psutil
 
 NAMES = ["ingest", "learn", "serving", "mqtt", "placement", "table4", "lazy", "two_stage",
          "memory", "adaptation", "scale", "automl", "drift", "active", "streams", "restart",
-         "soak"]
+         "soak", "faults"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

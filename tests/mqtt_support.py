@@ -52,7 +52,10 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
-            f"log_dest file {self.log_path}\n")
+            f"log_dest file {self.log_path}\n"
+            # Started as root (CI), mosquitto drops to its own user, which may not write in a
+            # tmp_path (root's, 0700): it ran without persistence or log, silently.
+            + ("user root\n" if os.geteuid() == 0 else ""))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

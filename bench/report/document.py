@@ -11,6 +11,7 @@ from bench.report import (
     adaptation,
     automl,
     drift,
+    faults,
     ingest_mqtt,
     lazy,
     learn,
@@ -37,6 +38,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("active", active.section), ("streams", streams.section),
     ("scale", scale.section), ("restart", restart.section),
     ("soak", soak.section),
+    ("faults", faults.section),
     ("placement", placement.section), ("ingest", ingest_mqtt.ingest),
     ("mqtt", ingest_mqtt.mqtt),
 ]
