@@ -190,7 +190,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/peer/models/{origin}/{app}/{version}": {"put": op(
         "Peer API: a signed portable model (a tar of portable.json and arrays.npz; no "
         "pickles)", ref("PeerInstalled"),
-        (*GUARDED, 400, 413, 422, 503), body={"application/octet-stream": {}}, peer=True)},
+        (*GUARDED, 400, 408, 413, 422, 503), body={"application/octet-stream": {}}, peer=True)},
     "/v1/peer/models/{origin}/{app}/predict": {"post": op(
         "Peer API: predict with a hosted model", ref("PeerPredictions"), WRITE,
         body=_body("PeerPredict"), peer=True)},
