@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+import numpy as np
+
 TIMEOUT_S = 10.0
 
 
@@ -101,7 +103,7 @@ def ws_latency(url: str, messages: Sequence[bytes], answers: Sequence[bytes], n:
     head, _, buf = buf.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 101"):
         raise RuntimeError(f"no WebSocket upgrade: {head[:300]!r}")
-    frames = [_client_frame(m) for m in messages]
+    frames = [client_frame(m) for m in messages]
     times = []
     try:
         for i in range(n):
@@ -122,18 +124,20 @@ def ws_latency(url: str, messages: Sequence[bytes], answers: Sequence[bytes], n:
     return times[n // 10:]
 
 
-def _client_frame(payload: bytes) -> bytes:
-    """One masked text frame (RFC 6455: a client masks everything it sends)."""
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A masked client frame (RFC 6455: a client masks everything it sends)."""
     mask = os.urandom(4)
     n = len(payload)
-    head = bytes([0x81])
+    head = bytes([0x80 | opcode])
     if n < 126:
         head += bytes([0x80 | n])
     elif n < 65536:
         head += bytes([0x80 | 126]) + struct.pack("!H", n)
     else:
         head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    body = (np.frombuffer(payload, np.uint8)
+            ^ np.resize(np.frombuffer(mask, np.uint8), n)).tobytes() if n else b""
+    return head + mask + body
 
 
 def _server_frame(buf: bytes) -> tuple[bytes | None, bytes]:

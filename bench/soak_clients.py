@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bench.lean_client import client_frame
+
 # 10 µs to 10 s in 1200 log-spaced bins: each bin is 1.2 % wide, finer than any figure reported
 EDGES = np.logspace(-5, 1, 1201)
 ANSWER_TIMEOUT_S = 5.0  # an honest prediction unanswered this long is an error
@@ -75,22 +77,6 @@ def _handshake(host: str, port: int, path: str) -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n").encode()
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """A masked client frame (RFC 6455: a client masks everything it sends)."""
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    body = (np.frombuffer(payload, np.uint8)
-            ^ np.resize(np.frombuffer(mask, np.uint8), n)).tobytes() if n else b""
-    return head + mask + body
 
 
 def server_frames(buf: bytearray) -> list[tuple[int, bytes]]:
