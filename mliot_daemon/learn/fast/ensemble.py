@@ -208,15 +208,19 @@ class FastEnsemble:
         """The vote on one 1-D row of front-end features: the served case."""
         if len(self.members) == 1:  # its class, and the margin of its own probabilities
             s = self._row_outputs(z, True)[0]
-            best = int(self.members[0].class_of(s))
             if self._n_classes > SMALL_K:
+                best = int(self.members[0].class_of(s))
                 p = probabilities(s, self.sharpness[0])
                 second, margin = _runner_up(p, best)
                 return Vote(best, float(p[best]), margin, 1.0, second)
-            # a softmax of a few values: plain Python beats the half dozen numpy calls
+            # a softmax of a few values: plain Python beats the half dozen numpy calls (the
+            # margin costs ~3 µs a row; `python -m bench serving` measures it)
             xs, a = s.tolist(), self.sharpness[0]
             top_score = max(xs)
-            ex = [math.exp(a * (v - top_score)) for v in xs]
+            # the class: the first maximum (argmax's), unless the member has a rule of its own
+            best = int(self.members[0].class_of(s)) if self._own_rule else xs.index(top_score)
+            exp = math.exp
+            ex = [exp(a * (v - top_score)) for v in xs]
             total, top = sum(ex), ex[best]
             ex[best] = -1.0
             runner = max(ex)
