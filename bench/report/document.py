@@ -20,6 +20,7 @@ from bench.report import (
     restart,
     scale,
     serving,
+    serving_ab,
     soak,
     streams,
     table4,
@@ -33,7 +34,8 @@ Section = Callable[[dict[str, Any]], list[str]]
 SECTIONS: list[tuple[str, Section]] = [
     ("table4", table4.section), ("learn", learn.section), ("lazy", lazy.section),
     ("two_stage", two_stage.section), ("automl", automl.section),
-    ("serving", serving.section), ("memory", memory.section),
+    ("serving", serving.section), ("serving_ab", serving_ab.section),
+    ("memory", memory.section),
     ("adaptation", adaptation.section), ("drift", drift.section),
     ("active", active.section), ("streams", streams.section),
     ("scale", scale.section), ("restart", restart.section),

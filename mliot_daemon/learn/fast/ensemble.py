@@ -142,12 +142,15 @@ class FastEnsemble:
         self._own_rule = [k for k, m in enumerate(self._planned)
                           if type(m).class_of is not BlockwisePredict.class_of]
         self._sharp_one = np.asarray(self.sharpness)[order][:, None]  # a column, in that order
+        # one member read on its own (not a screened KNN, not trees): straight to its scores,
+        # past _row_outputs' checks and products for the fused paths (~5 µs of a ~40 µs row)
+        self._single = self.members[0] if len(self.members) == 1 and self._others else None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # the single-row plan is rebuilt on loading
         for k in ("_fused", "_dense", "_knn32", "_others", "_fused_reduced", "_fused_raw",
-                  "_w_one_list", "_w_one", "_sharp_one", "_planned", "_own_rule"):
+                  "_w_one_list", "_w_one", "_sharp_one", "_planned", "_own_rule", "_single"):
             state.pop(k, None)
         return state
 
@@ -207,7 +210,11 @@ class FastEnsemble:
     def vote_one(self, z: np.ndarray) -> Vote:
         """The vote on one 1-D row of front-end features: the served case."""
         if len(self.members) == 1:  # its class, and the margin of its own probabilities
-            s = self._row_outputs(z, True)[0]
+            m = self._single
+            if m is None:
+                s = self._row_outputs(z, True)[0]
+            else:
+                s = m.scores_one(self.reducer.one(z) if m.reduced else z)
             if self._n_classes > SMALL_K:
                 best = int(self.members[0].class_of(s))
                 p = probabilities(s, self.sharpness[0])
