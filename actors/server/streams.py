@@ -7,14 +7,6 @@ waits (a batch, a commit, a peer) goes to a task per message, bounded per connec
 connection has a bounded queue of outgoing messages; a client that lets it fill is cut off at
 once, so it never holds back the others. A big message is decoded off the loop (in a child
 process past 1 MiB: see DECODE_IN_PROCESS_BYTES).
-
-Backpressure: a client that sends but does not read its answers would otherwise have every
-message answered until its queue filled (kernel buffers grow to MBs on loopback: ~20 s of
-work nobody reads, then again after it reconnects). So a stream's socket keeps a small send
-buffer (WS_SNDBUF), and once half the queue waits the reader stops taking that client's
-messages until the queue is down to an eighth; a client that does not get it there within
-``daemon.idle_timeout_s`` is cut. Its own sends then back up in TCP, and it costs the loop
-nothing while it waits.
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,10 +37,6 @@ from mliot_daemon.settings import AppSpec
 log = structlog.get_logger("mliot.server")
 
 WS_QUEUE = 1024  # messages waiting for one WebSocket client; a client that lets it fill is cut
-WS_READ_PAUSE, WS_READ_RESUME = WS_QUEUE // 2, WS_QUEUE // 8  # see "Backpressure" above
-# A stream's kernel send buffer (Linux doubles it): ~1,000 short answers. Loopback autotunes
-# it to MBs, all of it answers a client that does not read has not taken.
-WS_SNDBUF = 64 * 1024
 WS_IN_FLIGHT = 256  # predictions one WebSocket client may have pending
 WS_DIRECT_MAX = 16 * 1024  # unsent bytes above which a reply queues instead (see Client.send)
 # Messages past this are decoded in a child process: a thread would still hold the GIL (see
@@ -82,10 +69,6 @@ class Streams:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=int(
             core.settings.daemon.max_body_mb * 2**20))
         await ws.prepare(request)
-        sock = request.transport.get_extra_info("socket") if request.transport else None
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SNDBUF)
-        stall_s = core.settings.daemon.idle_timeout_s
         in_flight = asyncio.Semaphore(WS_IN_FLIGHT)
         client: Client | None = None
         core.metrics.ws_connections.inc()
@@ -105,13 +88,9 @@ class Streams:
                     reply, later = await self._now(app, msg.data, request.remote)
                     if reply is not None:  # answered without waiting: no task, no queue
                         await client.send(reply)
-                        if client.queue.qsize() >= WS_READ_PAUSE:
-                            await client.drained(stall_s)
                         continue
                     await in_flight.acquire()
                     tg.create_task(self._later(app, client, later, in_flight))
-                    if client.queue.qsize() >= WS_READ_PAUSE:
-                        await client.drained(stall_s)
                 writer.cancel()
         finally:
             core.metrics.ws_connections.dec()
@@ -266,7 +245,6 @@ class Client:
         self.tg = tg  # the connection's task group: the close task belongs to it
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(WS_QUEUE)
         self.closing = False
-        self._resume: asyncio.Future[None] | None = None  # the paused reader's (see drained)
 
     def put(self, message: dict[str, Any]) -> None:
         if self.closing:
@@ -304,23 +282,6 @@ class Client:
             self.queue.get_nowait()
         if self.transport is not None:
             self.transport.abort()  # the reader then ends, and the handler with it
-        self._wake()
-
-    async def drained(self, stall_s: float) -> None:
-        """The paused reader's wait (module docstring, "Backpressure"): until the writer has
-        the queue down to WS_READ_RESUME, or the client is cut after ``stall_s``."""
-        self._resume = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(stall_s):
-                await self._resume
-        except TimeoutError:
-            self.drop()
-        finally:
-            self._resume = None
-
-    def _wake(self) -> None:
-        if self._resume is not None and not self._resume.done():
-            self._resume.set_result(None)
 
     async def send(self, message: dict[str, Any]) -> None:
         """Write a reply now, from the reader's turn; through the queue (and its rule for
@@ -353,5 +314,3 @@ class Client:
                 message = await self.queue.get()
                 # orjson's bytes are UTF-8 already: no decode here and encode in send_str
                 await self.ws.send_frame(orjson.dumps(message), WSMsgType.TEXT)
-                if self._resume is not None and self.queue.qsize() <= WS_READ_RESUME:
-                    self._wake()

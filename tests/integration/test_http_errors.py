@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -151,26 +152,18 @@ def test_an_app_named_like_a_query_route_is_still_guarded(daemon_factory: Any) -
     assert d.request("POST", "/v1/apps/predict/predict", {"instances": [[1.0]]})[0] == 503
 
 
-def test_a_websocket_client_that_never_reads_is_paused_then_cut_off(daemon_factory: Any
-                                                                    ) -> None:
-    """A client that sends but never reads: once its answers back up, the daemon stops reading
-    its messages (its sends block in TCP, and it costs no more work), and cuts it when it has
-    not read for idle_timeout_s. Others are answered meanwhile."""
-    d = daemon_factory()
-    d.write_config(daemon_extra="idle_timeout_s = 5")
-    d.start()
-    _with_app(d)
-    with ws_open(d.port, rcvbuf=4096) as stuck, ws_open(d.port) as other:
+def test_a_websocket_client_that_never_reads_is_cut_off(app: DaemonProcess) -> None:
+    """Replies to a client that does not read queue up in that client's queue (never in the
+    reader); past its limit the daemon closes that connection, and others are answered."""
+    with ws_open(app.port, rcvbuf=4096) as stuck, ws_open(app.port) as other:
         frame = ws_frame(b'{"type": "predict", "ref": 1, "features": [1, 2, 3]}')
-        stuck.settimeout(2.0)
-        with pytest.raises(TimeoutError):  # the daemon stopped reading: a send blocks
-            for _ in range(100_000):  # each is answered (503: no model yet), never read
-                stuck.sendall(frame)
-        assert not d.events("ws_client_too_slow")  # paused, not cut yet
+        with contextlib.suppress(ConnectionError):  # the cut may come while we still send
+            for _ in range(100_000):  # each is answered (503: no model yet), never read: MBs
+                stuck.sendall(frame)  # of replies, more than the kernel's buffers and queue
+        wait_for(lambda: app.events("ws_client_too_slow"), 60)
         other.sendall(ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 2, 3]}'))
         opcode, payload = ws_read(other)
         assert opcode == 1 and b'"ref":"x"' in payload and b"no model yet" in payload
-        wait_for(lambda: d.events("ws_client_too_slow"), 30)
         # what was sent before the cut can be read, then the connection ends (a close frame,
         # or a reset: the daemon closed a socket holding frames it had not read)
         stuck.settimeout(30)
@@ -178,8 +171,7 @@ def test_a_websocket_client_that_never_reads_is_paused_then_cut_off(daemon_facto
             while ws_read(stuck)[0] != 0x8:
                 pass
             raise ConnectionResetError("closed by the daemon")
-    assert _gauge(d, "mliot_ws_clients_dropped_total") == 1
-    assert d.request("GET", "/v1/apps/v")[0] == 200
+    assert app.request("GET", "/v1/apps/v")[0] == 200
 
 
 def _gauge(d: DaemonProcess, name: str) -> float:
