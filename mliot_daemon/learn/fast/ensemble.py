@@ -143,7 +143,7 @@ class FastEnsemble:
                           if type(m).class_of is not BlockwisePredict.class_of]
         self._sharp_one = np.asarray(self.sharpness)[order][:, None]  # a column, in that order
         # one member read on its own (not a screened KNN, not trees): straight to its scores,
-        # past _row_outputs' checks and products for the fused paths (~5 µs of a ~40 µs row)
+        # past _row_outputs' checks and products for the fused paths (a few µs of a ~40 µs row)
         self._single = self.members[0] if len(self.members) == 1 and self._others else None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -220,8 +220,8 @@ class FastEnsemble:
                 p = probabilities(s, self.sharpness[0])
                 second, margin = _runner_up(p, best)
                 return Vote(best, float(p[best]), margin, 1.0, second)
-            # a softmax of a few values: plain Python beats the half dozen numpy calls (the
-            # margin costs ~3 µs a row; `python -m bench serving` measures it)
+            # a softmax of a few values: plain Python beats the half dozen numpy calls (~3-5 µs
+            # a row on digits; DESIGN.md, "Margins and label queries", has the whole cost)
             xs, a = s.tolist(), self.sharpness[0]
             top_score = max(xs)
             # the class: the first maximum (argmax's), unless the member has a rule of its own
