@@ -25,10 +25,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_daemon(extra_toml: str = "", data_dir: Path | None = None, daemon_toml: str = ""
+def running_daemon(extra_toml: str = "", data_dir: Path | None = None, daemon_toml: str = "",
+                   tree: Path | None = None, cpus: set[int] | None = None
                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Yield (base URL, process) of a daemon that is ready; stop it with SIGTERM afterwards.
-    ``daemon_toml``: more keys of the ``[daemon]`` table (e.g. ``max_body_mb = 400``)."""
+    ``daemon_toml``: more keys of the ``[daemon]`` table (e.g. ``max_body_mb = 400``).
+    ``tree``: run the daemon code of that checkout (its cwd; ``-m`` imports from there);
+    ``cpus``: pin the daemon to those CPUs (``bench.serving_ab`` does both)."""
     with tempfile.TemporaryDirectory(prefix="mliot-bench-") as tmp:
         port = free_port()
         cfg = Path(tmp) / "mliot.toml"
@@ -36,7 +39,9 @@ def running_daemon(extra_toml: str = "", data_dir: Path | None = None, daemon_to
         cfg.write_text(f'[daemon]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{data}"\n'
                        f'log_level = "warning"\n{daemon_toml}\n{extra_toml}\n')
         proc = subprocess.Popen([sys.executable, "-m", "mliot_daemon", "run", "--config",
-                                 str(cfg)], stdout=subprocess.DEVNULL)
+                                 str(cfg)], stdout=subprocess.DEVNULL, cwd=tree,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus
+                                else None)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60

@@ -17,11 +17,7 @@
    gets the same lean-client single-row latency test, a throughput test (8 concurrent
    keep-alive clients, one row per request) and an RSS reading (server process plus its
    children) after the load.
-5. ``BENCH_SERVING_MODELS=DIR``: the first run saves its trained models in DIR and later runs
-   serve those same models instead of training their own. Training picks members by measured
-   latency, so two runs can serve different models; an A/B of two commits needs the same ones
-   (train with the older commit: newer code loads older versions).
-6. Where the time goes: the same clients against a transport floor (``bench/handmade_server.py
+5. Where the time goes: the same clients against a transport floor (``bench/handmade_server.py
    -``: uvloop + aiohttp answering a constant prediction, no model; measured just before and
    just after each of mliot's single-row runs, so both see the same machine), and the served
    predictor alone in a child process, one row at a time, back to back and with 0.3 ms idle
@@ -34,10 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import multiprocessing
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,21 +93,6 @@ def build_models(data_dir: Path) -> dict[str, list[str]]:
                                     "complete": True})
         registry.publish(app, staging, keep=5, meta={"reason": "initial"})
         members[app] = [m.family for m in model.members]
-    return members
-
-
-def saved_or_built_models(data_dir: Path) -> dict[str, list[str]]:
-    """:func:`build_models`, or the models a run before saved in ``$BENCH_SERVING_MODELS``."""
-    keep = os.environ.get("BENCH_SERVING_MODELS")
-    if not keep:
-        return build_models(data_dir)
-    saved = Path(keep)
-    if (saved / "members.json").exists():
-        shutil.copytree(saved / "models", data_dir / "models")
-        return json.loads((saved / "members.json").read_text())
-    members = build_models(data_dir)
-    shutil.copytree(data_dir / "models", saved / "models")
-    (saved / "members.json").write_text(json.dumps(members))
     return members
 
 
@@ -344,7 +322,7 @@ def run(quick: bool, watchers: int = 0) -> dict[str, Any]:
         # Train in a child process: BLAS/OpenMP threads left spinning in this (client) process
         # would steal the daemon's CPU and inflate every latency measured after.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            members = pool.submit(saved_or_built_models, data).result()
+            members = pool.submit(build_models, data).result()
             forest = pool.submit(competitors.train_forest, Path(tmp) / "rf" / "model.joblib"
                                  ).result()
             forest_ms = pool.submit(competitors.forest_inprocess_ms, forest).result()

@@ -1,26 +1,33 @@
-"""A/B of ``python -m bench serving`` between two source trees: what a serving-path change
-costs, measured before against after on the same machine in the same session.
+"""A/B of the serving path between two source trees: what a change costs a prediction,
+measured before against after on the same machine at the same time.
 
-    python -m bench.serving_ab BEFORE_TREE AFTER_TREE [--runs 3]
+    python -m bench.serving_ab BEFORE_TREE AFTER_TREE [--runs 5]
 
 Each tree is a checkout of one commit (``git worktree add``), perhaps with local changes (a
 baseline with one feature taken out); the JSON records each tree's commit and changed files.
-Runs alternate in pairs, every other pair in the other order (before, after, after, before,
-...), each one ``python -m bench serving`` in
-that tree with this environment's Python. The first run trains and saves the digits models
-(``BENCH_SERVING_MODELS``, see ``bench/serving.py``) and every later run serves those same
-ones: training picks members by measured latency, so two trainings can serve different models
-and the A/B would compare them instead of the code. A tree whose ``bench/serving.py`` predates
-``BENCH_SERVING_MODELS`` needs this tree's copy.
+Give the same tree twice for an A/A run: the tool's own noise.
 
-These machines are shared and noisy, so the verdict is on the median of the per-pair ratios
-(after / before), never on one run: within 5 % for the single-row p50s (HTTP and WebSocket)
-of both apps. Writes ``bench/results/serving_ab.json``; ``python -m bench.report`` shows it.
+The digits models of ``bench serving`` (a 7-member ensemble, ``digits7``, and the low-latency
+choice, ``digits3``) are trained once by this tree's learning code. Each run starts one daemon
+from each tree on copies of them (``python -m mliot_daemon`` with the tree as its working
+directory), both pinned to one CPU and this client to the others. Then, per app, this client's
+single-row round trips (the lean client, HTTP keep-alive and WebSocket) alternate between the
+two daemons in blocks, in ABBA order; so do the throughputs. Runs one after the other, each
+with its daemons on one side, moved single-row p50s by ±15 to 30 % on this shared machine
+(other jobs, and which cores the processes shared); blocks a few seconds long put both
+daemons under the same conditions.
+
+A run's cost is after / before (for rates before / after: above 1 is always slower); the
+verdict is on the median over the runs: within 5 % for the single-row p50s (HTTP and
+WebSocket) of both apps. Writes ``bench/results/serving_ab.json``; ``python -m bench.report``
+shows it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -32,13 +39,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
+
+from bench import lean_client
 from bench.__main__ import RESULTS, machine
+from bench.common import in_child, wait_quiet
+from bench.daemon_proc import running_daemon
+from bench.datasets import digits
+from bench.serving import CONCURRENCY, build_models, http_throughput, ws_pipelined
 
 APPS = ("digits7", "digits3")
 LATENCIES = ("http_p50", "ws_p50", "http_p99", "ws_p99")  # ms: lower is better
 RATES = ("ws_pipelined_per_s", "http_throughput_per_s")  # higher is better
 JUDGED = ("http_p50", "ws_p50")  # the per-prediction cost the verdict is on
 WITHIN = 1.05
+DAEMON_CPU = 1  # both daemons; the client runs on the other CPUs
+BLOCKS, BLOCK = 10, 330  # round trips per block (the first tenth of each warms up)
+PIPELINED = 10000  # WebSocket messages sent without waiting, per daemon and round
 
 
 def tree_state(tree: Path) -> dict[str, Any]:
@@ -52,58 +70,81 @@ def tree_state(tree: Path) -> dict[str, Any]:
             "changed": git("diff", "--name-only", "HEAD").split()}
 
 
-def figures(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The figures compared, per app, from one ``bench serving`` result."""
-    out = {}
-    for app in APPS:
-        a = result[app]
-        out[app] = {"http_p50": a["http_ms"]["p50"], "ws_p50": a["ws_ms"]["p50"],
-                    "http_p99": a["http_ms"]["p99"], "ws_p99": a["ws_ms"]["p99"],
-                    "ws_pipelined_per_s": a["ws_pipelined_per_s"],
-                    "http_throughput_per_s": a["http_throughput_per_s"],
-                    "predictor_ms": result["predictor"][app]["idle_0.3ms_ms"]}
-    return out
+def _ms(seconds: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(seconds) * 1000, q)), 4)
 
 
-def serve_once(tree: Path, models: Path) -> dict[str, Any]:
-    """One ``python -m bench serving`` in ``tree``; its result."""
-    env = {**os.environ, "BENCH_SERVING_MODELS": str(models)}
-    out = tree / "bench" / "results" / "serving.json"
-    out.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "bench", "serving"], cwd=tree, env=env, check=True)
-    return json.loads(out.read_text())
+def one_run(trees: dict[str, Path], models: Path, apps: list[str]) -> dict[str, Any]:
+    """Both daemons up at once; every figure measured on each in alternating blocks."""
+    _, X_test, _, _ = digits()
+    bodies = [orjson.dumps({"instances": [r.tolist()]}) for r in X_test]
+    messages = [orjson.dumps({"type": "predict", "ref": i, "features": r.tolist()})
+                for i, r in enumerate(X_test)]
+    refs = [b'"ref":%d,' % i for i in range(len(X_test))]
+    config = "".join(f'[[apps]]\nname = "{a}"\ndata_type = "vector"\nshape = [64]\n'
+                     for a in apps) + "[training]\nworkers = 1\n"
+    with tempfile.TemporaryDirectory(prefix="mliot-ab-") as tmp, \
+            contextlib.ExitStack() as stack:
+        urls = {}
+        for side, tree in trees.items():
+            data = Path(tmp) / side
+            shutil.copytree(models, data / "models")
+            urls[side], _ = stack.enter_context(running_daemon(
+                config, data_dir=data, tree=tree, cpus={DAEMON_CPU}))
+        sides = list(trees)
+        out: dict[str, Any] = {side: {} for side in sides}
+        for app in apps:
+            t: dict[str, dict[str, list[float]]] = {s: {"http": [], "ws": []} for s in sides}
+            rates: dict[str, dict[str, list[float]]] = {s: {k: [] for k in RATES}
+                                                         for s in sides}
+            for block in range(BLOCKS):
+                for side in sides if block % 2 == 0 else sides[::-1]:
+                    url = urls[side]
+                    t[side]["http"] += lean_client.http_latency(
+                        f"{url}/v1/apps/{app}/predict", bodies, BLOCK)
+                    t[side]["ws"] += lean_client.ws_latency(
+                        f"{url}/v1/apps/{app}/stream", messages, refs, BLOCK)
+                    if block < 2:  # the rates: one round each way
+                        rates[side]["ws_pipelined_per_s"].append(asyncio.run(
+                            ws_pipelined(url, app, X_test, PIPELINED)))
+                        rates[side]["http_throughput_per_s"].append(asyncio.run(
+                            http_throughput(f"{url}/v1/apps/{app}/predict", bodies,
+                                            BLOCK * 3, CONCURRENCY)))
+            for side in sides:
+                out[side][app] = {
+                    "http_p50": _ms(t[side]["http"], 50), "ws_p50": _ms(t[side]["ws"], 50),
+                    "http_p99": _ms(t[side]["http"], 99), "ws_p99": _ms(t[side]["ws"], 99),
+                    **{k: round(statistics.mean(v)) for k, v in rates[side].items()}}
+        return out
 
 
 def cost(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """after / before per figure, as a cost: for rates, before / after (above 1: slower)."""
-    ratios = {k: after[k] / before[k] for k in (*LATENCIES, "predictor_ms")}
+    ratios = {k: after[k] / before[k] for k in LATENCIES}
     ratios.update({k: before[k] / after[k] for k in RATES})
     return {k: round(v, 4) for k, v in ratios.items()}
 
 
 def run(before: Path, after: Path, runs: int) -> dict[str, Any]:
     started = time.perf_counter()
-    trees = {"before": tree_state(before), "after": tree_state(after)}  # before runs touch them
+    quiet = wait_quiet(False)
+    trees = {"before": before, "after": after}
     pairs = []
-    with tempfile.TemporaryDirectory(prefix="mliot-ab-") as tmp:
-        models = Path(tmp) / "models"
+    with tempfile.TemporaryDirectory(prefix="mliot-ab-models-") as tmp:
+        models = Path(tmp) / "data"
+        members = in_child(build_models, models)  # this tree's learner; both trees load it
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {DAEMON_CPU} or {0})
         for i in range(runs):
-            pair = {}
-            # ABBA: a run can be slower for being second (the last run's heat, its pages), so
-            # every other pair runs the after tree first
-            sides = [("before", before), ("after", after)]
-            for side, tree in sides if i % 2 == 0 else sides[::-1]:
-                print(f"pair {i + 1}/{runs}: {side} ({tree})", flush=True)
-                pair[side] = {"load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-                              **figures(serve_once(tree, models))}
-            pairs.append(pair)
-        members = json.loads((models / "members.json").read_text())
-        shutil.rmtree(models)
+            print(f"run {i + 1}/{runs}", flush=True)
+            load = [round(x, 2) for x in os.getloadavg()]
+            result = one_run(trees, models / "models", list(members))
+            pairs.append({side: {"load_avg_at_start": load, **result[side]} for side in trees})
     costs = [{app: cost(p["before"][app], p["after"][app]) for app in APPS} for p in pairs]
     median = {app: {k: round(statistics.median(c[app][k] for c in costs), 4)
                     for k in costs[0][app]} for app in APPS}
-    return {"name": "serving_ab", "machine": machine(), "runs": runs, "members": members,
-            **trees, "pairs": pairs,
+    return {"name": "serving_ab", "machine": machine(), **quiet, "daemon_cpu": DAEMON_CPU,
+            "blocks": BLOCKS, "block": BLOCK, "runs": runs, "members": members,
+            "before": tree_state(before), "after": tree_state(after), "pairs": pairs,
             "costs": costs, "median_cost": median, "within": WITHIN,
             "met": all(median[app][k] <= WITHIN for app in APPS for k in JUDGED),
             "wall_s": round(time.perf_counter() - started, 2)}
@@ -113,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving_ab")
     parser.add_argument("before", type=Path, help="the tree before the change")
     parser.add_argument("after", type=Path, help="the tree after it")
-    parser.add_argument("--runs", type=int, default=3, help="alternating pairs (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="runs, each with both daemons "
+                        "(default 5)")
     args = parser.parse_args(argv)
     if args.runs < 3:
-        parser.error("--runs: at least 3 pairs (one pair says nothing on this machine)")
+        parser.error("--runs: at least 3 (one run says nothing on this machine)")
     result = run(args.before.resolve(), args.after.resolve(), args.runs)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving_ab.json").write_text(json.dumps(result, indent=2) + "\n")

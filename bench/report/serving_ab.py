@@ -9,11 +9,11 @@ from bench.report.common import paragraph, table_head, verdict
 
 NAMES = {"http_p50": "HTTP p50", "ws_p50": "WS p50", "http_p99": "HTTP p99",
          "ws_p99": "WS p99", "ws_pipelined_per_s": "WS pipelined", "http_throughput_per_s":
-         "HTTP 8 clients", "predictor_ms": "predictor alone"}
+         "HTTP 8 clients"}
 
 
 def _tree(t: dict[str, Any]) -> str:
-    changed = [f for f in t["changed"] if f != "bench/serving.py"]
+    changed = t["changed"]
     local = f", with local changes to {', '.join(f'`{f}`' for f in changed)}" if changed else ""
     return f"{t['commit']} ({t['subject'][:90]}){local}"
 
@@ -21,18 +21,23 @@ def _tree(t: dict[str, Any]) -> str:
 def section(r: dict[str, Any]) -> list[str]:
     m = r["machine"]
     loads = [p[s]["load_avg_at_start"][0] for p in r["pairs"] for s in ("before", "after")]
+    same = " An A/A run: the same tree on both sides, so any cost is the tool's own noise." \
+        if r["before"]["tree"] == r["after"]["tree"] else ""
     out = ["## Serving A/B — a serving-path change, before against after", "",
            paragraph(f"""Command: `python -m bench.serving_ab BEFORE AFTER --runs {r['runs']}`.
            Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python
            {m['python']}, {m['date']}; 1-min load at the start of the runs {min(loads)} to
            {max(loads)}; wall time {r['wall_s']} s. Before: {_tree(r['before'])}. After:
-           {_tree(r['after'])}. Alternating full `python -m bench serving` runs on the same
+           {_tree(r['after'])}.{same} Each run starts a daemon from each tree on the same
            saved models (digits7: {', '.join(r['members']['digits7'])}; digits3:
-           {', '.join(r['members']['digits3'])}). A cost is after / before for a latency and
-           before / after for a rate, so above 1 is slower; the verdict is on the median of
-           the per-pair costs of the single-row p50s."""), ""]
+           {', '.join(r['members']['digits3'])}), both pinned to CPU {r['daemon_cpu']} and the
+           client to the others, and measures them in {r['blocks']} alternating blocks of
+           {r['block']} single-row round trips per channel (ABBA order), so both daemons see
+           the same machine. A cost is after / before for a latency and before / after for a
+           rate, so above 1 is slower; the verdict is on the median over the runs of the
+           single-row p50s' costs."""), ""]
     keys = list(NAMES)
-    out += table_head("app", "figure", *(f"pair {i + 1}: before → after (cost)"
+    out += table_head("app", "figure", *(f"run {i + 1}: before → after (cost)"
                                          for i in range(r["runs"])), "median cost")
     for app in ("digits7", "digits3"):
         for k in keys:
@@ -44,6 +49,6 @@ def section(r: dict[str, Any]) -> list[str]:
                        + f" | {r['median_cost'][app][k]:.3f} |")
     judged = ", ".join(f"{app} {NAMES[k]} {r['median_cost'][app][k]:.3f}"
                        for app in ("digits7", "digits3") for k in ("http_p50", "ws_p50"))
-    out += ["", f"Cost within {r['within']:.2f} (median of the per-pair costs, single-row "
+    out += ["", f"Cost within {r['within']:.2f} (median over the runs, single-row "
             f"p50s): {judged} — {verdict(r['met'])}.", ""]
     return out

@@ -239,15 +239,18 @@ class FastEnsemble:
             s -= s.max(axis=1, keepdims=True)
             np.exp(s, out=s)
             s /= s.sum(axis=1, keepdims=True)
-            score = self._w_one @ s
-            score /= self._total
-            best = int(score.argmax())
-            own = raw.argmax(axis=1)  # each member's class: argmax, but a member's own rule
+            # the rest on Python lists of K and of members: a numpy call per step cost ~6 µs
+            # a row on 7-member digits, the lists ~3 µs
+            score = ((self._w_one @ s) / self._total).tolist()
+            top = max(score)
+            best = score.index(top)  # the first maximum, as argmax
+            own = raw.argmax(axis=1).tolist()  # each member's class: argmax, but its own rule
             for i in self._own_rule:
-                own[i] = self._planned[i].class_of(raw[i])
-            agree = float(self._w_one[own == best].sum()) / self._total
-            second, margin = _runner_up(score, best)
-            return Vote(best, float(score[best]), margin, agree, second)
+                own[i] = int(self._planned[i].class_of(raw[i]))
+            agree = sum(w for o, w in zip(own, self._w_one_list) if o == best)  # noqa: B905
+            score[best] = -1.0
+            runner = max(score)
+            return Vote(best, top, top - runner, agree / self._total, score.index(runner))
         preds = self._row_outputs(z, False)
         # seven additions: plain Python beats a numpy call here
         score = [0.0] * self._n_classes
