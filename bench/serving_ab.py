@@ -5,17 +5,18 @@ measured before against after on the same machine at the same time.
 
 Each tree is a checkout of one commit (``git worktree add``), perhaps with local changes (a
 baseline with one feature taken out); the JSON records each tree's commit and changed files.
-Give the same tree twice for an A/A run: the tool's own noise.
+Give the same tree twice for an A/A run, the tool's own noise (``serving_aa.json``).
 
 The digits models of ``bench serving`` (a 7-member ensemble, ``digits7``, and the low-latency
 choice, ``digits3``) are trained once by this tree's learning code. Each run starts one daemon
 from each tree on copies of them (``python -m mliot_daemon`` with the tree as its working
-directory), both pinned to one CPU and this client to the others. Then, per app, this client's
-single-row round trips (the lean client, HTTP keep-alive and WebSocket) alternate between the
-two daemons in blocks, in ABBA order; so do the throughputs. Runs one after the other, each
-with its daemons on one side, moved single-row p50s by ±15 to 30 % on this shared machine
-(other jobs, and which cores the processes shared); blocks a few seconds long put both
-daemons under the same conditions.
+directory), both pinned to one CPU and this client to the others. Then, per app, after a
+block on each that is not recorded, this client's single-row round trips (the lean client,
+HTTP keep-alive and WebSocket) alternate between the two daemons in blocks, in ABBA order; so
+do the throughputs. Every other run starts and measures the after tree's daemon first. Runs
+one after the other, each with its daemons on one side, moved single-row p50s by ±15 to 30 %
+on this shared machine (other jobs, and which cores the processes shared); blocks a few
+seconds long put both daemons under the same conditions.
 
 A run's cost is after / before (for rates before / after: above 1 is always slower); the
 verdict is on the median over the runs: within 5 % for the single-row p50s (HTTP and
@@ -74,8 +75,10 @@ def _ms(seconds: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(seconds) * 1000, q)), 4)
 
 
-def one_run(trees: dict[str, Path], models: Path, apps: list[str]) -> dict[str, Any]:
-    """Both daemons up at once; every figure measured on each in alternating blocks."""
+def one_run(trees: dict[str, Path], models: Path, apps: list[str], flip: bool
+            ) -> dict[str, Any]:
+    """Both daemons up at once; every figure measured on each in alternating blocks.
+    ``flip``: the after tree's daemon starts first and is measured first."""
     _, X_test, _, _ = digits()
     bodies = [orjson.dumps({"instances": [r.tolist()]}) for r in X_test]
     messages = [orjson.dumps({"type": "predict", "ref": i, "features": r.tolist()})
@@ -86,17 +89,24 @@ def one_run(trees: dict[str, Path], models: Path, apps: list[str]) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="mliot-ab-") as tmp, \
             contextlib.ExitStack() as stack:
         urls = {}
-        for side, tree in trees.items():
+        sides = list(trees)[::-1] if flip else list(trees)
+        for side in sides:
+            tree = trees[side]
             data = Path(tmp) / side
             shutil.copytree(models, data / "models")
             urls[side], _ = stack.enter_context(running_daemon(
                 config, data_dir=data, tree=tree, cpus={DAEMON_CPU}))
-        sides = list(trees)
         out: dict[str, Any] = {side: {} for side in sides}
         for app in apps:
             t: dict[str, dict[str, list[float]]] = {s: {"http": [], "ws": []} for s in sides}
             rates: dict[str, dict[str, list[float]]] = {s: {k: [] for k in RATES}
                                                          for s in sides}
+            for side in sides:  # unrecorded: the first block measured after the start ran
+                # cold (digits7's WebSocket p99 5 ms against 2.7 ms on the other daemon, in
+                # every run of an A/A)
+                lean_client.http_latency(f"{urls[side]}/v1/apps/{app}/predict", bodies, BLOCK)
+                lean_client.ws_latency(f"{urls[side]}/v1/apps/{app}/stream", messages, refs,
+                                       BLOCK)
             for block in range(BLOCKS):
                 for side in sides if block % 2 == 0 else sides[::-1]:
                     url = urls[side]
@@ -137,12 +147,13 @@ def run(before: Path, after: Path, runs: int) -> dict[str, Any]:
         for i in range(runs):
             print(f"run {i + 1}/{runs}", flush=True)
             load = [round(x, 2) for x in os.getloadavg()]
-            result = one_run(trees, models / "models", list(members))
+            result = one_run(trees, models / "models", list(members), flip=i % 2 == 1)
             pairs.append({side: {"load_avg_at_start": load, **result[side]} for side in trees})
     costs = [{app: cost(p["before"][app], p["after"][app]) for app in APPS} for p in pairs]
     median = {app: {k: round(statistics.median(c[app][k] for c in costs), 4)
                     for k in costs[0][app]} for app in APPS}
-    return {"name": "serving_ab", "machine": machine(), **quiet, "daemon_cpu": DAEMON_CPU,
+    return {"name": "serving_ab" if before != after else "serving_aa", "machine": machine(),
+            **quiet, "daemon_cpu": DAEMON_CPU,
             "blocks": BLOCKS, "block": BLOCK, "runs": runs, "members": members,
             "before": tree_state(before), "after": tree_state(after), "pairs": pairs,
             "costs": costs, "median_cost": median, "within": WITHIN,
@@ -161,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs: at least 3 (one run says nothing on this machine)")
     result = run(args.before.resolve(), args.after.resolve(), args.runs)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving_ab.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "serving_aa" if args.before.resolve() == args.after.resolve() else "serving_ab"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["median_cost"], indent=2))
     return 0
 

@@ -35,6 +35,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("table4", table4.section), ("learn", learn.section), ("lazy", lazy.section),
     ("two_stage", two_stage.section), ("automl", automl.section),
     ("serving", serving.section), ("serving_ab", serving_ab.section),
+    ("serving_aa", serving_ab.section),
     ("memory", memory.section),
     ("adaptation", adaptation.section), ("drift", drift.section),
     ("active", active.section), ("streams", streams.section),

@@ -21,9 +21,11 @@ def _tree(t: dict[str, Any]) -> str:
 def section(r: dict[str, Any]) -> list[str]:
     m = r["machine"]
     loads = [p[s]["load_avg_at_start"][0] for p in r["pairs"] for s in ("before", "after")]
+    aa = r["before"]["tree"] == r["after"]["tree"]
     same = " An A/A run: the same tree on both sides, so any cost is the tool's own noise." \
-        if r["before"]["tree"] == r["after"]["tree"] else ""
-    out = ["## Serving A/B — a serving-path change, before against after", "",
+        if aa else ""
+    out = ["## Serving A/A — the A/B tool's own noise" if aa else
+           "## Serving A/B — a serving-path change, before against after", "",
            paragraph(f"""Command: `python -m bench.serving_ab BEFORE AFTER --runs {r['runs']}`.
            Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python
            {m['python']}, {m['date']}; 1-min load at the start of the runs {min(loads)} to
@@ -31,11 +33,12 @@ def section(r: dict[str, Any]) -> list[str]:
            {_tree(r['after'])}.{same} Each run starts a daemon from each tree on the same
            saved models (digits7: {', '.join(r['members']['digits7'])}; digits3:
            {', '.join(r['members']['digits3'])}), both pinned to CPU {r['daemon_cpu']} and the
-           client to the others, and measures them in {r['blocks']} alternating blocks of
-           {r['block']} single-row round trips per channel (ABBA order), so both daemons see
-           the same machine. A cost is after / before for a latency and before / after for a
-           rate, so above 1 is slower; the verdict is on the median over the runs of the
-           single-row p50s' costs."""), ""]
+           client to the others, and measures them, after an unrecorded block each, in
+           {r['blocks']} alternating blocks of {r['block']} single-row round trips per channel
+           (ABBA order; every other run starts and measures the after tree's daemon first), so
+           both daemons see the same machine. A cost is after / before for a latency and
+           before / after for a rate, so above 1 is slower; the verdict is on the median over
+           the runs of the single-row p50s' costs."""), ""]
     keys = list(NAMES)
     out += table_head("app", "figure", *(f"run {i + 1}: before → after (cost)"
                                          for i in range(r["runs"])), "median cost")
@@ -49,6 +52,7 @@ def section(r: dict[str, Any]) -> list[str]:
                        + f" | {r['median_cost'][app][k]:.3f} |")
     judged = ", ".join(f"{app} {NAMES[k]} {r['median_cost'][app][k]:.3f}"
                        for app in ("digits7", "digits3") for k in ("http_p50", "ws_p50"))
-    out += ["", f"Cost within {r['within']:.2f} (median over the runs, single-row "
+    what = "The tool's own noise" if aa else "Cost"
+    out += ["", f"{what} within {r['within']:.2f} (median over the runs, single-row "
             f"p50s): {judged} — {verdict(r['met'])}.", ""]
     return out
