@@ -13,10 +13,10 @@ from each tree on copies of them (``python -m mliot_daemon`` with the tree as it
 directory), both pinned to one CPU and this client to the others. Then, per app, after a
 block on each that is not recorded, this client's single-row round trips (the lean client,
 HTTP keep-alive and WebSocket) alternate between the two daemons in blocks, in ABBA order; so
-do the throughputs. Every other run starts and measures the after tree's daemon first. Runs
-one after the other, each with its daemons on one side, moved single-row p50s by ±15 to 30 %
-on this shared machine (other jobs, and which cores the processes shared); blocks a few
-seconds long put both daemons under the same conditions.
+do the throughputs. Every other run starts and measures the after tree's daemon first. Whole
+runs one after the other, one tree each, moved single-row p50s by ±15 to 30 % on this shared
+machine (other jobs, and which cores the processes shared); blocks a few seconds long put both
+daemons under the same conditions.
 
 A run's cost is after / before (for rates before / after: above 1 is always slower); the
 verdict is on the median over the runs: within 5 % for the single-row p50s (HTTP and
@@ -101,9 +101,9 @@ def one_run(trees: dict[str, Path], models: Path, apps: list[str], flip: bool
             t: dict[str, dict[str, list[float]]] = {s: {"http": [], "ws": []} for s in sides}
             rates: dict[str, dict[str, list[float]]] = {s: {k: [] for k in RATES}
                                                          for s in sides}
-            for side in sides:  # unrecorded: the first block measured after the start ran
-                # cold (digits7's WebSocket p99 5 ms against 2.7 ms on the other daemon, in
-                # every run of an A/A)
+            for side in sides:  # a warm-up block each, not recorded. Even so, the daemon
+                # started first had digits7's WebSocket p99 at 5 ms against 2.7 ms in every
+                # run of an A/A (cause unknown): hence the flip between runs
                 lean_client.http_latency(f"{urls[side]}/v1/apps/{app}/predict", bodies, BLOCK)
                 lean_client.ws_latency(f"{urls[side]}/v1/apps/{app}/stream", messages, refs,
                                        BLOCK)
