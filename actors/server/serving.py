@@ -20,7 +20,7 @@ from mliot_daemon.learn.fast import FastEnsemble
 from mliot_daemon.learn.gate import Gate
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that __init__ sets each field with object.__setattr__
 class Answer:
     """One prediction, before it gets an id."""
 
@@ -177,12 +177,11 @@ class ServedModel:
             for i, p, c, s, m, a, r, gd in zip(np.flatnonzero(rest), v.label, conf, v.share,
                                                v.margin, v.agreement, v.runner_up, d,
                                                strict=True):
-                doubt = uncertainty(float(m), float(a), None if gd is None else float(gd))
-                answers[i] = Answer(
-                    self.classes[p], float(c), 2, self.version,
+                answers[i] = self._answer(
+                    int(p), float(c), float(s), float(m), float(a), int(r),
+                    None if gd is None else float(gd),
                     None if shares is None else dict(zip(self.classes, map(float, shares[i]),
-                                                         strict=True)),
-                    float(m), doubt, self._candidates(int(p), float(s), float(m), int(r), doubt))
+                                                         strict=True)))
         return answers  # type: ignore[return-value]
 
     def _row(self, z: np.ndarray, g: Gate | None, d: float | None) -> Answer:
@@ -191,18 +190,23 @@ class ServedModel:
             return self._background(g, d, False)
         v = self.fast.vote_one(z)
         share = self.calibration.one(v.share) if self.calibration is not None else v.share
-        doubt = uncertainty(v.margin, v.agreement, d)
-        return Answer(self.classes[v.label], float(share), 2, self.version, None, v.margin,
-                      doubt, self._candidates(v.label, v.share, v.margin, v.runner_up, doubt))
+        return self._answer(v.label, float(share), v.share, v.margin, v.agreement, v.runner_up,
+                            d, None)
 
-    def _candidates(self, best: int, share: float, margin: float, second: int, doubt: float
-                    ) -> tuple[tuple[str, float], ...]:
-        """A doubtful answer's two likeliest labels with their vote shares (none for a sure
-        one: only doubtful answers can become label queries)."""
+    def _answer(self, best: int, confidence: float, share: float, margin: float,
+                agreement: float, second: int, gate_distance: float | None,
+                probabilities: dict[str, float] | None) -> Answer:
+        """The ensemble's answer; a doubtful one (perhaps a label query) also carries its two
+        likeliest labels with their vote shares. No tuples for a sure answer: in the daemon
+        each request runs with cold caches, where a step costs several times what it does in
+        a tight loop (DESIGN.md, "Margins and label queries")."""
+        doubt = uncertainty(margin, agreement, gate_distance)
         if doubt < QUERY_DOUBT:
-            return ()
-        return ((self.classes[best], round(share, 4)),
-                (self.classes[second], round(share - margin, 4)))
+            return Answer(self.classes[best], confidence, 2, self.version, probabilities,
+                          margin, doubt)
+        return Answer(self.classes[best], confidence, 2, self.version, probabilities, margin,
+                      doubt, ((self.classes[best], round(share, 4)),
+                              (self.classes[second], round(share - margin, 4))))
 
     def _shares(self, Z: np.ndarray) -> np.ndarray:
         """Every class's vote share (the weighted vote, normalised), rows x classes."""

@@ -70,6 +70,29 @@ def test_near_duplicates_are_asked_once():
     assert book.due(T0 + 30).id == "q5"
 
 
+def test_near_duplicates_follow_the_lists_as_they_change():
+    # the book compares a candidate with its lists' samples stacked once per change: each
+    # step below changes a list and then asks about the same sample again
+    book = QueryBook(per_hour=3600)
+    book.offer(q(1, 0.8, x=100.0))
+    book.offer(q(2, 0.7, x=100.4))  # near the pooled one, less doubtful: dropped
+    book.offer(q(3, 0.6, x=500.0))
+    first = book.due(T0)
+    assert first is not None and first.id == "q1"
+    book.opened(first)  # q1 leaves the pool for the open set
+    book.offer(q(4, 0.95, x=100.3))  # now near an open query: dropped
+    assert book.close(query_id="q1") is first
+    book.offer(q(5, 0.9, x=100.2))  # nothing near it any more: kept
+    assert book.due(T0 + 1).id == "q5"
+    assert book.due(T0 + 2).id == "q3"
+    book.offer(q(6, 0.5, x=np.float64(7.0)))
+    other = Query("q7", "p7", "a", 0.99, 0.01, [("a", 0.5), ("b", 0.4)], T0,
+                  np.array([7.0, 1.0]))  # another shape: never a near-duplicate
+    book.offer(other)
+    assert book.due(T0 + 3).id == "q7"
+    assert book.due(T0 + 4).id == "q6"
+
+
 def test_queries_spread_over_the_predicted_classes():
     book = QueryBook(per_hour=3600)
     for i in range(6):
