@@ -83,10 +83,11 @@ class QueryBook:
         self.open: list[Query] = sorted(open_queries or [], key=lambda q: -q.score)
         self.last_opened = last_opened
         self._pool: list[Query] = []
-        # per list ("open", "pool") and sample shape: the queries it held when last stacked,
-        # their indices of that shape, samples and norms (see ``_first_near``)
-        self._stacks: dict[tuple[str, tuple[int, ...]],
-                           tuple[list[Query], list[int], np.ndarray, np.ndarray]] = {}
+        # per list ("open", "pool"): the queries it held when last stacked, the sample shape
+        # stacked (audio clips differ in length), those queries' indices, samples and norms
+        # (see ``_first_near``); one entry per list, whatever the shapes seen
+        self._stacks: dict[str, tuple[list[Query], tuple[int, ...], list[int], np.ndarray,
+                                      np.ndarray]] = {}
 
     @property
     def first(self) -> Query | None:
@@ -118,14 +119,15 @@ class QueryBook:
         their samples stacked when the list last changed: a pair at a time cost ~10 µs each,
         and a doubtful prediction meets up to 84 (POOL + MAX_OPEN) on the serving path."""
         shape = q.features.shape
-        stacked = self._stacks.get((name, shape))
-        if stacked is None or len(stacked[0]) != len(others) \
+        stacked = self._stacks.get(name)
+        if stacked is None or stacked[1] != shape or len(stacked[0]) != len(others) \
                 or any(a is not b for a, b in zip(stacked[0], others, strict=True)):
             index = [i for i, o in enumerate(others) if o.features.shape == shape]
             flats = np.array([others[i].flat for i in index]).reshape(len(index), q.flat.size)
-            stacked = (list(others), index, flats, np.array([others[i].norm for i in index]))
-            self._stacks[(name, shape)] = stacked
-        _, index, flats, norms = stacked
+            stacked = (list(others), shape, index, flats,
+                       np.array([others[i].norm for i in index]))
+            self._stacks[name] = stacked
+        _, _, index, flats, norms = stacked
         if not index:
             return None
         squared = ((flats - q.flat) ** 2).sum(axis=1)

@@ -89,8 +89,10 @@ def test_near_duplicates_follow_the_lists_as_they_change():
     other = Query("q7", "p7", "a", 0.99, 0.01, [("a", 0.5), ("b", 0.4)], T0,
                   np.array([7.0, 1.0]))  # another shape: never a near-duplicate
     book.offer(other)
+    book.offer(q(8, 0.4, x=7.1))  # back to the first shape: near q6 and less doubtful
     assert book.due(T0 + 3).id == "q7"
     assert book.due(T0 + 4).id == "q6"
+    assert book.due(T0 + 5) is None
 
 
 def test_queries_spread_over_the_predicted_classes():
