@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
@@ -74,6 +74,16 @@ def _more_doubtful(q: Query) -> float:
     return -q.score
 
 
+class _Stack(NamedTuple):
+    """One list's samples of one shape, stacked for ``QueryBook._first_near``."""
+
+    queries: list[Query]  # the list as it was (these objects: a changed list never matches)
+    shape: tuple[int, ...]  # the sample shape stacked (audio clips differ in length)
+    index: list[int]  # the queries of that shape, by their place in the list
+    flats: np.ndarray  # their samples, one row each (float64)
+    norms: np.ndarray
+
+
 class QueryBook:
     """One app's open queries and its pool of candidates (see the module docstring)."""
 
@@ -83,11 +93,9 @@ class QueryBook:
         self.open: list[Query] = sorted(open_queries or [], key=lambda q: -q.score)
         self.last_opened = last_opened
         self._pool: list[Query] = []
-        # per list ("open", "pool"): the queries it held when last stacked, the sample shape
-        # stacked (audio clips differ in length), those queries' indices, samples and norms
-        # (see ``_first_near``); one entry per list, whatever the shapes seen
-        self._stacks: dict[str, tuple[list[Query], tuple[int, ...], list[int], np.ndarray,
-                                      np.ndarray]] = {}
+        # per list ("open", "pool"), its samples as last stacked (``_first_near``): one entry
+        # per list, whatever the shapes seen
+        self._stacks: dict[str, _Stack] = {}
 
     @property
     def first(self) -> Query | None:
@@ -119,20 +127,19 @@ class QueryBook:
         their samples stacked when the list last changed: a pair at a time cost ~10 µs each,
         and a doubtful prediction meets up to 84 (POOL + MAX_OPEN) on the serving path."""
         shape = q.features.shape
-        stacked = self._stacks.get(name)
-        if stacked is None or stacked[1] != shape or len(stacked[0]) != len(others) \
-                or any(a is not b for a, b in zip(stacked[0], others, strict=True)):
+        st = self._stacks.get(name)
+        if st is None or st.shape != shape or len(st.queries) != len(others) \
+                or any(a is not b for a, b in zip(st.queries, others, strict=True)):
             index = [i for i, o in enumerate(others) if o.features.shape == shape]
             flats = np.array([others[i].flat for i in index]).reshape(len(index), q.flat.size)
-            stacked = (list(others), shape, index, flats,
-                       np.array([others[i].norm for i in index]))
-            self._stacks[name] = stacked
-        _, _, index, flats, norms = stacked
-        if not index:
+            st = _Stack(list(others), shape, index, flats,
+                        np.array([others[i].norm for i in index]))
+            self._stacks[name] = st
+        if not st.index:
             return None
-        squared = ((flats - q.flat) ** 2).sum(axis=1)
-        hits = np.flatnonzero(squared <= (NEAR * 0.5 * (norms + q.norm)) ** 2)
-        return index[int(hits[0])] if len(hits) else None
+        squared = ((st.flats - q.flat) ** 2).sum(axis=1)
+        hits = np.flatnonzero(squared <= (NEAR * 0.5 * (st.norms + q.norm)) ** 2)
+        return st.index[int(hits[0])] if len(hits) else None
 
     def wants(self, score: float) -> bool:
         """Whether a candidate this doubtful could get into the pool."""

@@ -85,7 +85,7 @@ def test_near_duplicates_follow_the_lists_as_they_change():
     book.offer(q(5, 0.9, x=100.2))  # nothing near it any more: kept
     assert book.due(T0 + 1).id == "q5"
     assert book.due(T0 + 2).id == "q3"
-    book.offer(q(6, 0.5, x=np.float64(7.0)))
+    book.offer(q(6, 0.5, x=7.0))
     other = Query("q7", "p7", "a", 0.99, 0.01, [("a", 0.5), ("b", 0.4)], T0,
                   np.array([7.0, 1.0]))  # another shape: never a near-duplicate
     book.offer(other)
