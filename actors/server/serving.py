@@ -8,7 +8,6 @@ swap never fails a request in flight.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -287,21 +286,24 @@ class ServedApp:
         self._scheduled = False
         queue, self._queue = self._queue, []
         self._loaded = len(queue) > 1
-        by_model: dict[int, list[_Queued]] = {}  # nearly always one model: the current one
+        # nearly always one group: the current model, without probabilities. Those that ask
+        # for probabilities are a group of their own: every member's per-class scores cost
+        # about as much again as the vote (a third of the daemon's time in the soak bench,
+        # where one such client was in nearly every batch), so the others never pay for them.
+        groups: dict[tuple[int, bool], list[_Queued]] = {}
         for item in queue:
-            by_model.setdefault(id(item[0]), []).append(item)
-        for group in by_model.values():
-            self._answer(group[0][0], group)
+            groups.setdefault((id(item[0]), item[2]), []).append(item)
+        for (_, probabilities), group in groups.items():
+            self._answer(group[0][0], group, probabilities)
 
-    def _answer(self, model: ServedModel, queue: list[_Queued]) -> None:
+    def _answer(self, model: ServedModel, queue: list[_Queued], probabilities: bool) -> None:
         samples = [x for _, s, _, _ in queue for x in s]
-        want_probs = any(p for _, _, p, _ in queue)
         try:  # BLAS is limited to one thread once, at server start: here it would cost ~2 ms
-            answers = model.predict(_stack(samples), want_probs)
+            answers = model.predict(_stack(samples), probabilities)
         except Exception:  # e.g. a front end rejecting one sample: fail only its request
-            for _, s, probs, fut in queue:
+            for _, s, _, fut in queue:
                 try:
-                    result = model.predict(_stack(s), probs)
+                    result = model.predict(_stack(s), probabilities)
                 except Exception as exc:
                     result = exc
                 if fut.done():
@@ -312,11 +314,9 @@ class ServedApp:
                     fut.set_result(result)
             return
         i = 0
-        for _, s, probs, fut in queue:
+        for _, s, _, fut in queue:
             part = answers[i:i + len(s)]
             i += len(s)
-            if not probs and want_probs:
-                part = [dataclasses.replace(a, probabilities=None) for a in part]
             if not fut.done():
                 fut.set_result(part)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -37,6 +38,10 @@ from mliot_daemon.settings import AppSpec
 log = structlog.get_logger("mliot.server")
 
 WS_QUEUE = 1024  # messages waiting for one WebSocket client; a client that lets it fill is cut
+PACED_POLL_S = 0.05  # how often a paused reader looks whether its client read (Client.paced)
+# The kernel's send buffer of a stream (Linux doubles it): autotuned, it grows to tcp_wmem's
+# 4 MiB, ~9,000 answers computed for a client that never reads them before it is paused.
+WS_SEND_BUFFER = 128 * 1024
 WS_IN_FLIGHT = 256  # predictions one WebSocket client may have pending
 WS_DIRECT_MAX = 16 * 1024  # unsent bytes above which a reply queues instead (see Client.send)
 # Messages past this are decoded in a child process: a thread would still hold the GIL (see
@@ -69,6 +74,10 @@ class Streams:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=int(
             core.settings.daemon.max_body_mb * 2**20))
         await ws.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # gone already: the reader finds out
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SEND_BUFFER)
         in_flight = asyncio.Semaphore(WS_IN_FLIGHT)
         client: Client | None = None
         core.metrics.ws_connections.inc()
@@ -78,6 +87,9 @@ class Streams:
                 core.follow(app, client)
                 writer = tg.create_task(client.write_loop(), name=f"ws.{app}.tx")
                 async for msg in ws:
+                    await client.paced(core.settings.daemon.idle_timeout_s)
+                    if client.closing:
+                        break
                     if msg.type == WSMsgType.ERROR:  # aiohttp closed it: 1009 past max_body_mb
                         log.info("ws_closed_on_error", app=app, error=str(msg.data))
                         break
@@ -253,6 +265,26 @@ class Client:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
             self.drop()
+
+    async def paced(self, stall_s: float) -> None:
+        """Before a message is handled: wait while the client's replies back up (the kernel's
+        send buffer is full: more than WS_DIRECT_MAX waits in the transport). A client that
+        sends and never reads then costs what its socket buffers hold (WS_SEND_BUFFER), not
+        a prediction per message until its queue fills, and TCP holds its messages back
+        meanwhile. One that reads nothing for ``stall_s`` (``daemon.idle_timeout_s``) is
+        cut. A client that reads never waits here: one call per message."""
+        transport = self.transport
+        if transport is None or transport.get_write_buffer_size() <= WS_DIRECT_MAX:
+            return
+        waited = 0.0
+        while transport.get_write_buffer_size() > WS_DIRECT_MAX and not self.closing:
+            if transport.is_closing():
+                return
+            if waited >= stall_s:
+                self.drop()
+                return
+            await asyncio.sleep(PACED_POLL_S)
+            waited += PACED_POLL_S
 
     def watched(self, message: dict[str, Any]) -> None:
         """A prediction of the app from any channel: sent unless the client's rate cap says

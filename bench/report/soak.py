@@ -16,8 +16,9 @@ HTTP ingest posts {ingest:g} labelled rows a second to `ingest`, which grows it 
 factor, so a training run goes on during the load; {slow} slowloris connections send a head a
 byte every 0.2 s (it never completes); {never} WebSocket clients send {never_rate:g}
 predictions a second (asking for the probabilities: longer answers) and never read; the daemon
-cuts one once the kernel's send buffer (up to `net.ipv4.tcp_wmem`'s 4 MiB) and the stream's
-1,024-message queue are full. A hostile client cut by the daemon starts over at once.
+stops reading one once its replies fill the socket's send buffer, and cuts it after
+`idle_timeout_s` (30 s); one whose send has been stuck for 30 s gives up itself. A hostile
+client that is cut starts over at once.
 Before and after: {probe} honest clients alone for {probe_s:g} s. Loop lag is the daemon's
 own histogram (`mliot_loop_lag_seconds`) between the phase's start and end."""
 

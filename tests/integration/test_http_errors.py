@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,20 +153,53 @@ def test_an_app_named_like_a_query_route_is_still_guarded(daemon_factory: Any) -
     assert d.request("POST", "/v1/apps/predict/predict", {"instances": [[1.0]]})[0] == 503
 
 
-def test_a_websocket_client_that_never_reads_is_cut_off(app: DaemonProcess) -> None:
-    """Replies to a client that does not read queue up in that client's queue (never in the
-    reader); past its limit the daemon closes that connection, and others are answered."""
+def _answered(d: DaemonProcess) -> float:
+    """Predictions of app ``v`` answered over WebSocket streams so far."""
+    text = d.request("GET", "/metrics")[1]
+    return sum(float(v) for v in re.findall(
+        r'^mliot_predictions_total\{app="v",channel="ws",stage="\d"\} (\S+)$', text, re.M))
+
+
+def _settled(read: Any, timeout: float = 30.0) -> float:
+    """A positive count once two readings 0.5 s apart agree."""
+    deadline, last = time.monotonic() + timeout, -1.0
+    while time.monotonic() < deadline:
+        now = read()
+        if now == last > 0:
+            return float(now)
+        last = now
+        time.sleep(0.5)
+    raise AssertionError(f"still changing after {timeout} s")
+
+
+def test_a_websocket_client_that_never_reads_is_paused_then_cut_off(daemon_factory: Any
+                                                                     ) -> None:
+    """A client that sends predictions and reads none: once its replies back up the daemon
+    reads nothing more from it (its flood costs no more predictions, TCP holds it back), and
+    after idle_timeout_s it is cut; another client is answered throughout."""
+    d = daemon_factory()
+    d.write_config(daemon_extra="idle_timeout_s = 3.0")
+    app = _with_app(d.start())
+    samples = [{"features": [float(i % 2), float(i % 3), 1.0 - i % 2], "label": "ab"[i % 2]}
+               for i in range(20)]
+    assert app.request("POST", "/v1/apps/v/samples", {"samples": samples})[0] == 200
+    wait_for(lambda: app.request("GET", "/v1/apps/v")[1]["ready"], 120)
+    frames = 30_000  # ~5 MB of answers: more than the daemon's side held before pausing
     with ws_open(app.port, rcvbuf=4096) as stuck, ws_open(app.port) as other:
         frame = ws_frame(b'{"type": "predict", "ref": 1, "features": [1, 2, 3]}')
-        with contextlib.suppress(ConnectionError):  # the cut may come while we still send
-            for _ in range(100_000):  # each is answered (503: no model yet), never read: MBs
-                stuck.sendall(frame)  # of replies, more than the kernel's buffers and queue
-        wait_for(lambda: app.events("ws_client_too_slow"), 60)
+        stuck.settimeout(2.0)
+        sent = 0
+        with contextlib.suppress(TimeoutError):  # the daemon stopped reading: TCP holds us
+            for sent in range(1, frames + 1):  # noqa: B007 (counted)
+                stuck.sendall(frame)
+        paused = _settled(lambda: _answered(app))
+        assert paused < frames / 3 and sent > paused  # the rest were never read
         other.sendall(ws_frame(b'{"type": "predict", "ref": "x", "features": [1, 2, 3]}'))
-        opcode, payload = ws_read(other)
-        assert opcode == 1 and b'"ref":"x"' in payload and b"no model yet" in payload
-        # what was sent before the cut can be read, then the connection ends (a close frame,
-        # or a reset: the daemon closed a socket holding frames it had not read)
+        other.settimeout(30)
+        while b'"ref":"x"' not in (payload := ws_read(other)[1]):  # training events come too
+            assert b'"type":"event"' in payload, payload
+        wait_for(lambda: app.events("ws_client_too_slow"), 60)  # after idle_timeout_s
+        assert _answered(app) == paused + 1  # the stuck client's frames were never read
         stuck.settimeout(30)
         with pytest.raises(ConnectionError):
             while ws_read(stuck)[0] != 0x8:

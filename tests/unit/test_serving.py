@@ -17,6 +17,7 @@ class SlowModel:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.with_probabilities: list[int] = []  # the calls that computed probabilities
 
     def trimmed(self, k: int | None) -> SlowModel:
         return self
@@ -25,8 +26,11 @@ class SlowModel:
         if any(float(x[0]) < 0 for x in X):
             raise ValueError("negative")
         self.calls.append(len(X))
+        if probabilities:
+            self.with_probabilities.append(len(X))
         time.sleep(0.02)
-        return [Answer(str(int(x[0])), 1.0, 2, 1, None) for x in X]
+        return [Answer(str(int(x[0])), 1.0, 2, 1, {"p": 1.0} if probabilities else None)
+                for x in X]
 
 
 def row(v: float) -> list[np.ndarray]:
@@ -70,6 +74,19 @@ async def test_requests_queued_in_the_same_turn_share_one_call() -> None:
     answers = await asyncio.gather(*(app.enqueue(row(v)) for v in range(2, 7)))
     assert [a[0].label for a in answers] == [str(v) for v in range(2, 7)]
     assert model.calls == [1, 5]
+
+
+async def test_only_the_requests_that_ask_for_probabilities_pay_for_them() -> None:
+    model = SlowModel()
+    app = ServedApp(model)  # type: ignore[arg-type]
+    assert app.predict_now(row(1)) is not None
+    asks = [v % 3 == 0 for v in range(2, 9)]  # 3 and 6 ask for probabilities
+    answers = await asyncio.gather(*(app.enqueue(row(v), probabilities=p)
+                                     for v, p in zip(range(2, 9), asks, strict=True)))
+    assert [a[0].label for a in answers] == [str(v) for v in range(2, 9)]
+    assert [a[0].probabilities is not None for a in answers] == asks
+    # one queue, two calls: the probabilities only for the two rows that asked
+    assert sorted(model.calls) == [1, 2, 5] and model.with_probabilities == [2]
 
 
 async def test_sustained_load_keeps_batching_until_a_request_comes_alone() -> None:
