@@ -327,8 +327,9 @@ class ServingCore(Corrections):
         now = time.time()
         for a, x in zip(answers, samples, strict=True):
             i = new_prediction_id()
-            if a.candidates:  # doubtful: perhaps worth asking a person about; the query
-                # book looks at it once the answer is written, so the answer never waits
+            if a.candidates and self.queries.looks_at(app, a.doubt, now):  # doubtful:
+                # perhaps worth asking a person about; the query book takes it once the
+                # answer is written, so the answer never waits
                 asyncio.get_running_loop().call_soon(self.queries.offer, app, i, a, x, now)
             records.append(PredictionRecord(id=i, app=app, label=a.label,
                                             confidence=a.confidence, stage=a.stage,

@@ -39,6 +39,12 @@ MAX_OPEN = 20  # open queries per app
 POOL = 64  # candidates kept per app, the most doubtful
 POOL_AGE_S = 3600.0  # a candidate older than this is no longer "recent"
 NEAR = 0.05  # |a - b| <= NEAR * (|a| + |b|) / 2: the same question twice
+# Doubtful answers a book looks at a second, at most (a token bucket holding a pool's worth):
+# a person answers a few queries an hour, so under heavy traffic a sample of the doubtful
+# ones (36,000 an hour) feeds the pool as well as all of them would, and the bookkeeping
+# costs at most ~1 ms a second of the serving loop whatever the traffic. A home's devices
+# (a prediction every few seconds) are never sampled.
+LOOKS_PER_S = 20.0
 
 
 @dataclass
@@ -93,6 +99,8 @@ class QueryBook:
         self.open: list[Query] = sorted(open_queries or [], key=lambda q: -q.score)
         self.last_opened = last_opened
         self._pool: list[Query] = []
+        self._looks = float(POOL)  # the token bucket of ``looks_at``
+        self._looked = 0.0  # when it was last refilled
         # per list ("open", "pool"), its samples as last stacked (``_first_near``): one entry
         # per list, whatever the shapes seen
         self._stacks: dict[str, _Stack] = {}
@@ -144,6 +152,18 @@ class QueryBook:
     def wants(self, score: float) -> bool:
         """Whether a candidate this doubtful could get into the pool."""
         return len(self._pool) < POOL or score > self._pool[-1].score
+
+    def looks_at(self, score: float, now: float) -> bool:
+        """Whether to offer a doubtful answer (on the serving path, before any work): one
+        the pool could take, within LOOKS_PER_S."""
+        if not self.wants(score):
+            return False
+        self._looks = min(float(POOL), self._looks + (now - self._looked) * LOOKS_PER_S)
+        self._looked = now
+        if self._looks < 1.0:
+            return False
+        self._looks -= 1.0
+        return True
 
     def due(self, now: float) -> Query | None:
         """The candidate to open now, taken from the pool; None when the hourly pace, the
@@ -212,10 +232,15 @@ class QueryDesk:
     def forget(self, app: str) -> None:
         self.books.pop(app, None)
 
+    def looks_at(self, app: str, doubt: float, now: float) -> bool:
+        """Whether a doubtful answer is worth an ``offer`` (``QueryBook.looks_at``)."""
+        book = self.books.get(app)
+        return book is not None and book.looks_at(doubt, now)
+
     def offer(self, app: str, prediction_id: str, answer: Answer, sample: Any,
               at: float) -> None:
-        """A doubtful answer (it has ``candidates``), just after it was written: no awaiting
-        here, on the serving loop."""
+        """A doubtful answer (it has ``candidates``) the book looks at, just after it was
+        written: no awaiting here, on the serving loop."""
         book = self.books.get(app)
         if book is None:
             return

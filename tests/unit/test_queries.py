@@ -165,3 +165,15 @@ def test_a_full_pool_turns_away_the_less_doubtful_at_once():
     opened = [book.due(T0 + k) for k in range(1, POOL + 1)]
     ids = {o.id for o in opened if o is not None}
     assert len(ids) == POOL - 1 and "q0" not in ids and f"q{POOL}" not in ids
+
+
+def test_a_book_looks_at_a_bounded_number_of_doubtful_answers_a_second():
+    from actors.server.queries import LOOKS_PER_S, POOL
+
+    book = QueryBook(per_hour=4)
+    assert sum(book.looks_at(0.9, T0) for _ in range(1000)) == POOL  # a burst: a pool's worth
+    # then heavy traffic, 1,000 doubtful answers a second for 10 s: LOOKS_PER_S of them
+    looked = sum(book.looks_at(0.9, T0 + k / 1000) for k in range(1, 10_001))
+    assert abs(looked - 10 * LOOKS_PER_S) <= 1
+    # a home's pace, one every 2 s: every one
+    assert all(book.looks_at(0.9, T0 + 60 + 2 * k) for k in range(100))
