@@ -63,6 +63,12 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def ws_predictions(text: str) -> float:
+    """The ``soak`` app's predictions answered over WebSocket streams so far."""
+    return sum(float(v) for v in re.findall(
+        r'^mliot_predictions_total\{app="soak",channel="ws",stage="\d"\} (\S+)$', text, re.M))
+
+
 def snapshot(url: str, pid: int) -> dict[str, Any]:
     """The daemon now: RSS (its own and its children's), descriptors, connections, lag."""
     text = scrape(url)
@@ -216,6 +222,7 @@ def load(pool: ProcessPoolExecutor, url: str, pid: int, port: int, rows: list[li
     futures: list[Future[Any]] = [*honest, hostile, ingest]
     time.sleep(max(0.0, start_at - time.time()))
     lag, drift_lag = Lag(url), Lag(url)
+    answered_before = ws_predictions(scrape(url))
     daemon, began = psutil.Process(pid), time.monotonic()
     cpu_before = sum(daemon.cpu_times()[:2])  # its own threads, not the pool's
     samples, drift, training_seen = [], [], 0
@@ -237,6 +244,7 @@ def load(pool: ProcessPoolExecutor, url: str, pid: int, port: int, rows: list[li
                           "loop_lag_ms": drift_lag.since()})
     results = [f.result() for f in futures]
     loop_lag = lag.since()
+    answered = ws_predictions(scrape(url)) - answered_before  # honest and never-readers'
     cpu = (sum(daemon.cpu_times()[:2]) - cpu_before) / (time.monotonic() - began)
     windows = merged_windows(results[:len(honest)])
     for i, d in enumerate(drift):  # the clients' windows are the drift records' intervals
@@ -244,8 +252,10 @@ def load(pool: ProcessPoolExecutor, url: str, pid: int, port: int, rows: list[li
         d["honest_p99_ms"] = (round(soak_clients.percentile(counts, 0.99) * 1000, 3)
                               if counts is not None else None)
     series = samples or [{"main_mib": d["main_mib"], "fds": d["fds"]} for d in drift]
-    return {"honest": honest_summary(results[:len(honest)], size["honest"]),
+    honest_result = honest_summary(results[:len(honest)], size["honest"])
+    return {"honest": honest_result,
             "hostile": results[-2], "ingest": results[-1], "loop_lag_ms": loop_lag,
+            "never_readers_answered": int(answered - honest_result["answered"]),
             "daemon_cpu_percent": round(cpu * 100, 1), "load_avg_at_end": list(os.getloadavg()),
             "max_main_mib": max(s["main_mib"] for s in series),
             "max_fds": max(s["fds"] for s in series),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +30,7 @@ from actors.server.bounds import WriteLimit
 from actors.server.core import ServingCore
 from actors.server.payloads import check_features
 from actors.server.routing import Started
+from mliot_daemon import lifeline
 from mliot_daemon.errors import DomainError, Invalid, Malformed, Unavailable
 from mliot_daemon.learn import decode
 from mliot_daemon.messages import FeedbackIn, SamplesIn
@@ -147,7 +149,8 @@ class Streams:
         """A big message, decoded in the child process (its lists of numbers as arrays)."""
         if self._decoder is None:
             self._decoder = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("forkserver"))
+                1, mp_context=multiprocessing.get_context("forkserver"),
+                initializer=lifeline.die_with, initargs=(os.getpid(),))
         try:
             return await asyncio.get_running_loop().run_in_executor(self._decoder, decode.loads,
                                                                     data)

@@ -75,8 +75,11 @@ def hostile(r: dict[str, Any]) -> list[str]:
         f"{s.get('slowloris_closed_by_daemon', 0)} closed by the daemon ({held(slow)}; "
         f"`header_timeout_s` is 10 s), {s.get('slowloris_refused_503', 0)} refused with a 503; "
         f"{s.get('never_reader_opened', 0)} never-reading streams opened, "
-        f"{s.get('never_reader_cut', 0)} cut by the daemon ({held(never)}) after "
-        f"{s.get('never_reader_sent', 0)} predictions sent unread. Daemon counters at the "
+        f"{s.get('never_reader_cut', 0)} cut ({held(never)}) after "
+        f"{s.get('never_reader_sent', 0)} predictions sent"
+        + (f", of which the daemon answered {d['never_readers_answered']} (the rest it never "
+           "read)" if "never_readers_answered" in d else " unread")
+        + ". Daemon counters at the "
         f"end: {int(c['mliot_ws_clients_dropped_total'])} streams dropped for not reading, "
         f"{header_timeouts} head timeouts, "
         f"{int(c['mliot_connections_refused_total'])} connections refused at "
@@ -135,9 +138,11 @@ def acceptance(r: dict[str, Any]) -> list[str]:
             f"Why the p99 is missed: during the load the daemon's event loop itself lagged "
             f"{d['loop_lag_ms']['p99']} ms at p99 (its own histogram), so an answer waited "
             f"for the loop, not for a model. The daemon served the honest "
-            f"{r['honest']['clients'] * r['rate_hz']:g} and the never-readers' "
-            f"{r['never_readers'] * r['never_read_rate_hz']:g} predictions a second beside "
-            f"the ingest using {d['daemon_cpu_percent']} % of a core "
+            f"{r['honest']['clients'] * r['rate_hz']:g} predictions a second"
+            + (f" and the never-readers' {d['never_readers_answered'] / r['load_s']:.0f}"
+               if "never_readers_answered" in d else
+               f" and the never-readers' {r['never_readers'] * r['never_read_rate_hz']:g}")
+            + f" beside the ingest using {d['daemon_cpu_percent']} % of a core "
             + ("(its loop is one thread: it was saturated)" if busy else
                "(not saturated: the loop waited for a CPU)")
             + f", on 2 cores shared with the load processes, the training worker and other "

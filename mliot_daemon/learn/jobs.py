@@ -288,26 +288,13 @@ def score_job(model_dirs: list[Path], data: TrainingData, ids: list[int]) -> lis
 
 
 def worker_init(daemon_pid: int) -> None:
-    """Pool initializer: yield the CPU to serving, and die with the daemon.
-
-    A pool worker's parent is the forkserver, not the daemon, so after a ``kill -9`` of the
-    daemon a worker would go on fitting for nobody; a watchdog thread ends it within a second.
-    """
+    """Pool initializer: yield the CPU to serving, and die with the daemon (``lifeline``)."""
     import os
-    import threading
-    import time
+
+    from mliot_daemon.lifeline import die_with
 
     os.nice(10)
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(daemon_pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-
-    threading.Thread(target=watch, name="daemon-watchdog", daemon=True).start()
+    die_with(daemon_pid)
 
 
 def warm_up() -> int:

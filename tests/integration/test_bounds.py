@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 import pytest
 from support import DaemonProcess, wait_for, ws_frame, ws_open, ws_read
 
@@ -217,6 +219,15 @@ def test_big_frames_do_not_stall_other_clients(daemon_factory: Any) -> None:
     # the product's promise, with a margin for a shared machine: not a speed measurement
     ms = {q: round(float(np.percentile(times, q)) * 1000, 1) for q in (50, 90, 99, 100)}
     assert p99 < 0.1, f"predict latency (ms) {ms} while {sent} 7 MB frames were sent"
+    # the decoding process (and the forkserver) end with the daemon, even after a kill -9
+    assert d.proc is not None
+    children = psutil.Process(d.proc.pid).children(recursive=True)
+    assert any(c.nice() == 0 and "forkserver" in " ".join(c.cmdline()) for c in children
+               if c.ppid() != d.proc.pid)  # the decoder: not niced, forked by the forkserver
+    d.signal(signal.SIGKILL)
+    d.wait(30)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
 
 
 def test_writes_past_the_rate_are_refused_and_not_stored(daemon_factory: Any) -> None:
