@@ -6,6 +6,8 @@ measured before against after on the same machine at the same time.
 Each tree is a checkout of one commit (``git worktree add``), perhaps with local changes (a
 baseline with one feature taken out); the JSON records each tree's commit and changed files.
 Give the same tree twice for an A/A run, the tool's own noise (``serving_aa.json``).
+``--pool R1.json R2.json ...`` runs nothing: it pools earlier results of the same comparison
+(copies of ``serving_ab.json``), the verdict on the median over all their runs.
 
 The digits models of ``bench serving`` (a 7-member ensemble, ``digits7``, and the low-latency
 choice, ``digits3``) are trained once by this tree's learning code. Each run starts one daemon
@@ -150,29 +152,57 @@ def run(before: Path, after: Path, runs: int) -> dict[str, Any]:
             result = one_run(trees, models / "models", list(members), flip=i % 2 == 1)
             pairs.append({side: {"load_avg_at_start": load, **result[side]} for side in trees})
     costs = [{app: cost(p["before"][app], p["after"][app]) for app in APPS} for p in pairs]
-    median = {app: {k: round(statistics.median(c[app][k] for c in costs), 4)
-                    for k in costs[0][app]} for app in APPS}
     return {"name": "serving_ab" if before != after else "serving_aa", "machine": machine(),
             **quiet, "daemon_cpu": DAEMON_CPU,
             "blocks": BLOCKS, "block": BLOCK, "runs": runs, "members": members,
             "before": tree_state(before), "after": tree_state(after), "pairs": pairs,
-            "costs": costs, "median_cost": median, "within": WITHIN,
-            "met": all(median[app][k] <= WITHIN for app in APPS for k in JUDGED),
-            "wall_s": round(time.perf_counter() - started, 2)}
+            "costs": costs, **verdict(costs), "wall_s": round(time.perf_counter() - started, 2)}
+
+
+def verdict(costs: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """The median cost of each figure over the runs, and whether the p50s are within."""
+    median = {app: {k: round(statistics.median(c[app][k] for c in costs), 4)
+                    for k in costs[0][app]} for app in APPS}
+    return {"median_cost": median, "within": WITHIN,
+            "met": all(median[app][k] <= WITHIN for app in APPS for k in JUDGED)}
+
+
+def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Earlier results of one comparison (the same commits with the same changed files on
+    each side, the same models) as one: every run's figures, the verdict on the median over
+    all of them. More runs narrow a median that moved ±5 % between A/Bs of the same code."""
+    def same(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["before"]["commit"], r["before"]["changed"], r["after"]["commit"],
+                r["after"]["changed"], r["members"])
+
+    if any(same(r) != same(results[0]) for r in results):
+        raise SystemExit("--pool: these results compare different trees")
+    pairs = [p for r in results for p in r["pairs"]]
+    costs = [c for r in results for c in r["costs"]]
+    return {**results[0], "runs": len(pairs), "pooled": [r["runs"] for r in results],
+            "pairs": pairs, "costs": costs, **verdict(costs),
+            "wall_s": round(sum(r["wall_s"] for r in results), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving_ab")
-    parser.add_argument("before", type=Path, help="the tree before the change")
-    parser.add_argument("after", type=Path, help="the tree after it")
+    parser.add_argument("before", type=Path, nargs="?", help="the tree before the change")
+    parser.add_argument("after", type=Path, nargs="?", help="the tree after it")
     parser.add_argument("--runs", type=int, default=5, help="runs, each with both daemons "
                         "(default 5)")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="RESULT",
+                        help="instead of running: pool these result files of one comparison")
     args = parser.parse_args(argv)
-    if args.runs < 3:
+    if args.pool:
+        result = pool([json.loads(f.read_text()) for f in args.pool])
+    elif args.before is None or args.after is None:
+        parser.error("give BEFORE and AFTER trees, or --pool")
+    elif args.runs < 3:
         parser.error("--runs: at least 3 (one run says nothing on this machine)")
-    result = run(args.before.resolve(), args.after.resolve(), args.runs)
+    else:
+        result = run(args.before.resolve(), args.after.resolve(), args.runs)
     RESULTS.mkdir(exist_ok=True)
-    name = "serving_aa" if args.before.resolve() == args.after.resolve() else "serving_ab"
+    name = result["name"]
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["median_cost"], indent=2))
     return 0

@@ -100,3 +100,27 @@ def test_serving_ab_cost_is_slower_above_one_and_refuses_fewer_than_three_runs()
     out = subprocess.run([sys.executable, "-m", "bench.serving_ab", ".", ".", "--runs", "2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "at least 3" in out.stderr
+
+
+def test_serving_ab_pools_the_runs_of_one_comparison() -> None:
+    """Two A/Bs of the same trees become one: every run kept, the verdict on the median over
+    all of them; results of different trees are refused."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench import serving_ab
+    finally:
+        sys.path.remove(str(ROOT))
+
+    def result(costs: list[float], commit: str = "abc") -> dict[str, object]:
+        side = {"tree": "/t", "commit": commit, "subject": "s", "changed": []}
+        runs = [{app: {k: c for k in ("http_p50", "ws_p50")} for app in serving_ab.APPS}
+                for c in costs]
+        return {"name": "serving_ab", "runs": len(costs), "members": {}, "before": side,
+                "after": side, "pairs": [{}] * len(costs), "costs": runs, "wall_s": 1.0}
+
+    pooled = serving_ab.pool([result([1.2, 1.1, 1.0]), result([1.0, 1.0, 1.0, 0.9])])
+    assert pooled["runs"] == 7 and pooled["pooled"] == [3, 4] and pooled["wall_s"] == 2.0
+    assert pooled["median_cost"]["digits7"]["ws_p50"] == 1.0 and pooled["met"]
+    assert not serving_ab.pool([result([1.2, 1.1, 1.0])])["met"]  # alone: median 1.1
+    with pytest.raises(SystemExit, match="different trees"):
+        serving_ab.pool([result([1.0] * 3), result([1.0] * 3, commit="def")])

@@ -18,6 +18,15 @@ def _tree(t: dict[str, Any]) -> str:
     return f"{t['commit']} ({t['subject'][:90]}){local}"
 
 
+def _command(r: dict[str, Any]) -> str:
+    if "pooled" not in r:
+        return f"`python -m bench.serving_ab BEFORE AFTER --runs {r['runs']}`"
+    runs = " and ".join(str(n) for n in r["pooled"])
+    return (f"`python -m bench.serving_ab BEFORE AFTER` {len(r['pooled'])} times, with "
+            f"{runs} runs, on the same trees, then `--pool` of their results (all "
+            f"{r['runs']} runs below, in order)")
+
+
 def section(r: dict[str, Any]) -> list[str]:
     m = r["machine"]
     loads = [p[s]["load_avg_at_start"][0] for p in r["pairs"] for s in ("before", "after")]
@@ -26,9 +35,9 @@ def section(r: dict[str, Any]) -> list[str]:
         if aa else ""
     out = ["## Serving A/A — the A/B tool's own noise" if aa else
            "## Serving A/B — a serving-path change, before against after", "",
-           paragraph(f"""Command: `python -m bench.serving_ab BEFORE AFTER --runs {r['runs']}`.
-           Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python
-           {m['python']}, {m['date']}; 1-min load at the start of the runs {min(loads)} to
+           paragraph(f"""Command: {_command(r)}. Machine: {m['cores']} cores ({m['cpu']}),
+           {m['memory_gib']} GiB, Python {m['python']}, {m['date']}; 1-min load at the start
+           of the runs {min(loads)} to
            {max(loads)}; wall time {r['wall_s']} s. Before: {_tree(r['before'])}. After:
            {_tree(r['after'])}.{same} Each run starts a daemon from each tree on the same
            saved models (digits7: {', '.join(r['members']['digits7'])}; digits3:
