@@ -4,7 +4,8 @@ A process-pool worker's parent is the forkserver, not the daemon, so after a ``k
 daemon nothing tells it to stop: it would go on (fitting for nobody, or waiting forever for a
 message to decode), and a box that restarts its daemon for months would collect them. A pool's
 initializer calls :func:`die_with`; a thread in the worker then ends it within a second of the
-daemon's end. Only the standard library here: the decoding worker imports nothing else.
+daemon's end. This module imports only the standard library, so an initializer pulls in
+nothing more than its worker needs.
 """
 
 from __future__ import annotations

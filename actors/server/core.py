@@ -361,7 +361,7 @@ class ServingCore(Corrections):
             for item in out:
                 message = {"type": "prediction", "ref": None, **item, "channel": channel,
                            "at": at}
-                for client in tuple(watchers):  # a cut one leaves the set later, but still
+                for client in tuple(watchers):  # a copy: a client cut here may leave it
                     client.watched(message)
         return out
 

@@ -288,7 +288,7 @@ class ServedApp:
         self._loaded = len(queue) > 1
         # nearly always one group: the current model, without probabilities. Those that ask
         # for probabilities are a group of their own: every member's per-class scores cost
-        # about as much again as the vote (a third of the daemon's time in the soak bench,
+        # about as much again as the vote (a third of the prediction time in the soak bench,
         # where one such client was in nearly every batch), so the others never pay for them.
         groups: dict[tuple[int, bool], list[_Queued]] = {}
         for item in queue:
