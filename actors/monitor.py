@@ -156,19 +156,44 @@ class Monitor(Actor[MonitorMsg]):
         """CPU percent of the pool workers (and the forkserver) since the last sample."""
         total = 0.0
         seen: dict[int, psutil.Process] = {}
-        try:
-            children = self._proc.children(recursive=True)
-        except psutil.Error:
-            children = []
-        for child in children:
-            proc = self._children.get(child.pid, child)
+        for pid in descendants(self._proc):
             try:
+                proc = self._children.get(pid) or psutil.Process(pid)
                 total += proc.cpu_percent(None)  # 0.0 on a new child's first reading
             except psutil.Error:
                 continue
-            seen[child.pid] = proc
+            seen[pid] = proc
         self._children = seen
         return total
+
+
+def descendants(proc: psutil.Process) -> list[int]:
+    """The pids of a process's descendants, read from ``/proc/PID/task/TID/children``: the
+    tree only. psutil's ``children(recursive=True)`` reads every process's ``stat`` on the
+    machine (1.4–2 ms with ~70 processes, on the loop every second). Kernels without that
+    file (``CONFIG_PROC_CHILDREN``) get psutil's answer."""
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        try:
+            return [c.pid for c in proc.children(recursive=True)]
+        except psutil.Error:
+            return []
+    out: list[int] = []
+    todo = [proc.pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:  # it ended meanwhile
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
 
 
 def _measure() -> float:

@@ -29,3 +29,27 @@ def test_a_view_is_answered_before_the_speed_and_the_scheduler_waits_for_it() ->
         await task
 
     asyncio.run(scenario())
+
+
+def test_descendants_are_the_process_tree_without_scanning_every_process() -> None:
+    import subprocess
+    import time
+
+    import psutil
+
+    from actors.monitor import descendants
+
+    tree = subprocess.Popen(["bash", "-c", "sleep 30 & sleep 30 & wait"])  # a child, 2 grand
+    try:
+        me = psutil.Process()
+        deadline = time.monotonic() + 10
+        while len(me.children(recursive=True)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        expected = {c.pid for c in me.children(recursive=True)}
+        assert len(expected) == 3 and tree.pid in expected
+        assert set(descendants(me)) == expected
+    finally:
+        for c in psutil.Process(tree.pid).children():
+            c.kill()
+        tree.kill()
+        tree.wait(10)
