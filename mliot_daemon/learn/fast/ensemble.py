@@ -174,11 +174,10 @@ class FastEnsemble:
         n, rows = len(Z), np.arange(len(Z))
         if len(self.members) == 1 or self.soft:
             score, own = self._soft_vote(Z)
-            single = len(self.members) == 1
-            pred = own[0] if single else score.argmax(axis=1)
+            pred = score.argmax(axis=1) if own is None else own
             share = score[rows, pred]
             second, margin = _runners_up(score, pred)
-            return Vote(pred, share, margin, np.ones(n) if single else share, second)
+            return Vote(pred, share, margin, share if own is None else np.ones(n), second)
         Zr = self.reducer(Z) if self._any_reduced else None
         K = self._n_classes
         flat = np.zeros(n * K)
@@ -197,14 +196,16 @@ class FastEnsemble:
         """(rows, K) each class's share of the soft vote ``sum_i w_i p_i``."""
         return self._soft_vote(Z)[0]
 
-    def _soft_vote(self, Z: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The soft vote's class shares (rows, K), and each member's own class per row."""
+    def _soft_vote(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The soft vote's class shares (rows, K); and a one-member model's own class per row
+        (its rule, which the argmax of its probabilities may not follow), else None."""
         Zr = self.reducer(Z) if self._any_reduced else None
         score = np.zeros((len(Z), self._n_classes))
-        own = []
+        own = None
         for m, w, a in zip(self.members, self.weights, self.sharpness, strict=True):
             s = m.scores(Zr if m.reduced else Z)
-            own.append(m.class_of(s))
+            if len(self.members) == 1:
+                own = m.class_of(s)
             score += w * probabilities(s, a)
         score /= self._total
         return score, own
