@@ -41,13 +41,14 @@ def test_descendants_are_the_process_tree_without_scanning_every_process() -> No
 
     tree = subprocess.Popen(["bash", "-c", "sleep 30 & sleep 30 & wait"])  # a child, 2 grand
     try:
-        me = psutil.Process()
+        root = psutil.Process(tree.pid)  # not this process: other tests leave children here
         deadline = time.monotonic() + 10
-        while len(me.children(recursive=True)) < 3 and time.monotonic() < deadline:
+        while len(root.children(recursive=True)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        expected = {c.pid for c in me.children(recursive=True)}
-        assert len(expected) == 3 and tree.pid in expected
-        assert set(descendants(me)) == expected
+        expected = {c.pid for c in root.children(recursive=True)}
+        assert len(expected) == 2
+        assert set(descendants(root)) == expected
+        assert tree.pid in descendants(psutil.Process())
     finally:
         for c in psutil.Process(tree.pid).children():
             c.kill()
