@@ -12,6 +12,7 @@ slowest, and the times of each step are recorded.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import threading
@@ -32,21 +33,23 @@ class Quota:
     """A cgroup CPU quota (v2 ``cpu.max`` or v1 CFS) for a process tree; needs root."""
 
     PERIOD_US = 50_000
+    MIN_QUOTA_US = 1_000  # the kernel refuses (EINVAL) a quota under 1 ms
 
     def __init__(self, name: str, cores: float) -> None:
         v2 = Path("/sys/fs/cgroup/cgroup.controllers")
         self.v2 = v2.exists() and "cpu" in v2.read_text().split()
         self.path = Path("/sys/fs/cgroup" if self.v2 else "/sys/fs/cgroup/cpu") / name
         self.path.mkdir(exist_ok=True)
-        if not self.v2:
-            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
         self.set(cores)
 
     def set(self, cores: float) -> None:
-        quota = int(cores * self.PERIOD_US)
+        # A small share stretches the period rather than the quota going under the minimum.
+        period = max(self.PERIOD_US, math.ceil(self.MIN_QUOTA_US / cores))
+        quota = max(self.MIN_QUOTA_US, int(cores * period))
         if self.v2:
-            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+            (self.path / "cpu.max").write_text(f"{quota} {period}")
         else:
+            (self.path / "cpu.cfs_period_us").write_text(str(period))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
 
     def add(self, pid: int) -> None:
