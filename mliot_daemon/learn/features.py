@@ -45,6 +45,7 @@ class FeatureSet:
     fold: np.ndarray
     reducer: Reducer | None = None
     G: np.ndarray | None = None  # the gate's cheap features (FrontEnd.gate_input), if any
+    groups: np.ndarray | None = None  # per row, its group's number (related rows), if any
 
     @property
     def val_rows(self) -> np.ndarray:
@@ -65,8 +66,9 @@ class FeatureSet:
         if self.reducer is not None:
             arrays["pca_mean"] = self.reducer.mean
             arrays["pca_components"] = self.reducer.components
-        if self.G is not None:
-            arrays["G"] = self.G
+        for name in ("G", "groups"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         return atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
     @classmethod
@@ -74,7 +76,7 @@ class FeatureSet:
         with np.load(path, allow_pickle=False) as d:
             reducer = Reducer(d["pca_mean"], d["pca_components"]) if "pca_mean" in d else None
             return cls(Z=d["Z"], y=d["y"], n_classes=int(d["n_classes"]), fold=d["fold"],
-                       reducer=reducer, G=d.get("G"))
+                       reducer=reducer, G=d.get("G"), groups=d.get("groups"))
 
 
 def make_folds(y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
@@ -88,7 +90,14 @@ def make_folds(y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -
     smallest = int(counts[counts > 0].min())
     fold = np.full(n, -1, dtype=np.int64)
     if n > 20_000:
-        _, val = train_test_split(np.arange(n), test_size=0.15, stratify=y, random_state=seed)
+        if groups is not None:  # whole groups in the hold-out (a share of the groups)
+            from sklearn.model_selection import GroupShuffleSplit
+
+            split = GroupShuffleSplit(1, test_size=0.15, random_state=seed)
+            _, val = next(split.split(fold, y, groups))
+        else:
+            _, val = train_test_split(np.arange(n), test_size=0.15, stratify=y,
+                                      random_state=seed)
         fold[val] = 0
         return fold
     k = min(5 if n <= 4000 else 3, smallest)
@@ -125,4 +134,5 @@ def prepare_features(Z: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0
         k = int(min(k_max, np.searchsorted(ratio, PCA_VARIANCE) + 1))
         reducer = Reducer(np.asarray(pca.mean_, dtype=np.float64),
                           np.asarray(pca.components_[:k], dtype=np.float64))
-    return FeatureSet(Z=Z, y=y, n_classes=n_classes, fold=fold, reducer=reducer)
+    numbers = None if groups is None else np.unique(groups, return_inverse=True)[1].reshape(n)
+    return FeatureSet(Z=Z, y=y, n_classes=n_classes, fold=fold, reducer=reducer, groups=numbers)

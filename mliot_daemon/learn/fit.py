@@ -10,18 +10,20 @@ those of models fitted without that row's fold; the served model is then refitte
 Search: scikit-learn's successive halving (``HalvingGridSearchCV`` over candidates drawn by
 ``ParameterSampler``, which is ``HalvingRandomSearchCV``'s own draw, made here so that a warm
 start can put the previous version's best parameters first and draw the others near them;
-3-fold CV, resource = rows). The search classes have no clock, so the search is sized to the
-time budget: a probe fit of the default estimator on a few hundred rows gives the cost per row,
-the cost of the validation and final fits is reserved, and the largest number of candidates and
-rows whose simulated halving cost fits the rest is chosen (``search.plan_search``). With too
-little budget the default parameters are used. ``fit_seconds`` reports the measured total. An
-MLP's cost is epochs x rows and its probe says little about the epochs the full data needs, so
-its ``max_iter`` is capped (``MLP_MIN_EPOCHS``..``MLP_MAX_EPOCHS``) to what half of the
-remaining budget allows for the validation and final fits, and the search runs with that cap
-too; forests and boosted models shrink their number of trees the same way (``SIZE_KNOBS``).
-Fits run with one BLAS thread (threadpoolctl): with OpenBLAS's default two threads spinning
-against the other pool worker, a 1,257-row MLP fit was 10x slower, which is how an MLP once
-took 15 s of a 5 s budget.
+3-fold CV, resource = rows; group-aware like the validation folds when the rows have groups:
+with the windows of one recording split between a candidate's training and scoring rows,
+overlapping windows rewarded memorising, and the watch set's search chose 1-NN). The search
+classes have no clock, so the search is sized to the time budget: a probe fit of the default
+estimator on a few hundred rows gives the cost per row, the cost of the validation and final
+fits is reserved, and the largest number of candidates and rows whose simulated halving cost
+fits the rest is chosen (``search.plan_search``). With too little budget the default parameters
+are used. ``fit_seconds`` reports the measured total. An MLP's cost is epochs x rows and its
+probe says little about the epochs the full data needs, so its ``max_iter`` is capped
+(``MLP_MIN_EPOCHS``..``MLP_MAX_EPOCHS``) to what half of the remaining budget allows for the
+validation and final fits, and the search runs with that cap too; forests and boosted models
+shrink their number of trees the same way (``SIZE_KNOBS``). Fits run with one BLAS thread
+(threadpoolctl): with OpenBLAS's default two threads spinning against the other pool worker, a
+1,257-row MLP fit was 10x slower, which is how an MLP once took 15 s of a 5 s budget.
 
 PCA: when the feature set carries the shared PCA (see ``features``), a family uses it only
 when, on a subsample hold-out, its accuracy drops by no more than 0.5 point and its single-row
@@ -43,6 +45,7 @@ from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (enable
 from sklearn.model_selection import (
     HalvingGridSearchCV,
     ParameterSampler,
+    StratifiedGroupKFold,
     StratifiedKFold,
     train_test_split,
 )
@@ -130,6 +133,15 @@ def _oof(family: str, est: Any, X: np.ndarray, y: np.ndarray, fold: np.ndarray,
         pred[test] = m.predict(X[test])
         scores[test] = oof_scores(family, m, X[test], n_classes)
     return pred[rows], scores[rows]
+
+
+def _search_folds(fs: FeatureSet, seed: int) -> tuple[Any, np.ndarray | None]:
+    """The search's 3 folds (and the groups to split by): stratified, and group-aware when the
+    rows have groups (see the module docstring)."""
+    n_groups = 0 if fs.groups is None else len(np.unique(fs.groups))
+    if n_groups >= 2:
+        return StratifiedGroupKFold(min(3, n_groups), shuffle=True, random_state=seed), fs.groups
+    return StratifiedKFold(3, shuffle=True, random_state=seed), None
 
 
 def _member_latency(fast: FastMember, rows: np.ndarray, reducer: Reducer | None) -> float:
@@ -253,13 +265,14 @@ def _fit_family(family: str, fs: FeatureSet, *, budget_s: float | None, seed: in
                      if d != start]
             grid = [{k: [v] for k, v in cand.items()} for cand in ([start] if start else [])
                     + drawn]
+            cv, groups = _search_folds(fs, seed)
             search = HalvingGridSearchCV(
                 make_estimator(family, fixed, seed=seed), grid,
                 factor=3, resource="n_samples", min_resources=r0, max_resources=rmax,
-                cv=StratifiedKFold(3, shuffle=True, random_state=seed), scoring="accuracy",
+                cv=cv, scoring="accuracy",
                 refit=False, n_jobs=1, error_score=np.nan, return_train_score=False)
             with quiet_warnings():
-                search.fit(X, y)
+                search.fit(X, y, groups=groups)
             scores = np.asarray(search.cv_results_["mean_test_score"], dtype=float)
             if np.isfinite(scores).any():
                 chosen = dict(search.best_params_)

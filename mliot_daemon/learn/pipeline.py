@@ -214,7 +214,8 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
     fs = prep.features
     y_val = fs.y[fs.val_rows]
     fe_ms = front_end_latency_ms(prep.front_end, X_probe) if X_probe is not None else 0.0
-    sel = select_ensemble(candidates, y_val, fs.n_classes, policy, fe_ms)
+    groups = None if fs.groups is None else fs.groups[fs.val_rows]
+    sel = select_ensemble(candidates, y_val, fs.n_classes, policy, fe_ms, groups=groups)
     model = TrainedModel(prep.front_end, prep.classes, candidates, sel, policy, fs.reducer,
                          data_hash=prep.data_hash)
     probe = fs.Z[fs.val_rows[:200]]
@@ -222,7 +223,7 @@ def assemble(prep: Prepared, candidates: list[FittedModel], policy: Policy, *,
     if sel.within_budget and measured > policy.latency_ms:
         scaled = dataclasses.replace(policy, latency_ms=policy.latency_ms * sel.latency_ms
                                      / measured)
-        sel = select_ensemble(candidates, y_val, fs.n_classes, scaled, fe_ms)
+        sel = select_ensemble(candidates, y_val, fs.n_classes, scaled, fe_ms, groups=groups)
         model = TrainedModel(prep.front_end, prep.classes, candidates, sel, policy, fs.reducer,
                              data_hash=prep.data_hash)
         measured = median_latency_ms(model.fast().predict_features, probe, repeats=200) + fe_ms

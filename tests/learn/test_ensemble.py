@@ -12,6 +12,7 @@ from mliot_daemon.learn.ensemble import (
     by_weight,
     member_weight,
     select_ensemble,
+    significantly_better,
     trim_accuracies,
     vote,
 )
@@ -179,3 +180,36 @@ class _Scored:
     val_pred: np.ndarray
     val_accuracy: float
     latency_ms: float = 0.1
+
+
+def test_a_group_of_related_rows_is_one_piece_of_evidence():
+    """Windows cut from one recording are right or wrong together: with ``groups``, 40
+    recordings of 25 identical windows each (in any order) are chosen from exactly as 40 rows
+    are; counted as 1,000 independent rows, the same evidence looks strong enough for a vote."""
+    for seed in range(5):
+        y, _, val, _ = _correlated_world(seed, 40, 1)
+        alone = select_ensemble([_Scored(str(i), p, float((p == y).mean()))
+                                 for i, p in enumerate(val)], y, 3, Policy())
+        order = np.random.default_rng(seed).permutation(40 * 25)
+        windows = np.repeat(y, 25)[order]
+        recording = np.repeat(np.arange(100, 140), 25)[order]
+        cands = [_Scored(str(i), np.repeat(p, 25)[order], float((p == y).mean()))
+                 for i, p in enumerate(val)]
+        grouped = select_ensemble(cands, windows, 3, Policy(), groups=recording)
+        assert (grouped.members, grouped.weights) == (alone.members, alone.weights)
+        assert grouped.val_accuracy == pytest.approx(alone.val_accuracy)
+        if seed == 0:
+            assert len(alone.members) == 1
+            assert len(select_ensemble(cands, windows, 3, Policy()).members) > 1
+    with pytest.raises(ValueError, match="one id per validation row"):
+        select_ensemble(cands, windows, 3, Policy(), groups=recording[:10])
+
+
+def test_significance_counts_groups_not_rows():
+    a = np.array([1] * 30 + [0] * 10, dtype=bool)  # A right on 30 rows, B on the other 10
+    b = ~a
+    assert significantly_better(a, b)  # 40 independent rows: 30 against 10
+    one_each = np.arange(40)
+    assert significantly_better(a, b, one_each)  # the same test, spelled with groups
+    # the same rows as 4 recordings: 3 where A is right, 1 where B is: no evidence
+    assert not significantly_better(a, b, np.repeat(np.arange(4), 10))

@@ -57,3 +57,36 @@ def test_a_retrain_starts_its_search_from_the_previous_best(digits_split):
     mlp = fit_family("mlp", prep.features, budget_s=0.0,
                      warm={"hidden_layer_sizes": [64], "alpha": 1e-3})
     assert mlp.estimator.hidden_layer_sizes == (64,) and mlp.estimator.alpha == 1e-3
+
+
+def test_the_search_never_splits_a_recording(digits_split, monkeypatch):
+    """With groups (the recording each window came from), every split of the hyper-parameter
+    search keeps a recording's rows on one side, as the validation folds do: split apart,
+    overlapping windows reward a model that memorises."""
+    import numpy as np
+
+    from mliot_daemon.learn import fit
+
+    Xtr, _, ytr, _ = digits_split
+    recording = np.array([f"rec-{i // 6}" for i in range(len(ytr))])
+    seen = []
+    real = fit.HalvingGridSearchCV.fit
+
+    def spy(self, X, y=None, **kw):
+        seen.append((self.cv, X, y, kw.get("groups")))
+        return real(self, X, y, **kw)
+
+    monkeypatch.setattr(fit.HalvingGridSearchCV, "fit", spy)
+    for groups in (recording, None):
+        seen.clear()
+        m = fit_family("ridge", prepare(Xtr, ytr, "vector", groups=groups).features,
+                       budget_s=5.0)
+        assert m.candidates > 1 and len(seen) == 1
+        cv, X, y, given = seen[0]
+        splits = list(cv.split(X, y, given))
+        assert len(splits) == 3
+        overlap = [len(set(recording[tr]) & set(recording[te])) for tr, te in splits]
+        if groups is None:
+            assert given is None and min(overlap) > 0  # rows are independent: any split
+        else:
+            assert overlap == [0, 0, 0]

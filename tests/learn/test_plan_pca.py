@@ -81,3 +81,10 @@ def test_group_folds_keep_a_group_together():
     fold = make_folds(y, groups=groups)
     for g in range(24):
         assert len(set(fold[groups == g])) == 1
+    # a big set's single hold-out takes whole groups too
+    big = np.repeat(np.arange(2), 11_000)
+    recordings = np.arange(len(big)) // 50
+    fold = make_folds(big, groups=recordings)
+    assert set(fold) == {-1, 0} and 0.12 < (fold == 0).mean() < 0.18
+    for g in np.unique(recordings):
+        assert len(set(fold[recordings == g])) == 1
