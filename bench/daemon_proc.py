@@ -17,6 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+DAEMON_CPU = 1  # a daemon under measurement runs here, its load generators on the other CPUs
+
+
+def client_cpus() -> set[int]:
+    """The CPUs left to a pinned daemon's clients (all but ``DAEMON_CPU``; CPU 0 if none)."""
+    return set(range(os.cpu_count() or 1)) - {DAEMON_CPU} or {0}
+
 
 def free_port() -> int:
     with socket.socket() as s:

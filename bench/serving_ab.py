@@ -48,7 +48,7 @@ import orjson
 from bench import lean_client
 from bench.__main__ import RESULTS, machine
 from bench.common import in_child, wait_quiet
-from bench.daemon_proc import running_daemon
+from bench.daemon_proc import DAEMON_CPU, client_cpus, running_daemon
 from bench.datasets import digits
 from bench.serving import CONCURRENCY, build_models, http_throughput, ws_pipelined
 
@@ -57,7 +57,6 @@ LATENCIES = ("http_p50", "ws_p50", "http_p99", "ws_p99")  # ms: lower is better
 RATES = ("ws_pipelined_per_s", "http_throughput_per_s")  # higher is better
 JUDGED = ("http_p50", "ws_p50")  # the per-prediction cost the verdict is on
 WITHIN = 1.05
-DAEMON_CPU = 1  # both daemons; the client runs on the other CPUs
 BLOCKS, BLOCK = 10, 330  # round trips per block (the first tenth of each warms up)
 PIPELINED = 10000  # WebSocket messages sent without waiting, per daemon and round
 
@@ -145,7 +144,7 @@ def run(before: Path, after: Path, runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mliot-ab-models-") as tmp:
         models = Path(tmp) / "data"
         members = in_child(build_models, models)  # this tree's learner; both trees load it
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {DAEMON_CPU} or {0})
+        os.sched_setaffinity(0, client_cpus())
         for i in range(runs):
             print(f"run {i + 1}/{runs}", flush=True)
             load = [round(x, 2) for x in os.getloadavg()]

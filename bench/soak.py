@@ -6,7 +6,8 @@
    honest clients (so the stream's first-use allocations are in it): RSS, open file
    descriptors (``/proc/PID/fd``), loop lag, honest latency.
 2. The load, from processes of its own (``bench/soak_clients.py``; a client sharing a loop or
-   a GIL with the daemon, or with each other by the hundred, would time its own stalls):
+   a GIL with the daemon, or with each other by the hundred, would time its own stalls), kept
+   off one CPU with this process (``run``) while the daemon may use every CPU:
    100 WebSocket clients each sending a prediction 10 times a second on a schedule; HTTP
    ingest of labelled batches into ``ingest``, which grows it past the growth factor so a
    training run goes on during the load; slowloris connections (a head a byte every 0.2 s,
@@ -34,7 +35,7 @@ import psutil
 
 from bench import soak_clients
 from bench.common import request, rss_mib, scrape, training, wait_quiet, wait_trained
-from bench.daemon_proc import histogram, quantile_between, running_daemon
+from bench.daemon_proc import client_cpus, histogram, quantile_between, running_daemon
 from bench.datasets import digits
 
 RATE_HZ = 10.0  # each honest client's predictions per second
@@ -161,6 +162,18 @@ def probe(pool: ProcessPoolExecutor, url: str, pid: int, port: int, rows: list[l
 
 
 def run(quick: bool, duration: float = 0.0) -> dict[str, Any]:
+    """This process and the load processes (started from it) keep off one CPU, as clients on
+    other machines would: load generators beside the daemon time their own stalls (the honest
+    p99 was 77 ms with them on both CPUs, 7-10 ms without). The daemon may use every CPU."""
+    every = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, client_cpus())
+    try:
+        return _run(quick, duration, every)
+    finally:
+        os.sched_setaffinity(0, every)
+
+
+def _run(quick: bool, duration: float, every: set[int]) -> dict[str, Any]:
     env = wait_quiet(quick)
     size = SIZES[quick]
     load_s = float(duration) or size["load_s"]
@@ -169,7 +182,7 @@ def run(quick: bool, duration: float = 0.0) -> dict[str, Any]:
     extra = np.concatenate([X_train[INGEST_FIRST:], X_test]), np.concatenate(
         [y_train[INGEST_FIRST:], y_test])
     ctx = multiprocessing.get_context("forkserver")
-    with running_daemon() as (url, proc), \
+    with running_daemon(cpus=every) as (url, proc), \
             ProcessPoolExecutor(size["procs"] + 2, mp_context=ctx) as pool:
         pid, port = proc.pid, int(url.rsplit(":", 1)[1])
         started = time.monotonic()
@@ -195,6 +208,7 @@ def run(quick: bool, duration: float = 0.0) -> dict[str, Any]:
            "rss_within_10pct": abs(rss_change) <= 0.10,
            "fds_back": fds_after_load <= before["fds"] and after["fds"] <= before["fds"]}
     return {**env, **size, "load_s": load_s, "rate_hz": RATE_HZ,
+            "load_cpus": sorted(client_cpus()),
             "never_read_rate_hz": NEVER_READ_RATE_HZ,
             "ingest_rows_per_s": INGEST_BATCH * INGEST_RATE_HZ, "ingest_batch": INGEST_BATCH,
             "trained_s": trained_s, "trained": trained, "before": before,

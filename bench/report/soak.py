@@ -18,9 +18,17 @@ byte every 0.2 s (it never completes); {never} WebSocket clients send {never_rat
 predictions a second (asking for the probabilities: longer answers) and never read; the daemon
 stops reading one once its replies fill the socket's send buffer, and cuts it after
 `idle_timeout_s` (30 s); one whose send has been stuck for 30 s gives up itself. A hostile
-client that is cut starts over at once.
+client that is cut starts over at once. {cpus}
 Before and after: {probe} honest clients alone for {probe_s:g} s. Loop lag is the daemon's
 own histogram (`mliot_loop_lag_seconds`) between the phase's start and end."""
+
+
+def _placement(r: dict[str, Any]) -> str:
+    if "load_cpus" not in r:
+        return "The load processes shared every CPU with the daemon."
+    cpus = ", ".join(str(c) for c in r["load_cpus"])
+    return (f"The load processes (and the bench itself) run on CPU {cpus} only, as clients on "
+            "other machines would; the daemon and its training worker may use every CPU.")
 
 
 def _errors(h: dict[str, Any]) -> str:
@@ -33,7 +41,8 @@ def section(r: dict[str, Any]) -> list[str]:
                  INTRO.format(honest=r["honest"]["clients"], rate=r["rate_hz"],
                               ingest=r["ingest_rows_per_s"], slow=r["slowloris"],
                               never=r["never_readers"], never_rate=r["never_read_rate_hz"],
-                              probe=r["probe_clients"], probe_s=r["probe_s"]))
+                              probe=r["probe_clients"], probe_s=r["probe_s"],
+                              cpus=_placement(r)))
     b, d, a, h = r["before"], r["during"], r["after"], r["honest"]
     out += [f"Load: {r['load_s']:g} s. Training before the baseline took {r['trained_s']} s; "
             f"after the load the ingest app's training run finished "
@@ -145,8 +154,11 @@ def acceptance(r: dict[str, Any]) -> list[str]:
             + f" beside the ingest using {d['daemon_cpu_percent']} % of a core "
             + ("(its loop is one thread: it was saturated)" if busy else
                "(not saturated: the loop waited for a CPU)")
-            + f", on 2 cores shared with the load processes, the training worker and other "
-            f"jobs (load average {la[0]:.2f} at the end of the load). This run cannot say "
+            + (", on 2 cores shared with the load processes, the training worker and other "
+               if "load_cpus" not in r else
+               ", with the training worker (nice 10) and, on the load's CPU, the load "
+               "processes and other ")
+            + f"jobs (load average {la[0]:.2f} at the end of the load). This run cannot say "
             "whether a quiet machine meets 5 ms; the lean client's serving figures (above) "
             "are the measure of the daemon alone."), ""]
     return out
