@@ -42,16 +42,18 @@ def section(r: dict[str, Any]) -> list[str]:
             + ", ".join(f"{row['dataset']} {row[f'lead_over_{long}']:+.4f}" for row in r["rows"])
             + ".", *_shortfalls(r), *_untrained(r, long), ""]
     split = ", ".join(f"`{key}={val!r}`" for key, val in r["flaml_split"].items())
-    split += " (`split_type='group'` with the recording ids on the watch set)"
+    split += (" (on the watch set `split_type='group'` with the recording ids, and"
+              " `eval_method='cv'`: FLAML's group holdout does not keep every class in"
+              " validation, and every trial scored an infinite loss)")
     smallest = min(row["min_class_rows"] for row in r["rows"])
     out += [paragraph(
-        f"""FLAML's split, the same on every set: {split}. FLAML on small
+        f"""FLAML's split: {split}. FLAML on small
         multi-class sets was reported to fail with its default split; FLAML 2.8.0 fails
         there only with `auto_augment=False` (a 10 % holdout smaller than the number of
         classes, or a class with fewer rows than the 5 CV folds), since by default it repeats
         each class with fewer than 20 rows up to 20 before splitting, which is kept. CV is
-        not forced: on MNIST it would cost FLAML five fits per trial; the method FLAML chose
-        is in each cell. The
+        not forced elsewhere: on MNIST it would cost FLAML five fits per trial; the method
+        FLAML chose is in each cell. The
         smallest training class here has {smallest} rows"""
         + (" (quick run: augmented)." if smallest < 20 else ", so nothing was augmented.")),
         "", _hand_features(r), "", _plot(r), ""]
