@@ -164,7 +164,8 @@ def probe(pool: ProcessPoolExecutor, url: str, pid: int, port: int, rows: list[l
 def run(quick: bool, duration: float = 0.0) -> dict[str, Any]:
     """This process and the load processes (started from it) keep off one CPU, as clients on
     other machines would: load generators beside the daemon time their own stalls (the honest
-    p99 was 77 ms with them on both CPUs, 7-12 ms without). The daemon may use every CPU."""
+    p99 was 77 ms with them on both CPUs, 5-12 ms without, from run to run). The daemon may
+    use every CPU."""
     every = os.sched_getaffinity(0)
     os.sched_setaffinity(0, client_cpus())
     try:
