@@ -61,6 +61,13 @@ def observe_feedback(state: AppState, msg: FeedbackAdded) -> None:
         state.observed = []
 
 
+def held_out(recent: list[FeedbackAdded]) -> tuple[int, tuple[int, ...]]:
+    """How many of the newest feedback rows are held out, and their sample ids (each once):
+    confirmations and corrections alike, as they came."""
+    held = max(1, int(len(recent) * HOLDOUT_SHARE))
+    return held, tuple(dict.fromkeys(c.sample_id for c in recent[-held:]))
+
+
 async def adapt(pipeline: Pipeline, state: AppState, run_dir: Path, n: int) -> None:
     """Refit the served members from feedback; publish only if at least as good on the
     newest feedback, which is held out of training."""
@@ -91,9 +98,7 @@ async def _adapt_with(pipeline: Pipeline, state: AppState, run_dir: Path, n: int
         state.stale_labels |= {c.label for c in corrections} | {c.predicted
                                                                  for c in corrections}
     upto = await pipeline.store.last_sample_id(app)
-    recent = feedback or corrections
-    held = max(1, int(len(recent) * HOLDOUT_SHARE))
-    holdout = tuple(dict.fromkeys(c.sample_id for c in recent[-held:]))
+    held, holdout = held_out(feedback or corrections)
     current = await asyncio.to_thread(registry.current, app)
     refit: dict[str, dict[str, Any]] = {}
     if current is not None:
