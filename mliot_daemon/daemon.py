@@ -23,6 +23,7 @@ from actors.peers import Peers
 from actors.scheduler import Scheduler
 from actors.server import Server
 from actors.trainer import Trainer
+from mliot_daemon import cpus
 from mliot_daemon.config import ConfigError, ConfigStore, load_file, parse_settings
 from mliot_daemon.logs import configure_logging
 from mliot_daemon.messages import ApplyConfig, GetServerStatus, Refs
@@ -224,6 +225,10 @@ async def run_daemon(path: Path | None, signals: Signals | None = None) -> int:
             log.warning("config_warning", warning=warning)
         if signals.stop.is_set():
             return 0  # stopped before anything started
+        # before the actors start threads: those started from the loop inherit its CPU
+        reserved = cpus.reserve_loop_cpu(settings.training.pool_size)
+        if reserved is not None:
+            log.info("loop_cpu_reserved", loop_cpu=reserved[0], worker_cpus=sorted(reserved[1]))
         return await _run(Daemon(ConfigStore(path, settings), signals))
 
 

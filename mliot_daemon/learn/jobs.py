@@ -287,13 +287,16 @@ def score_job(model_dirs: list[Path], data: TrainingData, ids: list[int]) -> lis
     return out
 
 
-def worker_init(daemon_pid: int) -> None:
-    """Pool initializer: yield the CPU to serving, and die with the daemon (``lifeline``)."""
+def worker_init(daemon_pid: int, cpus: frozenset[int] | None = None) -> None:
+    """Pool initializer: yield the CPU to serving (nice 10, and off the loop's CPU when one is
+    reserved: ``mliot_daemon.cpus``), and die with the daemon (``lifeline``)."""
     import os
 
     from mliot_daemon.lifeline import die_with
 
     os.nice(10)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     die_with(daemon_pid)
 
 
