@@ -80,6 +80,13 @@ def snapshot(url: str, pid: int) -> dict[str, Any]:
             "status_loop_lag_p99_ms": status["loop_lag_ms"]["p99"]}
 
 
+def placement(pid: int) -> dict[str, list[int]]:
+    """The CPUs of the daemon's loop (its main thread) and of its fitting workers (nice 10)."""
+    workers = [p for p in psutil.Process(pid).children(recursive=True) if p.nice() == 10]
+    return {"loop": sorted(os.sched_getaffinity(pid)),
+            "workers": sorted({cpu for w in workers for cpu in os.sched_getaffinity(w.pid)})}
+
+
 def settle_fds(pid: int, target: int | None, timeout: float) -> tuple[int, float | None]:
     """Poll the descriptors until they are at most ``target`` (or, without one, the same twice
     0.5 s apart); (the last count, seconds it took or None if it never did)."""
@@ -165,7 +172,8 @@ def run(quick: bool, duration: float = 0.0) -> dict[str, Any]:
     """This process and the load processes (started from it) keep off one CPU, as clients on
     other machines would: load generators beside the daemon time their own stalls (the honest
     p99 was 77 ms with them on both CPUs, 5-12 ms without, from run to run). The daemon may
-    use every CPU."""
+    use every CPU: it keeps the highest for its loop (``mliot_daemon.cpus``), the CPU the
+    load keeps off."""
     every = os.sched_getaffinity(0)
     os.sched_setaffinity(0, client_cpus())
     try:
@@ -192,6 +200,7 @@ def _run(quick: bool, duration: float, every: set[int]) -> dict[str, Any]:
         wait_trained(url, "soak", 1800)
         wait_trained(url, "ingest", 1800)
         trained_s = round(time.monotonic() - started, 1)
+        daemon_cpus = placement(pid)
         trained = snapshot(url, pid)
         before = probe(pool, url, pid, port, rows, size)
         ingest_version = request(url, "GET", "/v1/apps/ingest")[1]["model_version"]
@@ -209,7 +218,7 @@ def _run(quick: bool, duration: float, every: set[int]) -> dict[str, Any]:
            "rss_within_10pct": abs(rss_change) <= 0.10,
            "fds_back": fds_after_load <= before["fds"] and after["fds"] <= before["fds"]}
     return {**env, **size, "load_s": load_s, "rate_hz": RATE_HZ,
-            "load_cpus": sorted(client_cpus()),
+            "load_cpus": sorted(client_cpus()), "daemon_cpus": daemon_cpus,
             "never_read_rate_hz": NEVER_READ_RATE_HZ,
             "ingest_rows_per_s": INGEST_BATCH * INGEST_RATE_HZ, "ingest_batch": INGEST_BATCH,
             "trained_s": trained_s, "trained": trained, "before": before,

@@ -9,8 +9,9 @@ woken thread onto the CPU of whoever woke it. Pinned this way the honest p99 wen
 The split is made once, at start (``training.workers`` needs a restart): only when the
 workers leave a CPU free (the default, cores - 1) and the daemon may use two CPUs or more. The
 loop takes the highest-numbered CPU the daemon was started on (``taskset``, systemd's
-``CPUAffinity=``); the daemon's own threads, started from the loop, inherit that CPU: they
-mostly wait for the GIL the loop holds.
+``CPUAffinity=``), away from CPU 0, where interrupts and other services tend to land. The
+daemon's own threads, started from the loop, inherit its CPU: they mostly wait for the GIL the
+loop holds. The benches keep their load generators off that CPU, as other machines would be.
 """
 
 from __future__ import annotations

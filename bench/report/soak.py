@@ -27,8 +27,13 @@ def _placement(r: dict[str, Any]) -> str:
     if "load_cpus" not in r:
         return "The load processes shared every CPU with the daemon."
     cpus = ", ".join(str(c) for c in r["load_cpus"])
-    return (f"The load processes (and the bench itself) run on CPU {cpus} only, as clients on "
-            "other machines would; the daemon and its training worker may use every CPU.")
+    text = (f"The load processes (and the bench itself) run on CPU {cpus} only, as clients on "
+            "other machines would; the daemon may use every CPU.")
+    if "daemon_cpus" in r:
+        loop, workers = (", ".join(map(str, r["daemon_cpus"][k])) for k in ("loop", "workers"))
+        text += (f" It keeps CPU {loop} for its event loop and runs its training worker on "
+                 f"CPU {workers} (`mliot_daemon/cpus.py`).")
+    return text
 
 
 def _errors(h: dict[str, Any]) -> str:
