@@ -50,6 +50,9 @@ SIZES = {  # honest clients, their processes, slowloris, never-readers, load s, 
     True: {"honest": 20, "procs": 2, "slowloris": 5, "never_readers": 2, "load_s": 10.0,
            "probe_clients": 5, "probe_s": 5.0},
 }
+# a box that runs one daemon: its loop keeps a CPU (the one the load keeps off, as other
+# machines would), its training worker the other (mliot_daemon/cpus.py)
+DAEMON_TOML = "dedicated_loop_cpu = true"
 COUNTERS = ("mliot_ws_clients_dropped_total", 'mliot_http_timeouts_total{phase="header"}',
             "mliot_connections_refused_total", "mliot_http_connections",
             "mliot_ws_connections")
@@ -172,7 +175,7 @@ def run(quick: bool, duration: float = 0.0) -> dict[str, Any]:
     """This process and the load processes (started from it) keep off one CPU, as clients on
     other machines would: load generators beside the daemon time their own stalls (the honest
     p99 was 77 ms with them on both CPUs, 5-12 ms without, from run to run). The daemon may
-    use every CPU: it keeps the highest for its loop (``mliot_daemon.cpus``), the CPU the
+    use every CPU, and with ``dedicated_loop_cpu`` keeps the highest for its loop, the CPU the
     load keeps off."""
     every = os.sched_getaffinity(0)
     os.sched_setaffinity(0, client_cpus())
@@ -191,7 +194,7 @@ def _run(quick: bool, duration: float, every: set[int]) -> dict[str, Any]:
     extra = np.concatenate([X_train[INGEST_FIRST:], X_test]), np.concatenate(
         [y_train[INGEST_FIRST:], y_test])
     ctx = multiprocessing.get_context("forkserver")
-    with running_daemon(cpus=every) as (url, proc), \
+    with running_daemon(daemon_toml=DAEMON_TOML, cpus=every) as (url, proc), \
             ProcessPoolExecutor(size["procs"] + 2, mp_context=ctx) as pool:
         pid, port = proc.pid, int(url.rsplit(":", 1)[1])
         started = time.monotonic()

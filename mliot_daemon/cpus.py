@@ -1,17 +1,21 @@
-"""The event loop keeps a CPU of its own; the fitting workers use the others.
+"""``daemon.dedicated_loop_cpu``: the event loop keeps a CPU of its own, the fitting workers
+use the others.
 
 Why: under `python -m bench soak` the loop thread was preempted about 1000 times a second while
 a training run went on (``nonvoluntary_ctxt_switches``, its runqueue wait up to 20 % of the
 time). A worker at nice 10 still takes its turns on a shared CPU, and the scheduler pulls a
 woken thread onto the CPU of whoever woke it. Pinned this way the honest p99 went from 5.0,
-4.7 and 6.1 ms to 3.6, 4.4 and 4.4 ms in an interleaved A/B (DESIGN.md, "Bounds").
+4.7 and 6.1 ms to 3.6, 4.4 and 4.4 ms in an interleaved A/B (DESIGN.md, "Resource bounds").
 
-The split is made once, at start (``training.workers`` needs a restart): only when the
-workers leave a CPU free (the default, cores - 1) and the daemon may use two CPUs or more. The
-loop takes the highest-numbered CPU the daemon was started on (``taskset``, systemd's
-``CPUAffinity=``), away from CPU 0, where interrupts and other services tend to land. The
-daemon's own threads, started from the loop, inherit its CPU: they mostly wait for the GIL the
-loop holds. The benches keep their load generators off that CPU, as other machines would be.
+It is off by default. Daemons sharing a box (peers on one machine, as the tests run them) all
+take the same CPU: a peer test that passes unpinned failed, its survivor predicting 51 ms
+against a 12 ms budget. And a pinned loop cannot move away from a busy process on its CPU.
+The split is made once, at start (both keys need a restart), and only when the workers leave
+a CPU free (the default, cores - 1) and the daemon may use two CPUs or more. The loop takes
+the highest-numbered CPU the daemon was started on (``taskset``, systemd's ``CPUAffinity=``),
+away from CPU 0, where interrupts and other services tend to land. The daemon's own threads,
+started from the loop, inherit its CPU: they mostly wait for the GIL the loop holds. The
+benches keep their load generators off that CPU, as other machines would be.
 """
 
 from __future__ import annotations

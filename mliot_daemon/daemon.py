@@ -226,7 +226,8 @@ async def run_daemon(path: Path | None, signals: Signals | None = None) -> int:
         if signals.stop.is_set():
             return 0  # stopped before anything started
         # before the actors start threads: those started from the loop inherit its CPU
-        reserved = cpus.reserve_loop_cpu(settings.training.pool_size)
+        reserved = (cpus.reserve_loop_cpu(settings.training.pool_size)
+                    if settings.daemon.dedicated_loop_cpu else None)
         if reserved is not None:
             log.info("loop_cpu_reserved", loop_cpu=reserved[0], worker_cpus=sorted(reserved[1]))
         return await _run(Daemon(ConfigStore(path, settings), signals))

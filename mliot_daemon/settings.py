@@ -90,6 +90,8 @@ class DaemonSettings:
     keep_readings_days: float = field(default=14.0, metadata=_check(_positive))
     log_level: str = field(default="info", metadata=_check(_one_of(*LOG_LEVELS)))
     log_format: str = field(default="auto", metadata=_check(_one_of("auto", "json", "console")))
+    # the loop on a CPU of its own, the fitting workers on the others (mliot_daemon/cpus.py)
+    dedicated_loop_cpu: bool = field(default=False, metadata={"restart": True})
 
     @property
     def host(self) -> str:

@@ -31,8 +31,8 @@ def _placement(r: dict[str, Any]) -> str:
             "other machines would; the daemon may use every CPU.")
     if "daemon_cpus" in r:
         loop, workers = (", ".join(map(str, r["daemon_cpus"][k])) for k in ("loop", "workers"))
-        text += (f" It keeps CPU {loop} for its event loop and runs its training worker on "
-                 f"CPU {workers} (`mliot_daemon/cpus.py`).")
+        text += (f" With `daemon.dedicated_loop_cpu` it keeps CPU {loop} for its event loop "
+                 f"and runs its training worker on CPU {workers} (`mliot_daemon/cpus.py`).")
     return text
 
 

@@ -1,4 +1,5 @@
-"""A running daemon's event loop has a CPU to itself; its fitting workers run on the others."""
+"""With ``daemon.dedicated_loop_cpu`` a running daemon's event loop has a CPU to itself and its
+fitting workers run on the others; without it nothing is pinned."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def fitting_workers(pid: int, timeout: float) -> list[psutil.Process]:
 
 def test_the_loop_keeps_a_cpu_and_the_workers_use_the_others(daemon_factory: Any) -> None:
     allowed = os.sched_getaffinity(0)  # the daemon inherits the test's CPUs
-    d = daemon_factory("default", extra=f"[training]\nworkers = {len(allowed) - 1}\n").start()
+    d = daemon_factory("pinned")
+    d.write_config(f"[training]\nworkers = {len(allowed) - 1}\n", "dedicated_loop_cpu = true")
+    d.start()
     assert d.proc is not None
     loop = max(allowed)
     assert os.sched_getaffinity(d.proc.pid) == {loop}  # the main thread: the loop's
@@ -33,9 +36,9 @@ def test_the_loop_keeps_a_cpu_and_the_workers_use_the_others(daemon_factory: Any
         assert os.sched_getaffinity(worker.pid) == allowed - {loop}
 
 
-def test_workers_on_every_cpu_pin_nothing(daemon_factory: Any) -> None:
+def test_by_default_nothing_is_pinned(daemon_factory: Any) -> None:
     allowed = os.sched_getaffinity(0)
-    d = daemon_factory("all", extra=f"[training]\nworkers = {len(allowed)}\n").start()
+    d = daemon_factory("default").start()
     assert d.proc is not None
     assert os.sched_getaffinity(d.proc.pid) == allowed
     for worker in fitting_workers(d.proc.pid, 60):
