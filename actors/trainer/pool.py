@@ -1,11 +1,12 @@
 """The trainer's local process pool, and a run's fits in it.
 
 The pool is forkserver (3.11 on Linux defaults to fork, unsafe with threads present), its
-workers at lower priority and off the loop's CPU (`jobs.worker_init`, `mliot_daemon.cpus`),
-warmed in the background once the daemon serves (the actor waits for the warm-ups no more
-than for any other job). Every job (the quick version, prepare, reduce, fit, assemble, score)
-holds one of the pool's slots and is bounded by ``fit_timeout_s``; a dead worker or an overrun
-job replaces the pool and fails every job in flight.
+workers at lower priority (`jobs.worker_init`; off the loop's CPU with
+`daemon.dedicated_loop_cpu`, `mliot_daemon.cpus`), warmed in the background once the daemon
+serves (the actor waits for the warm-ups no more than for any other job). Every job (the
+quick version, prepare, reduce, fit, assemble, score) holds one of the pool's slots and is
+bounded by ``fit_timeout_s``; a dead worker or an overrun job replaces the pool and fails every
+job in flight.
 """
 
 from __future__ import annotations
